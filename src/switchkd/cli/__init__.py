@@ -1,0 +1,1 @@
+"""The ``switchkd`` command line: each subcommand builds a config and calls one library function."""

@@ -1,0 +1,46 @@
+"""Entry point of the ``switchkd`` command.
+
+    switchkd --help
+    switchkd build --config configs/model.yaml model.projector=ldpv2 --out runs/vlm
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from switchkd import __version__
+from switchkd.cli import commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchkd",
+        description="Switch-KD: visual-switch knowledge distillation for vision-language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"switchkd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (add_arguments, _run, help_text) in commands.COMMANDS.items():
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _add, run, _help = commands.COMMANDS[args.command]
+    try:
+        return int(run(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Configuration and input errors are the user's to fix: one clear line, no traceback.
+        print(f"switchkd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Images: loading with clear errors, padding to square with the processor's mean colour, and
+PIL-based Hugging Face image processors (no torchvision)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageError(ValueError):
+    """An image that cannot be used: missing, unreadable, truncated, or outside the image root."""
+
+
+def _pil_classes():
+    # The PIL backends of transformers' processors; the default ones need torchvision.
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    return {
+        "CLIPImageProcessor": CLIPImageProcessorPil,
+        "CLIPImageProcessorPil": CLIPImageProcessorPil,
+        "SiglipImageProcessor": SiglipImageProcessorPil,
+        "SiglipImageProcessorPil": SiglipImageProcessorPil,
+    }
+
+
+def load_image_processor(folder: str | Path):
+    """The image processor saved in ``folder`` (``preprocessor_config.json``), PIL backend."""
+    path = Path(folder) / "preprocessor_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no preprocessor_config.json in {folder}")
+    kind = json.loads(path.read_text()).get("image_processor_type", "CLIPImageProcessor")
+    classes = _pil_classes()
+    if kind not in classes:
+        raise ValueError(f"unsupported image processor {kind!r}; supported: {', '.join(sorted(classes))}")
+    return classes[kind].from_pretrained(str(folder))
+
+
+def default_image_processor(model_type: str, image_size: int, **overrides):
+    """A processor matching a vision config: CLIP normalisation, or SigLIP's 0.5/0.5."""
+    classes = _pil_classes()
+    if model_type.startswith("siglip"):
+        return classes["SiglipImageProcessor"](size={"height": image_size, "width": image_size}, **overrides)
+    return classes["CLIPImageProcessor"](
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **overrides
+    )
+
+
+def resolve_image_path(root: str | Path | None, relative: str) -> Path:
+    """``root/relative``, refusing paths that escape ``root`` (``../``, absolute paths, links out)."""
+    if root is None:
+        return Path(relative)
+    root = Path(root).resolve()
+    path = (root / relative).resolve()
+    if path != root and root not in path.parents:
+        raise ImageError(f"image path {relative!r} escapes the image root {root}")
+    return path
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open, fully decode and convert to RGB; any failure is an ImageError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now, so a truncated file fails here and not in a worker later
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read image {path}: {exc}") from None
+
+
+def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    """Pad the shorter side symmetrically (LLaVA's ``expand2square``)."""
+    w, h = img.size
+    if w == h:
+        return img
+    side = max(w, h)
+    canvas = Image.new(img.mode, (side, side), fill)
+    canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+    return canvas
+
+
+def mean_colour(processor) -> tuple[int, int, int]:
+    return tuple(int(round(m * 255)) for m in processor.image_mean)
+
+
+def preprocess_images(images: list[Image.Image], processor, pad_to_square: bool = True) -> torch.Tensor:
+    """(N, 3, H, W) float pixel values ready for the vision tower."""
+    if pad_to_square:
+        fill = mean_colour(processor)
+        images = [expand_to_square(img, fill) for img in images]
+    return processor(images=images, return_tensors="pt")["pixel_values"]

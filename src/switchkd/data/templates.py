@@ -1,0 +1,84 @@
+"""Chat templates by name. One template object renders prompts for training, evaluation and chat,
+splits a conversation into supervised and unsupervised segments for label masking, and writes the
+equivalent Jinja template into saved tokenizers so ``apply_chat_template`` agrees with it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A turn-based template: ``{start}{role}\\n{content}{end}{sep}`` per message."""
+
+    name: str
+    turn_start: str
+    turn_end: str
+    separator: str
+    system_prompt: str | None = None
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.turn_end,)
+
+    def header(self, role: str) -> str:
+        return f"{self.turn_start}{role}\n"
+
+    def _with_system(self, messages: list[dict]) -> list[dict]:
+        for m in messages:
+            if m.get("role") not in ROLES:
+                raise ValueError(f"message role must be one of {ROLES}, got {m.get('role')!r}")
+        if self.system_prompt is not None and (not messages or messages[0]["role"] != "system"):
+            return [{"role": "system", "content": self.system_prompt}, *messages]
+        return list(messages)
+
+    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+        """The rendered conversation as ``(text, supervised)`` pieces whose concatenation is
+        ``render(messages)``. Supervised: each assistant reply and its end-of-turn marker."""
+        out: list[tuple[str, bool]] = []
+        for m in self._with_system(messages):
+            if m["role"] == "assistant":
+                out.append((self.header("assistant"), False))
+                out.append((m["content"] + self.turn_end, True))
+                out.append((self.separator, False))
+            else:
+                out.append((self.header(m["role"]) + m["content"] + self.turn_end + self.separator, False))
+        if add_generation_prompt:
+            out.append((self.header("assistant"), False))
+        return out
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return "".join(text for text, _ in self.segments(messages, add_generation_prompt))
+
+    def jinja(self) -> str:
+        """The same template for ``tokenizer.apply_chat_template``."""
+        start, end, sep = (json.dumps(s) for s in (self.turn_start, self.turn_end, self.separator))
+        system = ""
+        if self.system_prompt is not None:
+            system = (
+                "{%- if messages[0]['role'] != 'system' %}"
+                "{{ " + start + " + 'system\\n' + " + json.dumps(self.system_prompt) + " + " + end + " + " + sep + " }}"
+                "{%- endif %}"
+            )
+        return (
+            system
+            + "{%- for message in messages %}"
+            "{{ " + start + " + message['role'] + '\\n' + message['content'] + " + end + " + " + sep + " }}"
+            "{%- endfor %}"
+            "{%- if add_generation_prompt %}{{ " + start + " + 'assistant\\n' }}{%- endif %}"
+        )
+
+
+_TEMPLATES = {
+    # Qwen2/2.5 (ChatML); the released Switch-KD model uses this with "You are a helpful assistant."
+    "chatml": dict(turn_start="<|im_start|>", turn_end="<|im_end|>", separator="\n"),
+}
+
+
+def get_template(name: str, system_prompt: str | None = "You are a helpful assistant.") -> ChatTemplate:
+    if name not in _TEMPLATES:
+        raise ValueError(f"unknown chat template {name!r}; valid: {', '.join(sorted(_TEMPLATES))}")
+    return ChatTemplate(name=name, system_prompt=system_prompt, **_TEMPLATES[name])

@@ -1,0 +1,155 @@
+"""Batched generation for a ``VisionLanguageModel``: greedy or sampled, with a KV cache.
+
+    from switchkd.inference.generation import GenerationConfig, generate
+    new_tokens = generate(model, input_ids, attention_mask, pixel_values, GenerationConfig(max_new_tokens=32))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from switchkd.models.vlm import position_ids_from_mask
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    """Upper bound on generated tokens per sequence."""
+    do_sample: bool = False
+    """Sample from the distribution; false is greedy decoding."""
+    temperature: float = 1.0
+    """Softmax temperature when sampling."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    repetition_penalty: float = 1.0
+    """CTRL-style penalty (>1 discourages tokens already in the sequence), as in transformers."""
+    stop_token_ids: list[int] | None = None
+    """Token ids that end a sequence; null uses the chat template's end-of-turn and the EOS token."""
+    use_cache: bool = True
+    """Reuse keys and values between steps; false recomputes the whole sequence (a reference)."""
+    seed: int | None = None
+    """Seed for sampling, for reproducible outputs."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError("temperature must be > 0 when sampling")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int):
+    """Move every row's padding to the left, so the last column is each prompt's last token."""
+    if bool(attention_mask[:, -1].all()):
+        return input_ids, attention_mask
+    lengths = attention_mask.sum(-1)
+    width = input_ids.shape[1]
+    ids = torch.full_like(input_ids, pad_id)
+    mask = torch.zeros_like(attention_mask)
+    for row, n in enumerate(lengths.tolist()):
+        keep = attention_mask[row].bool()
+        ids[row, width - n:] = input_ids[row, keep]
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+def default_stop_ids(model) -> list[int]:
+    from switchkd.data.templates import get_template
+
+    tok = model.tokenizer
+    template = get_template(model.config.chat_template, model.config.system_prompt)
+    ids = {tok.convert_tokens_to_ids(s) for s in template.stop_strings}
+    if tok.eos_token_id is not None:
+        ids.add(tok.eos_token_id)
+    return sorted(i for i in ids if i is not None and i != tok.unk_token_id)
+
+
+def _apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    # seen: (B, L) token ids already in the sequence; same rule as transformers.
+    picked = logits.gather(1, seen)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.scatter(1, seen, picked)
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    drop = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def next_tokens(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig, generator) -> torch.Tensor:
+    logits = logits.float()
+    if cfg.repetition_penalty != 1.0:
+        logits = _apply_repetition_penalty(logits, seen, cfg.repetition_penalty)
+    if not cfg.do_sample:
+        return logits.argmax(-1)
+    logits = logits / cfg.temperature
+    if cfg.top_p < 1.0:
+        logits = _top_p_filter(logits, cfg.top_p)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    pixel_values: torch.Tensor | None = None,
+    cfg: GenerationConfig | None = None,
+    streamer: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """New tokens (B, n): rows that stopped early are filled with the pad id after their stop token.
+
+    ``streamer`` is called with each step's (B,) tokens as they are chosen.
+    """
+    cfg = cfg or GenerationConfig()
+    tok = model.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    ids, mask = to_left_padding(input_ids, attention_mask, pad_id)
+    stop = torch.tensor(cfg.stop_token_ids if cfg.stop_token_ids is not None else default_stop_ids(model),
+                        device=ids.device)
+    generator = None
+    if cfg.do_sample and cfg.seed is not None:
+        generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
+    vocab = model.vocab_size  # logits rows past the tokenizer are padding and never chosen
+    image_features = model.encode_images(pixel_values) if pixel_values is not None else None
+
+    cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
+    positions = position_ids_from_mask(mask)
+    out = model(ids, mask, image_features=image_features, position_ids=positions,
+                past_key_values=cache, use_cache=cfg.use_cache, logits_at=1)
+    next_pos = positions[:, -1:] + 1
+    seen = ids
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    new: list[torch.Tensor] = []
+    for _ in range(cfg.max_new_tokens):
+        token = next_tokens(out.logits[:, -1, :vocab], seen, cfg, generator)
+        token = token.masked_fill(finished, pad_id)
+        new.append(token)
+        if streamer is not None:
+            streamer(token)
+        finished |= torch.isin(token, stop)
+        if bool(finished.all()) or len(new) == cfg.max_new_tokens:
+            break
+        seen = torch.cat([seen, token[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if cfg.use_cache:
+            out = model(token[:, None], mask, position_ids=next_pos, past_key_values=out.past_key_values,
+                        use_cache=True, logits_at=1)
+            next_pos = next_pos + 1
+        else:
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            out = model(ids, mask, image_features=image_features, logits_at=1)
+    return torch.stack(new, dim=1)

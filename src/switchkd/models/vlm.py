@@ -1,0 +1,243 @@
+"""The vision-language model: vision tower -> projector -> causal LLM.
+
+Image placeholders are expanded at tokenisation time: a sample with one image carries exactly
+``model.num_image_tokens`` copies of the image token id, so lengths, padding and attention masks
+are known before the forward pass, and merging is a masked scatter in reading order.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from switchkd import __version__
+from switchkd.config import ModelConfig, from_dict, to_dict
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class VLMOutput:
+    logits: torch.Tensor | None
+    """(B, T, V) for ``logits_at="all"``; (B, n, V) for an int; (M, V) for a boolean mask."""
+    last_hidden_state: torch.Tensor
+    """(B, T, D) final hidden states of the LLM."""
+    past_key_values: Any = None
+
+
+def merge_image_features(
+    inputs_embeds: torch.Tensor, input_ids: torch.Tensor, image_features: torch.Tensor | None, image_token_id: int
+) -> torch.Tensor:
+    """Put image features where the image tokens are, in reading order.
+
+    ``inputs_embeds`` (B, T, D) text embeddings; ``image_features`` (N_images, N_img_tokens, D),
+    one row per image in the order the images appear in the batch (sample by sample).
+    """
+    mask = input_ids == image_token_id  # (B, T)
+    n_slots = int(mask.sum())
+    n_feats = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+    if n_slots != n_feats:
+        shape = None if image_features is None else tuple(image_features.shape)
+        raise ValueError(
+            f"the batch has {n_slots} image placeholder tokens but the image features {shape} "
+            f"provide {n_feats}; each image needs exactly as many placeholders as the projector "
+            "emits tokens (use the model's tokenizer helpers to expand <image>)"
+        )
+    if n_slots == 0:
+        return inputs_embeds
+    feats = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.dtype)
+    # masked_scatter fills True positions row-major, i.e. sample by sample, left to right.
+    return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), feats)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only attended tokens, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class VisionLanguageModel(nn.Module):
+    """``vision_tower`` (V), ``projector`` (P) and ``llm`` (L), reachable by name."""
+
+    def __init__(self, config: ModelConfig, vision_tower: nn.Module, projector: nn.Module, llm: nn.Module,
+                 tokenizer, image_processor):
+        super().__init__()
+        self.config = config
+        self.vision_tower = vision_tower
+        self.projector = projector
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token_id = self._image_token_id()
+        self.num_image_tokens = projector.num_output_tokens(vision_tower.num_tokens)
+        self._check_shapes()
+
+    # ---- construction checks ------------------------------------------------------------------
+
+    def _image_token_id(self) -> int:
+        token = self.config.image_token
+        ids = self.tokenizer.convert_tokens_to_ids([token])
+        if not ids or ids[0] is None or ids[0] == self.tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no token {token!r}; set model.image_token to one it has")
+        return int(ids[0])
+
+    def _check_shapes(self) -> None:
+        if self.projector.in_dim != self.vision_tower.hidden_size:
+            raise ValueError(
+                f"projector input width {self.projector.in_dim} != vision width {self.vision_tower.hidden_size}"
+            )
+        llm_width = self.llm.get_input_embeddings().embedding_dim
+        if self.projector.out_dim != llm_width:
+            raise ValueError(f"projector output width {self.projector.out_dim} != LLM width {llm_width}")
+        rows = self.llm.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > rows:
+            raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the LLM embeds only {rows}")
+
+    # ---- properties -----------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.llm.parameters()).dtype
+
+    @property
+    def vocab_size(self) -> int:
+        """Tokens the tokenizer can produce; logits rows beyond this are padding (Qwen pads to 64)."""
+        return len(self.tokenizer)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.llm.get_output_embeddings()
+
+    # ---- forward --------------------------------------------------------------------------------
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) -> (N, num_image_tokens, D_llm)."""
+        return self.projector(self.vision_tower(pixel_values))
+
+    def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        embedding = self.llm.get_input_embeddings()
+        # The image token may lie outside the embedding table; it is overwritten anyway.
+        safe_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
+        return merge_image_features(embedding(safe_ids), input_ids, image_features, self.image_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        logits_at: str | int | torch.Tensor | None = "all",
+        **llm_kwargs,
+    ) -> VLMOutput:
+        """Run the VLM.
+
+        ``image_features`` (already projected) replaces ``pixel_values``; distillation uses it to
+        feed one model's vision features through another model's projector and LLM.
+        ``logits_at``: "all", an int (last n positions), a (B, T) bool mask (returns (M, V)), or
+        None for hidden states only.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_images(pixel_values)
+        inputs_embeds = self.embed_inputs(input_ids, image_features)
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        out = self.llm.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **llm_kwargs,
+        )
+        hidden = out.last_hidden_state  # (B, T, D)
+        return VLMOutput(self.logits_at(hidden, logits_at), hidden, getattr(out, "past_key_values", None))
+
+    def logits_at(self, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
+        """Apply the LM head only where logits are needed (a 576-token image needs none)."""
+        if where is None:
+            return None
+        if isinstance(where, str):
+            if where != "all":
+                raise ValueError(f"logits_at must be 'all', an int, a mask or None, got {where!r}")
+            return self.lm_head(hidden)
+        if isinstance(where, int):
+            return self.lm_head(hidden[:, -where:])
+        return self.lm_head(hidden[where])  # (M, V)
+
+    def generate(self, input_ids, attention_mask=None, pixel_values=None, **kwargs) -> torch.Tensor:
+        """Greedy or sampled continuation with a KV cache; see ``switchkd.inference.generation``."""
+        from switchkd.inference.generation import GenerationConfig, generate
+
+        return generate(self, input_ids, attention_mask, pixel_values, GenerationConfig(**kwargs))
+
+    def gradient_checkpointing_enable(self) -> None:
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        self.llm.gradient_checkpointing_enable(**kwargs)
+        if hasattr(self.vision_tower.encoder, "gradient_checkpointing_enable"):
+            self.vision_tower.encoder.gradient_checkpointing_enable(**kwargs)
+
+    # ---- save / load ----------------------------------------------------------------------------
+
+    def resolved_config(self) -> ModelConfig:
+        """The config with every component written out, so the folder needs nothing else."""
+        cfg = copy.deepcopy(self.config)
+        return dataclasses.replace(
+            cfg,
+            vision=self.vision_tower.config.to_dict(),
+            llm=self.llm.config.to_dict(),
+            drop_cls=self.vision_tower.drop_cls,
+            tokenizer=None,
+            image_processor=None,
+            pretrained=None,
+        )
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json + model.safetensors + tokenizer + preprocessor_config.json."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"switchkd_version": __version__, "model": to_dict(self.resolved_config())}
+        (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str))
+        save_model(self, str(directory / WEIGHTS_NAME))  # drops tied duplicates (Qwen's lm_head)
+        self.tokenizer.save_pretrained(str(directory))
+        self.image_processor.save_pretrained(str(directory))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> VisionLanguageModel:
+        from switchkd.models.builders import build_vlm
+
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a switchkd model folder (no {CONFIG_NAME})")
+        meta = json.loads(cfg_path.read_text())
+        if "model" not in meta:
+            raise ValueError(f"{cfg_path} is not a switchkd config (no 'model' section)")
+        config = from_dict(ModelConfig, meta["model"])
+        config.tokenizer = str(directory)
+        config.image_processor = str(directory)
+        model = build_vlm(config, fresh_weights=False)
+        load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+        model.config.tokenizer = model.config.image_processor = None
+        if dtype is not None:
+            model.to(dtype)
+        if device is not None:
+            model.to(device)
+        return model.eval()
