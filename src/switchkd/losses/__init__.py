@@ -13,7 +13,7 @@ import torch
 
 from switchkd.losses.bild import BiLDTerms, bild, bild_terms, dbild, dbild_terms
 from switchkd.losses.kl import forward_kl, reduce_rows, reverse_kl
-from switchkd.losses.knee import Selection, fixed_select, knee_k, sort_select
+from switchkd.losses.knee import Selection, fast_select, fixed_select, knee_k, knee_select, sort_select
 from switchkd.losses.pairs import pair_kl
 from switchkd.losses.sequence import (IGNORE_INDEX, cross_entropy_rows, normaliser, sequence_loss,
                                       supervised_positions)
@@ -42,6 +42,7 @@ class DistillLoss:
     k: int = 8
     k_min: int = 2
     k_max: int | None = None
+    knee: str = "fast"
 
     def __post_init__(self) -> None:
         if self.name not in LOSSES:
@@ -59,7 +60,7 @@ class DistillLoss:
 
     def select_teacher(self, teacher_rows: torch.Tensor) -> Selection | None:
         if self.family == "dbild":
-            return sort_select(teacher_rows.detach(), self.k_min, self.k_max)
+            return knee_select(teacher_rows.detach(), self.k_min, self.k_max, self.knee)
         if self.family == "bild":
             return fixed_select(teacher_rows.detach(), self.k)
         return None
@@ -73,7 +74,7 @@ class DistillLoss:
         if teacher_sel is None:
             teacher_sel = self.select_teacher(teacher_rows)
         if self.family == "dbild":
-            student_sel = sort_select(student_rows.detach(), self.k_min, self.k_max)
+            student_sel = knee_select(student_rows.detach(), self.k_min, self.k_max, self.knee)
         else:
             student_sel = fixed_select(student_rows.detach(), self.k)
         return bild_terms(student_rows, teacher_rows, teacher_sel, student_sel,
@@ -91,6 +92,6 @@ def get_loss(name: str, **options) -> DistillLoss:
 
 __all__ = [
     "IGNORE_INDEX", "LOSSES", "BiLDTerms", "DistillLoss", "Selection", "bild", "bild_terms", "cross_entropy_rows",
-    "dbild", "dbild_terms", "fixed_select", "forward_kl", "get_loss", "knee_k", "normaliser", "pair_kl",
+    "dbild", "dbild_terms", "fast_select", "fixed_select", "forward_kl", "get_loss", "knee_k", "knee_select", "normaliser", "pair_kl",
     "reduce_rows", "reverse_kl", "sequence_loss", "sort_select", "supervised_positions",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from switchkd.losses.kl import reduce_rows, upcast
-from switchkd.losses.knee import Selection, fixed_select, sort_select
+from switchkd.losses.knee import Selection, fixed_select, knee_select
 from switchkd.losses.pairs import pair_kl
 
 KL_DIRECTIONS = ("reverse", "forward")
@@ -34,15 +34,12 @@ class BiLDTerms:
         return self.teacher_led + self.student_led
 
 
-def _branch(led: torch.Tensor, other: torch.Tensor, sel: Selection, temperature: float, kl: str,
-            student_leads: bool) -> torch.Tensor:
-    """One branch: gather both sides at the led indices and compare their pair distributions."""
-    led_vals = led.gather(1, sel.index)
-    other_vals = other.gather(1, sel.index)
-    student, teacher = (led_vals, other_vals) if student_leads else (other_vals, led_vals)
+def _compare(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, temperature: float,
+             kl: str) -> torch.Tensor:
+    """Pair KL between two gathered sides in one led order."""
     if kl == "reverse":
-        return pair_kl(student, teacher, sel.valid, temperature)
-    return pair_kl(teacher, student, sel.valid, temperature)
+        return pair_kl(student, teacher, valid, temperature)
+    return pair_kl(teacher, student, valid, temperature)
 
 
 def bild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_sel: Selection,
@@ -55,9 +52,12 @@ def bild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teach
                          "logits differ in shape; slice both to the shared vocabulary first")
     s = upcast(student_logits)
     t = upcast(teacher_logits.detach()).to(s.dtype)
+    # One gather for both branches: its backward then fills a single (N, V) gradient buffer.
+    width_t = teacher_sel.index.shape[1]
+    s_vals = s.gather(1, torch.cat([teacher_sel.index, student_sel.index], dim=1))
     return BiLDTerms(
-        teacher_led=_branch(t, s, teacher_sel, temperature, kl, student_leads=False),
-        student_led=_branch(s, t, student_sel, temperature, kl, student_leads=True),
+        teacher_led=_compare(s_vals[:, :width_t], t.gather(1, teacher_sel.index), teacher_sel.valid, temperature, kl),
+        student_led=_compare(s_vals[:, width_t:], t.gather(1, student_sel.index), student_sel.valid, temperature, kl),
         k_teacher=teacher_sel.k,
         k_student=student_sel.k,
     )
@@ -65,17 +65,22 @@ def bild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teach
 
 def dbild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 3.0,
                 kl: str = "reverse", k_min: int = 2, k_max: int | None = None,
-                teacher_sel: Selection | None = None, select=sort_select) -> BiLDTerms:
+                teacher_sel: Selection | None = None, knee: str = "fast") -> BiLDTerms:
     if teacher_sel is None:
-        teacher_sel = select(teacher_logits.detach(), k_min, k_max)
-    student_sel = select(student_logits.detach(), k_min, k_max)
+        teacher_sel = knee_select(teacher_logits.detach(), k_min, k_max, knee)
+    student_sel = knee_select(student_logits.detach(), k_min, k_max, knee)
     return bild_terms(student_logits, teacher_logits, teacher_sel, student_sel, temperature=temperature, kl=kl)
 
 
 def dbild(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 3.0,
-          kl: str = "reverse", k_min: int = 2, k_max: int | None = None, reduction: str = "mean") -> torch.Tensor:
-    """DBiLD: BiLD with k per row at the knee of each led side's sorted logits (paper Eqs. 7-15)."""
-    terms = dbild_terms(student_logits, teacher_logits, temperature=temperature, kl=kl, k_min=k_min, k_max=k_max)
+          kl: str = "reverse", k_min: int = 2, k_max: int | None = None, reduction: str = "mean",
+          knee: str = "fast") -> torch.Tensor:
+    """DBiLD: BiLD with k per row at the knee of each led side's sorted logits (paper Eqs. 7-15).
+
+    ``knee``: "fast" (exact, histogram-pruned) or "sort" (the reference full sort); same results.
+    """
+    terms = dbild_terms(student_logits, teacher_logits, temperature=temperature, kl=kl, k_min=k_min, k_max=k_max,
+                        knee=knee)
     return reduce_rows(terms.loss, reduction)
 
 

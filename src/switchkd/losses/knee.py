@@ -67,9 +67,18 @@ def sort_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None) 
     return Selection.from_order(order, k)
 
 
-def knee_k(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None) -> torch.Tensor:
-    """The knee rank per row, (N,) long."""
-    return sort_select(logits, k_min, k_max).k
+def knee_k(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, method: str = "fast") -> torch.Tensor:
+    """The knee rank per row, (N,) long. ``method``: "fast" (histogram-pruned) or "sort" (reference)."""
+    return knee_select(logits, k_min, k_max, method).k
+
+
+def knee_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, method: str = "fast") -> Selection:
+    """Knee k and led top-k order per row; both methods give identical results."""
+    if method == "fast":
+        return fast_select(logits, k_min, k_max)
+    if method == "sort":
+        return sort_select(logits, k_min, k_max)
+    raise ValueError(f"knee method must be 'fast' or 'sort', got {method!r}")
 
 
 @torch.no_grad()
@@ -90,3 +99,131 @@ def fixed_select(logits: torch.Tensor, k: int) -> Selection:
         vals = values.gather(1, pos)
         order = by_index.gather(1, torch.sort(vals, dim=-1, descending=True, stable=True).indices)
     return Selection.from_order(order, torch.full((logits.shape[0],), k, device=logits.device))
+
+
+# ---- the exact knee without a full sort ----------------------------------------------------------
+#
+# The knee maximises d(v, r) = 1 - r/N - (v - v_min)/span over (value, rank) pairs. A histogram of
+# each row gives, per bin b, the exact rank of its largest element (1 + the count above the bin) and
+# bounds on its values, hence an upper bound UB_b on d inside the bin and a lower bound LB_b that the
+# bin's largest element reaches. Bins with UB_b below max_b LB_b cannot hold the knee. Everything at
+# or above the lowest surviving bin is extracted and sorted: those are the row's top-M elements, so
+# their ranks are exact, the knee is among them, and their sorted prefix is the led top-k order.
+
+
+class _Workspace:
+    """Buffers reused across row chunks: on CPU a fresh (rows, V) tensor costs far more in page
+    faults than the arithmetic that fills it."""
+
+    def __init__(self, rows: int, n: int, dtype: torch.dtype, device: torch.device):
+        self.pos = torch.empty(rows, n, dtype=dtype, device=device)
+        self.bins = torch.empty(rows, n, dtype=torch.int32, device=device)
+        self.mask = torch.empty(rows, n, dtype=torch.bool, device=device)
+
+    def views(self, rows: int):
+        return self.pos[:rows], self.bins[:rows], self.mask[:rows]
+
+    def fits(self, rows: int, n: int, dtype: torch.dtype, device: torch.device) -> bool:
+        p = self.pos
+        return p.shape[0] >= rows and p.shape[1] == n and p.dtype == dtype and p.device == device
+
+
+_workspace: _Workspace | None = None
+
+
+def _get_workspace(rows: int, n: int, dtype: torch.dtype, device: torch.device) -> _Workspace:
+    """One cached workspace (a few tens of MB at V = 152k): every knee of a step reuses its pages."""
+    global _workspace
+    if _workspace is None or not _workspace.fits(rows, n, dtype, device):
+        _workspace = _Workspace(rows, n, dtype, device)
+    return _workspace
+
+
+def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Tensor):
+    """Per-row bin index of every element (with row offsets) into ``out``, and the error bound."""
+    rows = x.shape[0]
+    v_min, v_max = x.aminmax(dim=-1)
+    lo64, hi64 = v_min.double(), v_max.double()
+    span = hi64 - lo64
+    constant = span == 0
+    span = torch.where(constant, torch.ones_like(span), span)
+    scale = (bins - 0.5) / span  # the row's values map to [0.25, bins - 0.25]
+    offset = 0.25 - lo64 * scale + torch.arange(rows, dtype=torch.float64, device=x.device) * bins
+    torch.addcmul(offset.to(x.dtype)[:, None], x, scale.to(x.dtype)[:, None], out=pos)  # (R, V)
+    out.copy_(pos)  # truncation toward zero = floor, positions are positive
+    # A few roundings, each at most half an ulp of the magnitudes involved.
+    unit = torch.finfo(x.dtype).eps
+    magnitude = torch.maximum(lo64.abs(), hi64.abs()) * scale + offset.abs() + bins
+    eps = 4 * unit * magnitude + 1e-6
+    return v_min, v_max, scale, eps, constant
+
+
+@torch.no_grad()
+def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work: _Workspace) -> Selection:
+    rows, n = x.shape
+    device = x.device
+    pos, flat_bins, mask = work.views(rows)
+    v_min, v_max, scale, eps, constant = _bin_positions(x, bins, pos, flat_bins)
+    if bool((eps >= 0.25).any()):  # values too large for the bin arithmetic: use the reference
+        return sort_select(x, k_min, k_max)
+    counts = torch.bincount(flat_bins.flatten(), minlength=rows * bins).view(rows, bins)  # ascending values
+    at_or_above = counts.flip(-1).cumsum(-1).flip(-1)  # elements in bins >= b
+    first_rank = at_or_above - counts + 1  # rank of each bin's largest element
+    b = torch.arange(bins, dtype=torch.float64, device=device)
+    lo = v_min.double()[:, None] + (b - 0.25 - eps[:, None]) / scale[:, None]
+    hi = v_min.double()[:, None] + (b + 0.75 + eps[:, None]) / scale[:, None]
+    upper = knee_distance(lo, first_rank, v_min[:, None], v_max[:, None], n)
+    lower = knee_distance(hi, first_rank, v_min[:, None], v_max[:, None], n)
+    occupied = counts > 0
+    best_lower = lower.masked_fill(~occupied, float("-inf")).amax(dim=-1, keepdim=True)
+    survive = occupied & (upper >= best_lower - 1e-12)
+    lowest = survive.int().argmax(dim=-1)  # first True from the bottom
+    # Also reach rank k_min, so a clamped k always has its elements.
+    lowest = torch.minimum(lowest, (at_or_above >= k_min).sum(-1) - 1)
+    lowest = torch.where(constant, torch.full_like(lowest, bins), lowest)
+    taken = torch.where(constant, torch.zeros_like(lowest), at_or_above.gather(1, lowest.clamp(max=bins - 1)[:, None])[:, 0])
+
+    # Extract the row's top elements (index ascending within a row), then sort them by value.
+    row_offsets = torch.arange(rows, device=device, dtype=torch.int32) * bins
+    torch.ge(flat_bins, (lowest.to(torch.int32) + row_offsets)[:, None], out=mask)
+    row, col = mask.nonzero(as_tuple=True)
+    width = max(int(taken.max()), 1)
+    starts = torch.cumsum(taken, 0) - taken
+    slot = torch.arange(row.numel(), device=device) - starts[row]
+    values = torch.full((rows, width), float("-inf"), dtype=x.dtype, device=device)
+    index = torch.zeros((rows, width), dtype=torch.long, device=device)
+    values[row, slot] = x[row, col]
+    index[row, slot] = col
+    values, order = torch.sort(values, dim=-1, descending=True, stable=True)  # stable: ties by index
+    index = index.gather(1, order)
+
+    ranks = torch.arange(1, width + 1, device=device)
+    d = knee_distance(values, ranks, v_min[:, None], v_max[:, None], n)
+    d = d.masked_fill(ranks[None] > taken[:, None], float("-inf"))
+    k = clamp_k(d.argmax(dim=-1) + 1, constant, n, k_min, k_max)
+    if bool(constant.any()):  # constant rows extracted nothing: their led order is by index
+        need = int(k[constant].max())
+        if need > width:
+            index = torch.cat([index, index.new_zeros(rows, need - width)], dim=1)
+        index[constant] = torch.arange(index.shape[1], device=device).expand(int(constant.sum()), -1)
+    return Selection.from_order(index, k)
+
+
+@torch.no_grad()
+def fast_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, bins: int = 1024,
+                chunk_rows: int = 16) -> Selection:
+    """The same knee and led order as ``sort_select``, without sorting whole rows.
+
+    Rows are processed ``chunk_rows`` at a time to bound temporary memory; logits must be finite.
+    """
+    _check(logits, k_min, k_max)
+    rows, n = logits.shape
+    if rows == 0:
+        return sort_select(logits, k_min, k_max)
+    work = _get_workspace(min(rows, chunk_rows), n, logits.dtype, logits.device)
+    parts = [_fast_chunk(logits[i : i + chunk_rows], k_min, k_max, bins, work) for i in range(0, rows, chunk_rows)]
+    if len(parts) == 1:
+        return parts[0]
+    width = max(p.index.shape[1] for p in parts)
+    index = torch.cat([torch.nn.functional.pad(p.index, (0, width - p.index.shape[1])) for p in parts])
+    return Selection.from_order(index, torch.cat([p.k for p in parts]))

@@ -1,17 +1,24 @@
 """KL between two pair distributions over the upper triangle, in O(k) time and memory.
 
 For one row of k values in led order, ``P_mn = exp(A_m - A_n) / Z`` over pairs ``m < n`` (with
-``A = a / tau``) is separable, so with exclusive log-cumsums
-``L_n = logsumexp_{m<n} A_m`` and ``R_m = logsumexp_{n>m} -A_n``:
+``A = a / tau``) is separable. With ``alpha_m = exp(A_m - max A)``, ``beta_n = exp(-A_n - max(-A))``,
+the exclusive prefix ``Lam_n = sum_{m<n} alpha_m`` and suffix ``Rho_m = sum_{n>m} beta_n``:
 
-    log Z_P = logsumexp_n(-A_n + L_n)
-    r_m = sum_{n>m} P_mn = exp(A_m + R_m - log Z_P)        (row mass)
-    c_n = sum_{m<n} P_mn = exp(-A_n + L_n - log Z_P)       (column mass)
+    S   = sum_n beta_n Lam_n,            log Z_P = max A + max(-A) + log S
+    r_m = sum_{n>m} P_mn = alpha_m Rho_m / S          (row mass)
+    c_n = sum_{m<n} P_mn = beta_n Lam_n / S           (column mass)
     KL(P || Q) = sum_m u_m r_m - sum_n u_n c_n - log Z_P + log Z_Q,   u = A - B
 
-No k x k tensor is built. Padded entries (beyond each row's k) are excluded with a finite sentinel
-far below any real value: ``exp`` of it is exactly 0 like ``-inf``, but unlike ``-inf`` it keeps
-``logcumsumexp``'s backward free of NaN.
+(DESIGN.md writes the same in log space: ``L_n = log Lam_n + max A`` and ``R_m = log Rho_m + max(-A)``.)
+The gradient is analytic and O(k) too; with ``C = log Z_Q - log Z_P``:
+
+    dKL/dB_j = (r^Q_j - c^Q_j) - (r^P_j - c^P_j)
+    dKL/dA_j = (u_j + C - KL) r_j - sum_{n>j} P_jn u_n - sum_{m<j} P_mj u_m + (u_j - C + KL) c_j
+
+No k x k tensor is built. Entries past each row's k are masked (their alpha and beta are exactly 0).
+Shifting by the row maxima keeps every term in [0, 1]; on the sorted led side the largest terms
+open each prefix and close each suffix, so nothing underflows. Should an unsorted side span more
+than the dtype's exponent range (``S`` underflows), the row is recomputed in float64.
 """
 
 from __future__ import annotations
@@ -19,37 +26,80 @@ from __future__ import annotations
 import torch
 
 
-def _sentinel(dtype: torch.dtype) -> float:
-    return torch.finfo(dtype).min / 8
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """``out[:, j] = sum(x[:, :j])`` (exact zero for j = 0, no subtraction)."""
+    out = torch.zeros_like(x)
+    torch.cumsum(x[:, :-1], dim=-1, out=out[:, 1:])
+    return out
 
 
-def _exclusive_logcumsumexp(x: torch.Tensor, sentinel: float) -> torch.Tensor:
-    """``out[:, j] = logsumexp(x[:, :j])``; the empty prefix gets the sentinel."""
-    inclusive = torch.logcumsumexp(x, dim=-1)
-    return torch.cat([torch.full_like(x[:, :1], sentinel), inclusive[:, :-1]], dim=-1)
+def _exclusive_suffix_sum(x: torch.Tensor) -> torch.Tensor:
+    """``out[:, j] = sum(x[:, j+1:])``."""
+    return _exclusive_cumsum(x.flip(-1)).flip(-1)
 
 
-def _pair_log_masses(a: torch.Tensor, valid: torch.Tensor, sentinel: float):
-    """log Z, log row mass and log column mass of the pair distribution of ``a`` (already / tau)."""
-    neg = (-a).masked_fill(~valid, sentinel)  # padded n must not enter R_m
-    left = _exclusive_logcumsumexp(a, sentinel)  # L_n; padding sits at the end, so real n never sees it
-    right = _exclusive_logcumsumexp(neg.flip(-1), sentinel).flip(-1)  # R_m
-    col = (neg + left).masked_fill(~valid, sentinel)  # log of c_n * Z
-    log_z = torch.logsumexp(col, dim=-1, keepdim=True)
-    row = (a + right).masked_fill(~valid, sentinel)  # log of r_m * Z
-    return log_z, row - log_z, col - log_z
+class _Masses:
+    """Row masses, column masses and log Z of one side's pair distribution."""
+
+    def __init__(self, x: torch.Tensor, valid: torch.Tensor):
+        neg_inf = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
+        top = torch.where(valid, x, neg_inf).amax(dim=-1, keepdim=True)
+        bottom = torch.where(valid, -x, neg_inf).amax(dim=-1, keepdim=True)
+        self.alpha = torch.where(valid, torch.exp(x - top), 0.0)
+        self.beta = torch.where(valid, torch.exp(-x - bottom), 0.0)
+        lam = _exclusive_cumsum(self.alpha)
+        col = self.beta * lam
+        s = col.sum(dim=-1, keepdim=True)
+        self.s = s
+        self.row = self.alpha * _exclusive_suffix_sum(self.beta) / s
+        self.col = col / s
+        self.log_z = (top + bottom + torch.log(s)).squeeze(-1)
+
+
+def _underflows(m: _Masses) -> bool:
+    return m.s.dtype != torch.float64 and bool((m.s < torch.finfo(m.s.dtype).tiny * 1e6).any())
+
+
+class _PairKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p_values, q_values, valid, temperature):
+        a, b = p_values / temperature, q_values / temperature
+        mp, mq = _Masses(a, valid), _Masses(b, valid)
+        if _underflows(mp) or _underflows(mq):
+            a64, b64 = a.double(), b.double()
+            mp, mq = _Masses(a64, valid), _Masses(b64, valid)
+            u = torch.where(valid, a64 - b64, 0.0)
+        else:
+            u = torch.where(valid, a - b, 0.0)
+        kl = (u * (mp.row - mp.col)).sum(-1) - mp.log_z + mq.log_z
+        ctx.temperature = temperature
+        ctx.save_for_backward(u, kl, mp.log_z, mq.log_z, mp.row, mp.col, mq.row, mq.col, mp.alpha, mp.beta, mp.s)
+        return kl.to(p_values.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, kl, log_zp, log_zq, rp, cp, rq, cq, alpha, beta, s = ctx.saved_tensors
+        g = grad_out.to(u.dtype)[:, None] / ctx.temperature
+        grad_p = grad_q = None
+        if ctx.needs_input_grad[1]:
+            grad_q = (g * ((rq - cq) - (rp - cp))).to(grad_out.dtype)
+        if ctx.needs_input_grad[0]:
+            shift = (log_zq - log_zp - kl)[:, None]  # C - KL
+            after = alpha * _exclusive_suffix_sum(beta * u) / s  # sum_{n>j} P_jn u_n
+            before = beta * _exclusive_cumsum(alpha * u) / s  # sum_{m<j} P_mj u_m
+            grad_a = (u + shift) * rp - after - before + (u - shift) * cp
+            grad_p = (g * grad_a).to(grad_out.dtype)
+        return grad_p, grad_q, None, None
 
 
 def pair_kl(p_values: torch.Tensor, q_values: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-row ``KL(P || Q)``; P from ``p_values``, Q from ``q_values``, both (N, K) in led order.
 
-    ``valid`` (N, K) marks each row's first k entries. Returns (N,).
+    ``valid`` (N, K) marks each row's first k entries (k >= 2). Returns (N,).
     """
-    a = p_values / temperature
-    b = q_values / temperature
-    sentinel = _sentinel(a.dtype)
-    log_zp, log_r, log_c = _pair_log_masses(a, valid, sentinel)
-    log_zq, _, _ = _pair_log_masses(b, valid, sentinel)
-    u = (a - b).masked_fill(~valid, 0.0)
-    cross = (u * (log_r.exp() - log_c.exp())).sum(-1)
-    return cross - log_zp.squeeze(-1) + log_zq.squeeze(-1)
+    if p_values.shape != q_values.shape or p_values.shape != valid.shape:
+        raise ValueError(f"pair_kl: shapes differ: {tuple(p_values.shape)}, {tuple(q_values.shape)}, "
+                         f"{tuple(valid.shape)}")
+    if p_values.shape[1] == 0:  # no rows at all (k >= 2 otherwise): keep the graph, return (N,) zeros
+        return (p_values + q_values).sum(-1)
+    return _PairKL.apply(p_values, q_values, valid, temperature)

@@ -112,6 +112,19 @@ def test_pair_kl_padding_equals_unpadded():
     assert torch.isfinite(a.grad).all() and (a.grad[1, 5:] == 0).all()
 
 
+def test_pair_kl_float32_far_spread_falls_back_to_float64():
+    """An unsorted side spanning more than float32's exponent range still gives the right value."""
+    a = torch.tensor([[-200.0, -150.0, 0.0, 50.0, 120.0]], dtype=torch.float64)  # reversed order: tiny Z
+    b = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]], dtype=torch.float64)
+    valid = torch.ones(1, 5, dtype=torch.bool)
+    want = kl(pair_softmax(a[0], 1.0), pair_softmax(b[0], 1.0))
+    a32 = a.float().requires_grad_(True)
+    got = pair_kl(a32, b.float(), valid, 1.0)
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    got.sum().backward()
+    assert torch.isfinite(a32.grad).all()
+
+
 # ---- DBiLD and BiLD against the literal implementation ---------------------------------------------
 
 

@@ -1,0 +1,164 @@
+"""Forward+backward time and peak memory of every distillation loss at Qwen's vocabulary, as ratios
+to the full-vocabulary forward KL measured in the same run; and the O(k) pair term against a
+literal pair-matrix version.
+
+    python benchmarks/bench_losses.py                      # V = 151,936, 128 and 1,024 rows
+    python benchmarks/bench_losses.py --rows 128 --reps 3 --pair-ks 64 512
+
+Each measurement runs in its own subprocess so that its peak memory (the rise of ru_maxrss over
+the inputs' footprint) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def realistic_logits(rows: int, vocab: int, seed: int = 0):
+    """LLM-like rows: a bell-shaped bulk, a handful of confident tokens, per-row sharpness."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 1.5 + 2.0 * torch.rand(rows, 1, generator=g)
+    teacher = torch.randn(rows, vocab, generator=g) * scale
+    top = torch.randint(0, vocab, (rows, 8), generator=g)
+    teacher.scatter_add_(1, top, 6.0 + 4.0 * torch.rand(rows, 8, generator=g))
+    student = 0.8 * teacher + torch.randn(rows, vocab, generator=g)
+    return student, teacher
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _literal_pair_kl(p_vals, q_vals, tau):
+    """KL(P||Q) over the explicit k(k-1)/2 pairs (the layout the O(k) form avoids)."""
+    k = p_vals.shape[1]
+    iu = torch.triu_indices(k, k, offset=1)
+    dp = (p_vals[:, iu[0]] - p_vals[:, iu[1]]) / tau
+    dq = (q_vals[:, iu[0]] - q_vals[:, iu[1]]) / tau
+    lp, lq = dp.log_softmax(-1), dq.log_softmax(-1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def worker(spec: dict) -> dict:
+    from switchkd.losses import get_loss, knee_select, pair_kl
+
+    torch.manual_seed(0)
+    kind = spec["kind"]
+    if kind == "pair":
+        rows, k = spec["rows"], spec["k"]
+        a = torch.randn(rows, k).sort(-1, descending=True).values * 3
+        b0 = a + torch.randn(rows, k)
+        valid = torch.ones(rows, k, dtype=torch.bool)
+
+        def step():
+            b = b0.clone().requires_grad_(True)
+            out = pair_kl(b, a, valid, 3.0) if spec["impl"] == "ok" else _literal_pair_kl(b, a, 3.0)
+            out.sum().backward()
+    else:
+        student, teacher = realistic_logits(spec["rows"], spec["vocab"])
+        if kind == "knee":
+
+            def step():
+                knee_select(teacher, method=spec["method"])
+                knee_select(student, method=spec["method"])
+        else:
+            fn = get_loss(spec["loss"], knee=spec.get("knee", "fast"))
+
+            def step():
+                s = student.clone().requires_grad_(True)
+                fn(s, teacher).backward()
+
+    base = _rss_mb()
+    step()  # warm-up (and the peak-memory measurement)
+    peak = _rss_mb() - base
+    times = []
+    for _ in range(spec["reps"]):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak}
+
+
+def run(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+LOSS_ROWS = [
+    ("fkl", {"loss": "fkl"}),
+    ("rkl", {"loss": "rkl"}),
+    ("bild_fkl (k=8)", {"loss": "bild_fkl"}),
+    ("bild_rkl (k=8)", {"loss": "bild_rkl"}),
+    ("dbild_fkl", {"loss": "dbild_fkl"}),
+    ("dbild_rkl", {"loss": "dbild_rkl"}),
+    ("dbild_rkl, full-sort knee (before)", {"loss": "dbild_rkl", "knee": "sort"}),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--vocab", type=int, default=151_936)
+    parser.add_argument("--rows", type=int, nargs="+", default=[128, 1024])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--pair-ks", type=int, nargs="*", default=[64, 512, 4096])
+    parser.add_argument("--pair-rows", type=int, default=8)
+    parser.add_argument("--literal-budget-gb", type=float, default=8.0,
+                        help="skip the literal pair matrix when its estimated memory exceeds this")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+          f"V = {args.vocab:,}; forward+backward, median of {args.reps}")
+    for rows in args.rows:
+        common = {"rows": rows, "vocab": args.vocab, "reps": args.reps}
+        results = [(name, run({"kind": "loss", **common, **extra})) for name, extra in LOSS_ROWS]
+        results += [(f"knee only, {m} (teacher + student)", run({"kind": "knee", "method": m, **common}))
+                    for m in ("fast", "sort")]
+        ref = results[0][1]
+        print(f"\n### {rows} rows\n")
+        print("| loss | time (ms) | × fkl time | peak extra memory (MB) | × fkl memory |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for name, r in results:
+            if "error" in r:
+                print(f"| {name} | failed: {r['error']} | | | |")
+                continue
+            print(f"| {name} | {r['ms']:.0f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mb']:.0f} | "
+                  f"{r['peak_mb'] / max(ref['peak_mb'], 1):.2f} |")
+        by = dict(results)
+        if "error" not in by["dbild_rkl"] and "error" not in by["knee only, fast (teacher + student)"]:
+            share = by["knee only, fast (teacher + student)"]["ms"] / by["dbild_rkl"]["ms"]
+            print(f"\nknee selection's share of dbild_rkl: {100 * share:.0f}% (fast); "
+                  f"full sort alone: {by['knee only, sort (teacher + student)']['ms']:.0f} ms")
+
+    if args.pair_ks:
+        print(f"\n### pair term, {args.pair_rows} rows, forward+backward\n")
+        print("| k | O(k) (ms) | O(k) memory (MB) | literal pairs (ms) | literal memory (MB) |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for k in args.pair_ks:
+            fast = run({"kind": "pair", "impl": "ok", "rows": args.pair_rows, "k": k, "reps": args.reps})
+            est_gb = args.pair_rows * k * (k - 1) / 2 * 4 * 10 / 1e9  # ~10 float32 pair-sized tensors
+            if est_gb > args.literal_budget_gb:
+                lit_cells = f"skipped (~{est_gb:.0f} GB) | –"
+            else:
+                lit = run({"kind": "pair", "impl": "literal", "rows": args.pair_rows, "k": k, "reps": args.reps})
+                lit_cells = (f"failed: {lit['error']} | –" if "error" in lit
+                             else f"{lit['ms']:.1f} | {lit['peak_mb']:.0f}")
+            print(f"| {k} | {fast['ms']:.2f} | {fast['peak_mb']:.0f} | {lit_cells} |")
+
+
+if __name__ == "__main__":
+    main()
