@@ -60,35 +60,57 @@ def _underflows(m: _Masses) -> bool:
     return m.s.dtype != torch.float64 and bool((m.s < torch.finfo(m.s.dtype).tiny * 1e6).any())
 
 
+def _chunk_masses(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor):
+    """Masses of both sides and ``u = A - B`` for a block of rows, in float64 if float32 underflows."""
+    mp, mq = _Masses(a, valid), _Masses(b, valid)
+    if _underflows(mp) or _underflows(mq):
+        a, b = a.double(), b.double()
+        mp, mq = _Masses(a, valid), _Masses(b, valid)
+    return mp, mq, torch.where(valid, a - b, 0.0)
+
+
+def _kl(mp: _Masses, mq: _Masses, u: torch.Tensor) -> torch.Tensor:
+    return (u * (mp.row - mp.col)).sum(-1) - mp.log_z + mq.log_z
+
+
+def _row_blocks(n_rows: int, width: int):
+    # Blocks of ~256k elements: their temporaries stay in cache and in reused heap memory
+    # (fresh multi-MB tensors cost more in page faults than in arithmetic on CPU).
+    size = max(1, (1 << 18) // max(width, 1))
+    return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
+
+
 class _PairKL(torch.autograd.Function):
+    """Forward and backward run block by block; backward recomputes the masses rather than
+    keeping a dozen (N, K) tensors alive between the passes."""
+
     @staticmethod
     def forward(ctx, p_values, q_values, valid, temperature):
         a, b = p_values / temperature, q_values / temperature
-        mp, mq = _Masses(a, valid), _Masses(b, valid)
-        if _underflows(mp) or _underflows(mq):
-            a64, b64 = a.double(), b.double()
-            mp, mq = _Masses(a64, valid), _Masses(b64, valid)
-            u = torch.where(valid, a64 - b64, 0.0)
-        else:
-            u = torch.where(valid, a - b, 0.0)
-        kl = (u * (mp.row - mp.col)).sum(-1) - mp.log_z + mq.log_z
+        out = torch.empty(a.shape[0], dtype=p_values.dtype, device=a.device)
+        for rows in _row_blocks(*a.shape):
+            mp, mq, u = _chunk_masses(a[rows], b[rows], valid[rows])
+            out[rows] = _kl(mp, mq, u).to(out.dtype)
         ctx.temperature = temperature
-        ctx.save_for_backward(u, kl, mp.log_z, mq.log_z, mp.row, mp.col, mq.row, mq.col, mp.alpha, mp.beta, mp.s)
-        return kl.to(p_values.dtype)
+        ctx.save_for_backward(a, b, valid)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        u, kl, log_zp, log_zq, rp, cp, rq, cq, alpha, beta, s = ctx.saved_tensors
-        g = grad_out.to(u.dtype)[:, None] / ctx.temperature
-        grad_p = grad_q = None
-        if ctx.needs_input_grad[1]:
-            grad_q = (g * ((rq - cq) - (rp - cp))).to(grad_out.dtype)
-        if ctx.needs_input_grad[0]:
-            shift = (log_zq - log_zp - kl)[:, None]  # C - KL
-            after = alpha * _exclusive_suffix_sum(beta * u) / s  # sum_{n>j} P_jn u_n
-            before = beta * _exclusive_cumsum(alpha * u) / s  # sum_{m<j} P_mj u_m
-            grad_a = (u + shift) * rp - after - before + (u - shift) * cp
-            grad_p = (g * grad_a).to(grad_out.dtype)
+        a, b, valid = ctx.saved_tensors
+        want_p, want_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_p = torch.empty_like(a) if want_p else None
+        grad_q = torch.empty_like(b) if want_q else None
+        for rows in _row_blocks(*a.shape):
+            mp, mq, u = _chunk_masses(a[rows], b[rows], valid[rows])
+            g = grad_out[rows].to(u.dtype)[:, None] / ctx.temperature
+            if want_q:
+                grad_q[rows] = g * ((mq.row - mq.col) - (mp.row - mp.col))
+            if want_p:
+                shift = (mq.log_z - mp.log_z - _kl(mp, mq, u))[:, None]  # C - KL
+                after = mp.alpha * _exclusive_suffix_sum(mp.beta * u) / mp.s  # sum_{n>j} P_jn u_n
+                before = mp.beta * _exclusive_cumsum(mp.alpha * u) / mp.s  # sum_{m<j} P_mj u_m
+                grad_p[rows] = g * ((u + shift) * mp.row - after - before + (u - shift) * mp.col)
         return grad_p, grad_q, None, None
 
 

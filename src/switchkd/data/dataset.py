@@ -1,0 +1,188 @@
+"""The LLaVA-format dataset, its collator and a length-grouped sampler.
+
+    ds = LlavaDataset.for_model("data/train.json", "data/images", model, max_length=2048)
+    loader = DataLoader(ds, batch_size=8, collate_fn=Collator(model.tokenizer.pad_token_id))
+
+Bad input (missing or unreadable image, malformed record, path escaping the image root, over-long
+sample, nothing supervised) raises an error naming the record, or with ``on_error="skip"`` yields
+``None``; the collator drops it and counts it by reason in ``batch["skipped"]``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from switchkd.data.images import ImageError, load_image, preprocess_images, resolve_image_path
+from switchkd.data.records import RecordError, load_records, record_name, to_messages
+from switchkd.data.templates import ChatTemplate, get_template
+from switchkd.data.tokenize import NoSupervisedTokens, SampleTooLong, tokenize_conversation
+from switchkd.losses.sequence import IGNORE_INDEX
+
+SKIP_REASONS = {RecordError: "malformed_record", ImageError: "bad_image", SampleTooLong: "too_long",
+                NoSupervisedTokens: "no_supervised_tokens"}
+
+
+class SampleError(ValueError):
+    """A sample that failed; ``reason`` is one of the skip counters."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class LlavaDataset(Dataset):
+    def __init__(self, records: list[dict] | str | Path, image_root: str | Path | None, tokenizer,
+                 template: ChatTemplate, image_processor, image_token_id: int, num_image_tokens: int,
+                 max_length: int | None = 2048, on_error: str = "raise", pad_to_square: bool = True):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.records = load_records(records) if isinstance(records, (str, Path)) else list(records)
+        self.image_root = image_root
+        self.tokenizer = tokenizer
+        self.template = template
+        self.image_processor = image_processor
+        self.image_token_id = image_token_id
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.on_error = on_error
+        self.pad_to_square = pad_to_square
+
+    @classmethod
+    def for_model(cls, records, image_root, model, **kwargs) -> LlavaDataset:
+        """A dataset whose template, tokens and image processing match ``model``."""
+        template = get_template(model.config.chat_template, model.config.system_prompt)
+        return cls(records, image_root, model.tokenizer, template, model.image_processor, model.image_token_id,
+                   model.num_image_tokens, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def approx_length(self, index: int) -> int:
+        """A cheap length estimate (words + image tokens) for length-grouped batching."""
+        rec = self.records[index]
+        convs = rec.get("conversations", []) if isinstance(rec, dict) else []
+        words = sum(len(str(m.get("value", "")).split()) for m in convs if isinstance(m, dict))
+        return words + (self.num_image_tokens if isinstance(rec, dict) and rec.get("image") else 0)
+
+    def load(self, index: int) -> dict[str, Any]:
+        """The sample or a SampleError naming the record."""
+        record = self.records[index]
+        name = record_name(record, index)
+        try:
+            messages, image = to_messages(record, index)
+            pixel_values = None
+            if image is not None:
+                path = resolve_image_path(self.image_root, image)
+                pixel_values = preprocess_images([load_image(path)], self.image_processor, self.pad_to_square)[0]
+            tok = tokenize_conversation(messages, self.tokenizer, self.template, self.image_token_id,
+                                        self.num_image_tokens, self.max_length)
+        except tuple(SKIP_REASONS) as exc:
+            reason = next(r for cls, r in SKIP_REASONS.items() if isinstance(exc, cls))
+            message = str(exc) if str(exc).startswith("record ") else f"{name}: {exc}"
+            raise SampleError(message, reason) from None
+        return {
+            "id": record.get("id", index),
+            "input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
+            "labels": torch.tensor(tok.labels, dtype=torch.long),
+            "pixel_values": pixel_values,
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            return self.load(index)
+        except SampleError as exc:
+            if self.on_error == "raise":
+                raise
+            return {"skipped": exc.reason, "id": index}
+
+
+class Collator:
+    """Pads a list of samples into a batch; skipped samples are dropped and counted by reason."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        skipped = Counter(s["skipped"] for s in samples if "skipped" in s)
+        samples = [s for s in samples if "skipped" not in s]
+        batch: dict[str, Any] = {"skipped": skipped, "ids": [s["id"] for s in samples]}
+        if not samples:
+            batch.update(input_ids=None, labels=None, attention_mask=None, pixel_values=None, num_items=0)
+            return batch
+        width = max(s["input_ids"].numel() for s in samples)
+        n = len(samples)
+        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        for i, s in enumerate(samples):
+            length = s["input_ids"].numel()
+            cols = slice(0, length) if self.padding_side == "right" else slice(width - length, width)
+            input_ids[i, cols] = s["input_ids"]
+            labels[i, cols] = s["labels"]
+            attention_mask[i, cols] = 1
+        images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+        batch.update(
+            input_ids=input_ids,
+            labels=labels,
+            attention_mask=attention_mask,
+            pixel_values=torch.stack(images) if images else None,
+            # supervised tokens after the causal shift: the normaliser of the loss
+            num_items=int((labels[:, 1:] != IGNORE_INDEX).sum()),
+        )
+        return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffled mega-batches, each sorted by length, so batches pad little but stay random."""
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, mega_batch_mult: int = 50):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.mega = max(batch_size * mega_batch_mult, 1)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        rng = random.Random(self.seed + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        out: list[int] = []
+        for start in range(0, len(order), self.mega):
+            chunk = sorted(order[start : start + self.mega], key=lambda i: -self.lengths[i])
+            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            rng.shuffle(batches)
+            for b in batches:
+                out.extend(b)
+        return iter(out)
+
+
+class ShuffleSampler(Sampler[int]):
+    """A seeded permutation per epoch (the same order on every process and after a resume)."""
+
+    def __init__(self, n: int, seed: int = 0):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())

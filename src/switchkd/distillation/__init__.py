@@ -1,0 +1,5 @@
+"""The visual-switch distillation objective."""
+
+from switchkd.distillation.switch import DistillConfig, VisualSwitchDistiller, check_pair
+
+__all__ = ["DistillConfig", "VisualSwitchDistiller", "check_pair"]

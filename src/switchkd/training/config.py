@@ -1,0 +1,126 @@
+"""The run configuration: model, teacher, data, training and distillation sections.
+
+    cfg = load_config("configs/paper/dft_siglip_qwen2.5-0.5b_from_3b.yaml", ["train.lr=1e-5"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from switchkd.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from switchkd.distillation.switch import DistillConfig
+from switchkd.training.stages import PARTS, STAGES
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None
+    """LLaVA-format JSON or JSONL with the training records."""
+    image_root: str | None = None
+    """Folder that record image paths are relative to; null uses the data file's folder."""
+    max_length: int = 2048
+    """Tokens per sample; longer samples are cut after their image tokens (or skipped)."""
+    on_error: str = "raise"
+    """Bad samples: raise (stop with a message naming the record) or skip (count and report)."""
+    num_workers: int = 2
+    """DataLoader worker processes."""
+    length_grouped: bool = True
+    """Batch samples of similar length together (less padding)."""
+    padding_side: str = "right"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error must be raise or skip, got {self.on_error!r}")
+        if self.padding_side not in ("left", "right"):
+            raise ConfigError(f"data.padding_side must be left or right, got {self.padding_side!r}")
+
+    @property
+    def resolved_image_root(self) -> str | None:
+        if self.image_root is not None or self.train is None:
+            return self.image_root
+        return str(Path(self.train).parent)
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "dft"
+    """pt (projector only), dpt (pt with distillation), sft (no teacher), dft (distilled fine-tuning)."""
+    trainable: dict = field(default_factory=dict)
+    """Override which parts train, e.g. {vision: false}; defaults come from the stage."""
+    output_dir: str = "runs/train"
+    lr: float = 2e-5
+    """Peak learning rate (paper: PT 1e-3, DFT 2e-5)."""
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    max_steps: int | None = None
+    """Optimizer steps; overrides epochs when set."""
+    per_device_batch_size: int = 4
+    grad_accum: int = 1
+    """Micro-batches per optimizer step; global batch = per_device_batch_size x grad_accum x processes."""
+    warmup_ratio: float = 0.03
+    scheduler: str = "cosine"
+    """cosine (with linear warm-up) or constant (with warm-up)."""
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    """no, bf16 or fp16 (autocast where the device supports it)."""
+    gradient_checkpointing: bool = False
+    """Recompute student activations in backward."""
+    distributed: str = "ddp"
+    """ddp, fsdp or deepspeed (ZeRO, see zero_stage) when launched on several processes."""
+    zero_stage: int = 2
+    seed: int = 0
+    save_every: int | None = None
+    """Write a resumable checkpoint every N optimizer steps (and always at the end)."""
+    save_total_limit: int | None = 2
+    """Keep at most this many step checkpoints (the final model is always kept)."""
+    log_every: int = 1
+    tensorboard: bool = False
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"train.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        unknown = set(self.trainable) - set(PARTS)
+        if unknown:
+            raise ConfigError(f"train.trainable: unknown part(s) {sorted(unknown)}; valid: {', '.join(PARTS)}")
+        if self.scheduler not in ("cosine", "constant"):
+            raise ConfigError(f"train.scheduler must be cosine or constant, got {self.scheduler!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.distributed not in ("ddp", "fsdp", "deepspeed"):
+            raise ConfigError(f"train.distributed must be ddp, fsdp or deepspeed, got {self.distributed!r}")
+        if self.per_device_batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.per_device_batch_size and train.grad_accum must be >= 1")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError("train.warmup_ratio must be in [0, 1)")
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    """The student (or the only model, for pt/sft)."""
+    teacher: ModelConfig | None = None
+    """The frozen teacher, for dpt/dft."""
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def __post_init__(self) -> None:
+        if STAGES[self.train.stage]["teacher"] and self.teacher is None:
+            raise ConfigError(f"train.stage={self.train.stage} distills: give a `teacher:` section")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides or []))
+    if "model" not in data:
+        raise ConfigError("config needs a `model:` section")
+    return from_dict(Config, data)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

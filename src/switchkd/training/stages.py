@@ -1,0 +1,38 @@
+"""Training stages as data, applied by one function.
+
+pt  : projector only (LLaVA-style alignment pre-training), no teacher
+dpt : pt with the distillation terms (the paper's Table 5 ablation)
+sft : vision, projector and LLM, no teacher (the baseline)
+dft : vision, projector and LLM with the visual-switch distiller (paper Table 2)
+"""
+
+from __future__ import annotations
+
+PARTS = ("vision", "projector", "llm")
+
+STAGES: dict[str, dict] = {
+    "pt": {"trainable": {"vision": False, "projector": True, "llm": False}, "teacher": False},
+    "dpt": {"trainable": {"vision": False, "projector": True, "llm": False}, "teacher": True},
+    "sft": {"trainable": {"vision": True, "projector": True, "llm": True}, "teacher": False},
+    "dft": {"trainable": {"vision": True, "projector": True, "llm": True}, "teacher": True},
+}
+
+_MODULE = {"vision": "vision_tower", "projector": "projector", "llm": "llm"}
+
+
+def trainable_parts(stage: str, overrides: dict | None = None) -> dict[str, bool]:
+    parts = dict(STAGES[stage]["trainable"])
+    parts.update({k: bool(v) for k, v in (overrides or {}).items()})
+    return parts
+
+
+def apply_stage(model, parts: dict[str, bool]) -> dict[str, int]:
+    """Set ``requires_grad`` per part; returns trainable parameter counts per part."""
+    counts = {}
+    for part, train in parts.items():
+        module = getattr(model, _MODULE[part])
+        module.requires_grad_(train)
+        counts[part] = sum(p.numel() for p in module.parameters()) if train else 0
+    if not any(parts.values()):
+        raise ValueError("no part of the model is trainable")
+    return counts

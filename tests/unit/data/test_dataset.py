@@ -1,0 +1,148 @@
+"""The dataset on real files: bad input gives clear errors or counted skips; collation; sampler."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, SampleError
+from switchkd.data.images import default_image_processor
+from switchkd.data.records import RecordError, load_records
+from switchkd.data.templates import get_template
+from transformers import AutoTokenizer
+
+N_IMG = 4
+
+
+def _good(i, image="ok.png"):
+    rec = {"id": f"s{i}", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
+                                            {"from": "gpt", "value": "a red circle ."}]}
+    if image:
+        rec["image"] = image
+    return rec
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "ok.png")
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(tmp_path / "outside.png")
+    good = root / "truncated.png"
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(good)
+    good.write_bytes(good.read_bytes()[:60])
+    (root / "notimage.png").write_text("this is not an image")
+    return root
+
+
+def _dataset(records, root, tiny_tokenizer_dir, **kw):
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
+    return LlavaDataset(records, root, tok, get_template("chatml"), default_image_processor("clip_vision_model", 28),
+                        tok.convert_tokens_to_ids("<|image_pad|>"), N_IMG, **kw)
+
+
+BAD = [
+    ({"id": "m", "image": "missing.png", "conversations": _good(0)["conversations"]}, "bad_image", "image not found"),
+    (_good(1, "truncated.png"), "bad_image", "cannot read image"),
+    (_good(2, "notimage.png"), "bad_image", "cannot read image"),
+    (_good(3, "../outside.png"), "bad_image", "escapes the image root"),
+    ({"id": "nc", "image": "ok.png"}, "malformed_record", "conversations"),
+    ({"id": "role", "conversations": [{"from": "robot", "value": "hi"}]}, "malformed_record", "unknown speaker"),
+    ({"id": "order", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]},
+     "malformed_record", "alternate"),
+    ({"id": "two", "image": "ok.png", "conversations": [{"from": "human", "value": "<image> <image>"},
+                                                        {"from": "gpt", "value": "x"}]},
+     "malformed_record", "2 <image> placeholder"),
+    ({"id": "long", "image": "ok.png", "conversations": [{"from": "human", "value": "word " * 150 + "<image>"},
+                                                         {"from": "gpt", "value": "x"}]}, "too_long", "max_length"),
+]
+
+
+@pytest.mark.parametrize("record,reason,message", BAD, ids=[b[0].get("id", "?") for b in BAD])
+def test_bad_input_raises_naming_the_record(folder, tiny_tokenizer_dir, record, reason, message):
+    ds = _dataset([_good(0), record], folder, tiny_tokenizer_dir, max_length=100)
+    assert ds[0]["input_ids"].numel() > 0
+    with pytest.raises(SampleError, match=message) as err:
+        ds[1]
+    assert err.value.reason == reason
+    assert "record 1" in str(err.value)
+
+
+def test_bad_input_is_skipped_and_counted(folder, tiny_tokenizer_dir):
+    records = [_good(i) for i in range(3)] + [b[0] for b in BAD]
+    ds = _dataset(records, folder, tiny_tokenizer_dir, max_length=100, on_error="skip")
+    loader = DataLoader(ds, batch_size=4, collate_fn=Collator(ds.tokenizer.pad_token_id), num_workers=2)
+    total, kept = Counter(), 0
+    for batch in loader:
+        total.update(batch["skipped"])
+        kept += 0 if batch["input_ids"] is None else batch["input_ids"].shape[0]
+    assert kept == 3
+    assert total == Counter(reason for _, reason, _ in BAD)
+
+
+def test_malformed_files_name_the_position(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"id": 1, "conversations": []},\n {"id": 2,, }]')
+    with pytest.raises(RecordError, match="line 2"):
+        load_records(bad)
+    bad_l = tmp_path / "bad.jsonl"
+    bad_l.write_text('{"id": 1}\n{"id": \n')
+    with pytest.raises(RecordError, match="bad.jsonl:2"):
+        load_records(bad_l)
+    (tmp_path / "obj.json").write_text('{"id": 1}')
+    with pytest.raises(RecordError, match="JSON list"):
+        load_records(tmp_path / "obj.json")
+    with pytest.raises(FileNotFoundError):
+        load_records(tmp_path / "none.json")
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_collator_pads_and_keeps_image_order(folder, tiny_tokenizer_dir, side):
+    records = [_good(0), _good(1, image=None), _good(2)]
+    records[1]["conversations"][0]["value"] = "what is a circle ? " * 3
+    ds = _dataset(records, folder, tiny_tokenizer_dir)
+    samples = [ds[i] for i in range(3)]
+    batch = Collator(ds.tokenizer.pad_token_id, side)(samples)
+    assert batch["pixel_values"].shape == (2, 3, 28, 28)
+    for i, s in enumerate(samples):
+        n = s["input_ids"].numel()
+        row = batch["input_ids"][i]
+        real = batch["attention_mask"][i].bool()
+        assert real.sum() == n and torch.equal(row[real], s["input_ids"])
+        assert torch.equal(batch["labels"][i][real], s["labels"])
+        assert (batch["labels"][i][~real] == -100).all()
+        if side == "left":
+            assert real[-1]
+        else:
+            assert real[0]
+    assert batch["num_items"] == sum(int((s["labels"][1:] != -100).sum()) for s in samples)
+
+
+def test_image_is_padded_to_square_with_mean_colour(folder):
+    proc = default_image_processor("clip_vision_model", 28)
+    from switchkd.data.images import expand_to_square, mean_colour
+    img = expand_to_square(Image.open(folder / "ok.png").convert("RGB"), mean_colour(proc))
+    assert img.size == (40, 40)
+    assert img.getpixel((0, 0)) == mean_colour(proc) and img.getpixel((20, 20)) == (200, 10, 10)
+
+
+def test_length_grouped_sampler_is_a_seeded_permutation():
+    lengths = [(i * 37) % 101 for i in range(300)]
+    s = LengthGroupedSampler(lengths, batch_size=10, seed=1, mega_batch_mult=5)
+    order = list(s)
+    assert sorted(order) == list(range(300))
+    assert order == list(LengthGroupedSampler(lengths, batch_size=10, seed=1, mega_batch_mult=5))
+    s.set_epoch(1)
+    assert list(s) != order
+    spread = [max(lengths[i] for i in order[j:j + 10]) - min(lengths[i] for i in order[j:j + 10])
+              for j in range(0, 300, 10)]
+    assert sum(spread) / len(spread) < 20  # random batches would spread ~90
+
+
+def test_records_json_roundtrip(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(_good(i)) + "\n" for i in range(3)))
+    assert [r["id"] for r in load_records(path)] == ["s0", "s1", "s2"]

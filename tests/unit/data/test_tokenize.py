@@ -1,0 +1,92 @@
+"""Label masking and the chat template with the real Qwen2-family tokenizer."""
+
+import pytest
+from transformers import AutoTokenizer
+
+from switchkd.data.records import to_messages
+from switchkd.data.templates import get_template
+from switchkd.data.tokenize import NoSupervisedTokens, SampleTooLong, tokenize_conversation
+from switchkd.losses.sequence import IGNORE_INDEX
+
+N_IMG = 5
+
+RECORD = {
+    "id": "multi",
+    "image": "x.png",
+    "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour is the circle?"},
+        {"from": "gpt", "value": "The circle is red."},
+        {"from": "human", "value": "And how many squares are there? Answer briefly."},
+        {"from": "gpt", "value": "Three squares, 3 in total.\nThat's all."},
+        {"from": "human", "value": "Thanks! 你好"},
+        {"from": "gpt", "value": "You're welcome — 不客气!"},
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+    template = get_template("chatml", "You are a helpful assistant.")
+    tok.chat_template = template.jinja()
+    return tok, template, tok.convert_tokens_to_ids("<|image_pad|>")
+
+
+def _runs(labels):
+    runs, cur = [], []
+    for label in labels:
+        if label != IGNORE_INDEX:
+            cur.append(label)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    return runs + ([cur] if cur else [])
+
+
+def test_supervised_tokens_decode_to_exactly_the_replies(qwen):
+    tok, template, img = qwen
+    messages, _ = to_messages(RECORD, 0)
+    out = tokenize_conversation(messages, tok, template, img, N_IMG)
+    decoded = [tok.decode(run) for run in _runs(out.labels)]
+    replies = [m["value"] + "<|im_end|>" for m in RECORD["conversations"][1::2]]
+    assert decoded == replies
+    supervised = [i for i, label in zip(out.input_ids, out.labels) if label != IGNORE_INDEX]
+    assert supervised == [label for label in out.labels if label != IGNORE_INDEX]
+    assert out.input_ids.count(img) == N_IMG
+
+
+def test_rendering_equals_apply_chat_template(qwen):
+    tok, template, img = qwen
+    messages, _ = to_messages(RECORD, 0)
+    expanded = [{**m, "content": m["content"].replace("<image>", "<|image_pad|>" * N_IMG)} for m in messages]
+    rendered = tok.apply_chat_template(expanded, tokenize=False)
+    assert template.render(expanded) == rendered
+    assert rendered.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    ours = tokenize_conversation(messages, tok, template, img, N_IMG).input_ids
+    assert ours == tok(rendered, add_special_tokens=False)["input_ids"]
+    prompt = tokenize_conversation(messages[:1], tok, template, img, N_IMG, add_generation_prompt=True).input_ids
+    want = tok.apply_chat_template(expanded[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt == tok(want, add_special_tokens=False)["input_ids"]
+
+
+def test_image_placeholder_added_when_missing(qwen):
+    tok, template, img = qwen
+    record = {"image": "a.png", "conversations": [{"from": "human", "value": "Describe."},
+                                                  {"from": "gpt", "value": "A cat."}]}
+    messages, _ = to_messages(record, 3)
+    assert messages[0]["content"] == "<image>\nDescribe."
+    assert tokenize_conversation(messages, tok, template, img, N_IMG).input_ids.count(img) == N_IMG
+
+
+def test_truncation_keeps_image_and_counts_supervision(qwen):
+    tok, template, img = qwen
+    messages, _ = to_messages(RECORD, 0)
+    full = tokenize_conversation(messages, tok, template, img, N_IMG)
+    cut = tokenize_conversation(messages, tok, template, img, N_IMG, max_length=len(full.input_ids) - 4)
+    assert cut.input_ids == full.input_ids[:-4] and cut.labels == full.labels[:-4]
+    image_end = max(i for i, t in enumerate(full.input_ids) if t == img) + 1
+    with pytest.raises(SampleTooLong, match="image tokens"):
+        tokenize_conversation(messages, tok, template, img, N_IMG, max_length=image_end - 1)
+    first_reply = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
+    with pytest.raises(NoSupervisedTokens):
+        tokenize_conversation(messages, tok, template, img, N_IMG, max_length=first_reply)
