@@ -31,6 +31,31 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="run YAML (model, teacher, data, train, distill sections)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config, data paths and model shapes, then stop (no weights are loaded)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5 distill.loss=bild_rkl")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from switchkd.training import load_config, train
+    from switchkd.training.dry_run import dry_run
+
+    cfg = load_config(args.config, args.overrides)
+    if args.dry_run:
+        print(dry_run(cfg))
+        return 0
+    result = train(cfg, resume=args.resume)
+    print(f"trained {result.steps} steps; model saved to {result.final_model}")
+    if result.skipped:
+        print(f"skipped samples: {dict(result.skipped)}")
+    return 0
+
+
 COMMANDS = {
+    "train": (add_train, run_train, "train a stage (pt, dpt, sft, dft) from a YAML config; works under "
+                                    "torchrun / accelerate launch"),
     "build": (add_build, run_build, "assemble a VLM from local component folders (or config dicts) and save it"),
 }

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("accelerate", "deepspeed", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     _add, run, _help = commands.COMMANDS[args.command]
     try:
         return int(run(args) or 0)

@@ -195,7 +195,7 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
             name = f"{split}_{i:05d}.png"
             render(objs, cfg, rng).save(out / "images" / name)
             if split == "train":
-                pt.append({"id": f"pt-{i}", "image": name, "conversations": [
+                pt.append({"id": f"pt-{i}", "image": f"images/{name}", "conversations": [
                     {"from": "human", "value": f"<image>\n{rng.choice(CAPTION_PROMPTS)}"},
                     {"from": "gpt", "value": caption(objs)}]})
             per_image = cfg.turns_per_image if split == "train" else cfg.questions_per_test_image
@@ -211,10 +211,10 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
                 for j, qa in enumerate(qas):
                     convs.append({"from": "human", "value": ("<image>\n" if j == 0 else "") + qa["question"]})
                     convs.append({"from": "gpt", "value": qa["answer"]})
-                dft.append({"id": f"dft-{i}", "image": name, "conversations": convs})
+                dft.append({"id": f"dft-{i}", "image": f"images/{name}", "conversations": convs})
             else:
                 for j, qa in enumerate(qas):
-                    row = {"question_id": f"{split}-{i}-{j}", "image": name, "text": qa["question"],
+                    row = {"question_id": f"{split}-{i}-{j}", "image": f"images/{name}", "text": qa["question"],
                            "answer": qa["answer"], "type": qa["kind"]}
                     (val if split == "val" else test).append(row)
     paths = {"pt": out / "pt_train.json", "dft": out / "dft_train.json", "val": out / "val.jsonl",

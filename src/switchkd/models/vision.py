@@ -84,6 +84,24 @@ class VisionTower(nn.Module):
             raise ValueError(f"cannot tell the token layout of {self.config.model_type}: {n} tokens")
         return n == self.num_patches + 1
 
+    def unused_parameter_names(self) -> list[str]:
+        """Parameters that cannot affect the selected features (layers after ``feature_layer``, the
+        final norm, pooling heads), found exactly by one probe backward pass."""
+        params = dict(self.encoder.named_parameters())
+        size = self.config.image_size
+        dtype = next(self.encoder.parameters()).dtype
+        with torch.enable_grad():
+            flags = {n: p.requires_grad for n, p in params.items()}
+            for p in params.values():
+                p.requires_grad_(True)
+            try:
+                feats = self(torch.zeros(1, 3, size, size, dtype=dtype, device=next(self.parameters()).device))
+                grads = torch.autograd.grad(feats.float().sum(), list(params.values()), allow_unused=True)
+            finally:
+                for n, p in params.items():
+                    p.requires_grad_(flags[n])
+        return [n for n, g in zip(params, grads) if g is None]
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = next(self.encoder.parameters()).dtype
         out = self.encoder(pixel_values=pixel_values.to(dtype), output_hidden_states=True)

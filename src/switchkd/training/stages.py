@@ -8,6 +8,10 @@ dft : vision, projector and LLM with the visual-switch distiller (paper Table 2)
 
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger("switchkd.train")
+
 PARTS = ("vision", "projector", "llm")
 
 STAGES: dict[str, dict] = {
@@ -35,4 +39,14 @@ def apply_stage(model, parts: dict[str, bool]) -> dict[str, int]:
         counts[part] = sum(p.numel() for p in module.parameters()) if train else 0
     if not any(parts.values()):
         raise ValueError("no part of the model is trainable")
+    if parts.get("vision"):
+        # Parameters after the feature layer never get a gradient; left trainable, DDP would stop on
+        # them ("parameters that were not used in producing loss") and the optimizer would carry them.
+        unused = model.vision_tower.unused_parameter_names()
+        for name in unused:
+            model.vision_tower.encoder.get_parameter(name).requires_grad_(False)
+        if unused:
+            counts["vision"] = sum(p.numel() for p in model.vision_tower.parameters() if p.requires_grad)
+            log.info("vision: %d parameter tensors past feature layer %d are unused and stay frozen (%s ...)",
+                     len(unused), model.vision_tower.feature_layer, unused[0])
     return counts

@@ -61,7 +61,9 @@ def make_accelerator(cfg: Config):
             gradient_clipping=t.max_grad_norm or 0.0)
     elif t.distributed == "fsdp":
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
-    return Accelerator(gradient_accumulation_steps=t.grad_accum, mixed_precision=t.mixed_precision,
+    # Without a GPU, accelerate only forms a process group (gloo) when told it runs on CPU.
+    return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=t.grad_accum,
+                       mixed_precision=t.mixed_precision,
                        log_with="tensorboard" if t.tensorboard else None,
                        project_dir=t.output_dir, **kwargs)
 

@@ -49,7 +49,7 @@ def test_files_are_llava_format_and_tokenizer_works(tmp_path):
     pt, dft = load_records(paths["pt"]), load_records(paths["dft"])
     assert len(pt) == len(dft) == 40
     assert dft[0]["conversations"][0]["value"].startswith("<image>\n")
-    assert (tmp_path / "images" / pt[0]["image"]).is_file()
+    assert (tmp_path / pt[0]["image"]).is_file()
     tok = train_tokenizer(corpus(paths), vocab_size=400, out_dir=tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     for special in ("<|im_start|>", "<|im_end|>", "<|image_pad|>", "<|endoftext|>"):

@@ -1,0 +1,89 @@
+"""``switchkd train --dry-run``: check a config, its data and the model shapes without training.
+
+Models are built on the meta device from their configs, so a 7B teacher costs nothing here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig
+
+from switchkd.config import ConfigError, ModelConfig, from_dict, require_folder
+from switchkd.data.images import load_image, resolve_image_path
+from switchkd.data.records import load_records, to_messages
+from switchkd.distillation.switch import check_pair
+from switchkd.models import build_vlm
+from switchkd.training.config import Config
+from switchkd.training.stages import STAGES, trainable_parts
+
+CHECK_RECORDS = 200
+CHECK_IMAGES = 20
+
+
+def _config_dict(source: str | dict, what: str) -> dict:
+    if isinstance(source, dict):
+        return source
+    config = AutoConfig.from_pretrained(str(require_folder(source, what)))
+    if hasattr(config, "vision_config") and what == "vision":
+        config = config.vision_config
+    return config.to_dict()
+
+
+def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
+    """The same model with every component given as a config dict (no weights to read)."""
+    if cfg.pretrained is not None:
+        folder = require_folder(cfg.pretrained, f"{what}.pretrained")
+        meta = json.loads((folder / "config.json").read_text())
+        saved = from_dict(ModelConfig, meta["model"])
+        return dataclasses.replace(saved, tokenizer=str(folder), image_processor=str(folder))
+    tokenizer = cfg.tokenizer or (cfg.llm if isinstance(cfg.llm, str) else None)
+    processor = cfg.image_processor
+    if processor is None and isinstance(cfg.vision, str) and (Path(cfg.vision) / "preprocessor_config.json").is_file():
+        processor = cfg.vision
+    return dataclasses.replace(cfg, vision=_config_dict(cfg.vision, "vision"), llm=_config_dict(cfg.llm, "llm"),
+                               tokenizer=tokenizer, image_processor=processor)
+
+
+def _build_meta(cfg: ModelConfig, what: str):
+    with torch.device("meta"):
+        return build_vlm(_meta_config(cfg, what))
+
+
+def _params(module) -> str:
+    return f"{sum(p.numel() for p in module.parameters()) / 1e6:,.1f}M"
+
+
+def dry_run(cfg: Config) -> str:
+    lines = [f"stage {cfg.train.stage}: trainable {trainable_parts(cfg.train.stage, cfg.train.trainable)}"]
+    student = _build_meta(cfg.model, "model")
+    lines.append(f"student: vision {_params(student.vision_tower)} ({student.vision_tower.config.model_type}, "
+                 f"{student.vision_tower.num_tokens} tokens of width {student.vision_tower.hidden_size}), projector "
+                 f"{cfg.model.projector} {_params(student.projector)} -> {student.num_image_tokens} image tokens, "
+                 f"LLM {_params(student.llm)}; vocabulary {student.vocab_size:,}")
+    if STAGES[cfg.train.stage]["teacher"]:
+        teacher = _build_meta(cfg.teacher, "teacher")
+        vocab = check_pair(student, teacher)
+        lines.append(f"teacher: LLM {_params(teacher.llm)}, projector {teacher.config.projector}; pair checks passed "
+                     f"(shared vocabulary {vocab:,}); distill {dataclasses.asdict(cfg.distill)}")
+    if cfg.data.train is None:
+        raise ConfigError("data.train: give the training data file")
+    records = load_records(cfg.data.train)
+    root = cfg.data.resolved_image_root
+    with_image = 0
+    for i, rec in enumerate(records[:CHECK_RECORDS]):
+        _, image = to_messages(rec, i)
+        if image is not None and with_image < CHECK_IMAGES:
+            load_image(resolve_image_path(root, image))
+            with_image += 1
+    lines.append(f"data: {len(records):,} records in {cfg.data.train}; first {min(len(records), CHECK_RECORDS)} "
+                 f"valid, {with_image} images opened under {root}")
+    t = cfg.train
+    lines.append(f"optimisation: lr {t.lr}, per-device batch {t.per_device_batch_size} x grad_accum {t.grad_accum}, "
+                 f"{t.scheduler} schedule, warm-up {t.warmup_ratio}, {t.distributed}, mixed precision "
+                 f"{t.mixed_precision}; output {t.output_dir}")
+    lines.append("dry run passed")
+    return "\n".join(lines)
