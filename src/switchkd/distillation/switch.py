@@ -121,31 +121,40 @@ class VisualSwitchDistiller(nn.Module):
 
     def forward(self, batch: dict, num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Named losses ``{total, ce, align, vsd}`` (sums over supervised tokens divided by
-        ``num_items_in_batch``, default this batch's count) and diagnostics ``k_teacher``, ``k_student``."""
+        ``num_items_in_batch``, default this batch's count) and diagnostics ``k_teacher``, ``k_student``.
+
+        A term whose weight is 0 is not computed (and reported as 0): with only L_VSD on, the student's
+        own projector and LLM do not even run, so they get no gradient at all.
+        """
         cfg, student, teacher = self.cfg, self.student, self.teacher
         positions, targets = supervised_positions(batch["labels"])
         denom = num_items_in_batch if num_items_in_batch is not None else max(int(targets.numel()), 1)
         pixels = batch.get("pixel_values")
         features_s = student.vision_tower(pixels) if pixels is not None else None  # V^S(x), shared by both paths
-        image_s = student.projector(features_s) if features_s is not None else None
-        s_rows = student(batch["input_ids"], batch["attention_mask"], image_features=image_s,
-                         logits_at=positions).logits[:, : self.vocab]  # (M, V)
-        out = {"ce": cross_entropy_rows(s_rows, targets, reduction="sum") / denom}
+        use_switch = cfg.visual_switch and cfg.lambda_vsd > 0 and features_s is not None
+        zero = torch.zeros((), device=batch["labels"].device)
+        out = {"ce": zero, "align": zero, "vsd": zero}
 
-        distill = cfg.lambda_align > 0 or (cfg.visual_switch and cfg.lambda_vsd > 0)
-        zero = s_rows.new_zeros(())
-        out["align"], out["vsd"] = zero, zero
-        if distill:
+        s_rows = None
+        if cfg.ce_weight > 0 or cfg.lambda_align > 0:
+            image_s = student.projector(features_s) if features_s is not None else None
+            s_rows = student(batch["input_ids"], batch["attention_mask"], image_features=image_s,
+                             logits_at=positions).logits[:, : self.vocab]  # (M, V)
+            out["ce"] = cross_entropy_rows(s_rows, targets, reduction="sum") / denom
+        if cfg.lambda_align > 0 or use_switch:
             with torch.no_grad():
                 t_rows = teacher(batch["input_ids"], batch["attention_mask"], pixel_values=pixels,
                                  logits_at=positions).logits[:, : self.vocab]
             teacher_sel = self.loss_fn.select_teacher(t_rows)  # shared by the Align and VSD terms
-            align = self.loss_fn.terms(s_rows, t_rows, teacher_sel)
-            out["align"] = _sum(align) / denom
-            out.update(_diagnostics(align))
-            if cfg.visual_switch and cfg.lambda_vsd > 0 and features_s is not None:
-                sw_rows = self._switch_logits(features_s, batch, positions)
-                out["vsd"] = _sum(self.loss_fn.terms(sw_rows, t_rows, teacher_sel)) / denom
+            if cfg.lambda_align > 0:
+                align = self.loss_fn.terms(s_rows, t_rows, teacher_sel)
+                out["align"] = _sum(align) / denom
+                out.update(_diagnostics(align))
+            if use_switch:
+                switch = self.loss_fn.terms(self._switch_logits(features_s, batch, positions), t_rows, teacher_sel)
+                out["vsd"] = _sum(switch) / denom
+                if "k_teacher" not in out:
+                    out.update(_diagnostics(switch))
         out["total"] = cfg.ce_weight * out["ce"] + cfg.lambda_align * out["align"] + cfg.lambda_vsd * out["vsd"]
         return out
 

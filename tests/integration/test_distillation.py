@@ -1,0 +1,95 @@
+"""The visual switch routes gradient exactly where the paper says, and the teacher never changes."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from switchkd.data.dataset import Collator, LlavaDataset
+from switchkd.distillation import DistillConfig, VisualSwitchDistiller
+from switchkd.models import VisionLanguageModel
+
+
+def _setup(world, **distill):
+    student = VisionLanguageModel.from_pretrained(world.student)
+    teacher = VisionLanguageModel.from_pretrained(world.teacher)
+    distiller = VisualSwitchDistiller(student, teacher, DistillConfig(**distill)).train()
+    ds = LlavaDataset.for_model(world.paths["dft"], world.paths["dft"].parent, student)
+    batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=Collator(student.tokenizer.pad_token_id))))
+    return distiller, student, teacher, batch
+
+
+def _grads(module):
+    return {n: p.grad for n, p in module.named_parameters()}
+
+
+def test_vsd_only_step_moves_student_vision_and_nothing_else(tiny_world):
+    distiller, student, teacher, batch = _setup(tiny_world, ce_weight=0.0, lambda_align=0.0, lambda_vsd=1.0)
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    vision_before = {k: v.clone() for k, v in student.vision_tower.state_dict().items()}
+    out = distiller(batch)
+    assert out["vsd"] > 0 and out["total"] == out["vsd"]
+    out["total"].backward()
+    vision_grads = [g for g in _grads(student.vision_tower).values() if g is not None]
+    assert vision_grads and sum(g.abs().sum() for g in vision_grads) > 0
+    assert all(g is None for g in _grads(student.projector).values())
+    assert all(g is None for g in _grads(student.llm).values())
+    assert all(p.grad is None for p in teacher.parameters())
+    torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=1.0).step()
+    changed = [k for k, v in student.vision_tower.state_dict().items() if not torch.equal(v, vision_before[k])]
+    assert changed
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), k
+
+
+def test_switch_off_gives_vision_no_distillation_gradient(tiny_world):
+    distiller, student, teacher, batch = _setup(tiny_world, ce_weight=0.0, lambda_align=0.0, lambda_vsd=1.0,
+                                                visual_switch=False)
+    out = distiller(batch)
+    assert out["vsd"] == 0 and not out["total"].requires_grad or out["total"] == 0
+    if out["total"].requires_grad:
+        out["total"].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in student.vision_tower.parameters())
+    # With the alignment term the student's own pathway does reach V^S.
+    distiller, student, _, batch = _setup(tiny_world, ce_weight=0.0, lambda_align=1.0, visual_switch=False)
+    distiller(batch)["total"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.vision_tower.parameters())
+
+
+def test_teacher_stays_in_eval_mode_and_outside_the_module(tiny_world):
+    distiller, _, teacher, _ = _setup(tiny_world)
+    distiller.train()
+    assert distiller.student.training and not teacher.training
+    assert not any(p is q for p in distiller.parameters() for q in teacher.parameters())
+    assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def test_losses_are_named_and_consistent(tiny_world):
+    distiller, *_, batch = _setup(tiny_world, lambda_align=0.5, lambda_vsd=2.0)
+    out = distiller(batch)
+    assert set(out) >= {"total", "ce", "align", "vsd", "k_teacher", "k_student"}
+    torch.testing.assert_close(out["total"], out["ce"] + 0.5 * out["align"] + 2.0 * out["vsd"])
+    assert out["k_teacher"] >= 2 and out["k_student"] >= 2
+
+
+def test_mismatched_pairs_are_refused(tiny_world, tmp_path):
+    from switchkd.config import ModelConfig
+    from switchkd.models import build_vlm
+    from switchkd.models.presets import qwen2_config, vision_config
+    from switchkd.data.tokenizer import train_tokenizer
+    from tests.conftest import CORPUS
+
+    student = VisionLanguageModel.from_pretrained(tiny_world.student)
+    wide = build_vlm(ModelConfig(vision=vision_config("clip", width=48, image_size=32, patch_size=8),
+                                 llm=qwen2_config(400, width=64), tokenizer=str(tiny_world.tokenizer)))
+    with pytest.raises(ValueError, match="student vision width 32 != teacher projector input 48"):
+        VisualSwitchDistiller(student, wide, DistillConfig())
+    train_tokenizer(CORPUS, vocab_size=300, out_dir=tmp_path / "other")
+    other = build_vlm(ModelConfig(vision=vision_config("clip", width=32, image_size=32, patch_size=8),
+                                  llm=qwen2_config(400, width=64), tokenizer=str(tmp_path / "other")))
+    with pytest.raises(ValueError, match="tokenizers differ"):
+        VisualSwitchDistiller(student, other, DistillConfig())
+    fewer = build_vlm(ModelConfig(vision=vision_config("clip", width=32, image_size=32, patch_size=8),
+                                  llm=qwen2_config(400, width=64), projector="ldpv2", projector_kwargs={"grid": 2},
+                                  tokenizer=str(tiny_world.tokenizer)))
+    with pytest.raises(ValueError, match="image token counts differ"):
+        VisualSwitchDistiller(student, fewer, DistillConfig())

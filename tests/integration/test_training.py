@@ -1,0 +1,143 @@
+"""Training on real files and real processes: stages, multi-process equality, resume after a kill."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from switchkd.models import VisionLanguageModel
+from switchkd.training import checkpoints, load_config, train
+from switchkd.training.dry_run import dry_run
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(world, out: Path, stage="dft", **train_overrides) -> Path:
+    cfg = {
+        "model": {"pretrained": str(world.student)},
+        "data": {"train": str(world.paths["dft" if stage in ("dft", "sft") else "pt"]), "num_workers": 0,
+                 "length_grouped": False},
+        "train": {"stage": stage, "lr": 1e-3, "per_device_batch_size": 4, "grad_accum": 1, "max_steps": 3,
+                  "progress": False, "output_dir": str(out), **train_overrides},
+    }
+    if stage in ("dft", "dpt"):
+        cfg["teacher"] = {"pretrained": str(world.teacher)}
+    path = out.with_suffix(".yaml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+def _torchrun(config: Path, *overrides: str, procs: int = 2):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
+           "--master_port", str(_free_port()), "-m", "switchkd", "train", "--config", str(config), *overrides]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _curve(out_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_pt_trains_the_projector_only(tiny_world, tmp_path):
+    cfg = load_config(_config(tiny_world, tmp_path / "pt", stage="pt"))
+    before = VisionLanguageModel.from_pretrained(tiny_world.student).state_dict()
+    result = train(cfg)
+    after = VisionLanguageModel.from_pretrained(result.final_model).state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"projector"}
+    assert len(result.history) == 3 and all(h["loss"] > 0 for h in result.history)
+
+
+def test_dft_moves_every_part_except_unused_vision_layers(tiny_world, tmp_path):
+    result = train(load_config(_config(tiny_world, tmp_path / "dft")))
+    before = VisionLanguageModel.from_pretrained(tiny_world.student).state_dict()
+    after = VisionLanguageModel.from_pretrained(result.final_model).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert {k.split(".")[0] for k in changed} == {"vision_tower", "projector", "llm"}
+    # feature layer -2 of a 2-layer CLIP: the last layer and post-layernorm cannot learn
+    assert not any(".layers.1." in k or "post_layernorm" in k for k in changed if k.startswith("vision_tower"))
+    log = [json.loads(line) for line in (tmp_path / "dft" / "log.jsonl").read_text().splitlines()]
+    assert {"loss", "ce", "align", "vsd", "k_teacher", "k_student", "lr", "tokens_per_s"} <= set(log[0])
+
+
+def test_two_processes_ddp_and_deepspeed_match_one_process(tiny_world, tmp_path):
+    one = tmp_path / "one"
+    train(load_config(_config(tiny_world, one, grad_accum=2)))
+    reference = _curve(one)
+    _torchrun(_config(tiny_world, tmp_path / "ddp"))
+    assert _curve(tmp_path / "ddp") == pytest.approx(reference, rel=1e-5)
+    pytest.importorskip("deepspeed")
+    _torchrun(_config(tiny_world, tmp_path / "ds", distributed="deepspeed"))
+    assert _curve(tmp_path / "ds") == pytest.approx(reference, rel=1e-5)
+
+
+def test_killed_run_resumes_exactly(tiny_world, tmp_path):
+    steps = 8
+    reference = train(load_config(_config(tiny_world, tmp_path / "full", max_steps=steps, save_every=2)))
+    ref_curve = [h["loss"] for h in reference.history]
+
+    out = tmp_path / "killed"
+    config = _config(tiny_world, out, max_steps=steps, save_every=2)
+    proc = subprocess.Popen([sys.executable, "-m", "switchkd", "train", "--config", str(config)], env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoints(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    found = checkpoints(out)
+    assert found, "no checkpoint was written before the kill"
+    resumed_from = int(found[-1].name.split("-")[1])
+    if resumed_from == steps:
+        pytest.skip("the run finished before it could be killed")
+    resumed = train(load_config(config), resume=True)
+    assert [h["step"] for h in resumed.history] == list(range(resumed_from + 1, steps + 1))
+    assert [h["loss"] for h in resumed.history] == pytest.approx(ref_curve[resumed_from:], rel=1e-6)
+    final = VisionLanguageModel.from_pretrained(resumed.final_model).state_dict()
+    want = VisionLanguageModel.from_pretrained(reference.final_model).state_dict()
+    for k in want:
+        torch.testing.assert_close(final[k], want[k], rtol=1e-5, atol=1e-5)  # thread counts differ
+
+
+def test_half_written_checkpoint_is_never_picked(tiny_world, tmp_path):
+    out = tmp_path / "run"
+    train(load_config(_config(tiny_world, out, max_steps=2, save_every=1)))
+    (out / "checkpoints" / ".tmp-step-0000009").mkdir()
+    (out / "checkpoints" / "step-0000007").mkdir()  # no trainer_state.json: incomplete
+    assert [p.name for p in checkpoints(out)] == ["step-0000001", "step-0000002"]
+
+
+def test_dry_run_reports_shapes_and_checks_data(tiny_world, tmp_path):
+    report = dry_run(load_config(_config(tiny_world, tmp_path / "d")))
+    assert "pair checks passed" in report and "dry run passed" in report
+    bad = load_config(_config(tiny_world, tmp_path / "d"), ["data.train=/nonexistent.json"])
+    with pytest.raises(FileNotFoundError):
+        dry_run(bad)
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((REPO / "configs").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.train.stage in ("pt", "dpt", "sft", "dft"), path
