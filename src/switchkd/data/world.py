@@ -216,6 +216,8 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
                 for j, qa in enumerate(qas):
                     row = {"question_id": f"{split}-{i}-{j}", "image": f"images/{name}", "text": qa["question"],
                            "answer": qa["answer"], "type": qa["kind"]}
+                    if "options" in qa:
+                        row["options"] = qa["options"]
                     (val if split == "val" else test).append(row)
     paths = {"pt": out / "pt_train.json", "dft": out / "dft_train.json", "val": out / "val.jsonl",
              "test": out / "test.jsonl", "stats": out / "stats.json", "config": out / "world.json"}

@@ -1,0 +1,262 @@
+"""Model-free scorers for the paper's benchmarks; each takes plain strings.
+
+VQA accuracy follows the official VQA evaluation (vqaEval.py): the prediction is normalised
+(punctuation, number words, articles, contractions); human answers get the punctuation step only
+when they disagree; accuracy is ``min(#matching humans / 3, 1)`` averaged over the ten
+leave-one-out subsets. TextVQA (m4c / EvalAI) normalises every human answer fully.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd",
+    "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
+    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's",
+    "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've",
+    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at",
+    "shant": "shan't", "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
+    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's",
+    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll",
+    "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
+    "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll",
+    "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've",
+    "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've",
+    "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = {"a", "an", "the"}
+PUNCT = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+
+
+def process_punctuation(text: str) -> str:
+    out = text
+    for p in PUNCT:
+        if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD_STRIP.sub("", out)
+
+
+def process_digit_article(text: str) -> str:
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
+    return " ".join(words)
+
+
+def normalize_answer(text: str) -> str:
+    """The official normalisation of a predicted answer."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text))
+
+
+def vqa_accuracy(prediction: str, answers: list[str], full_gt_normalisation: bool = False) -> float:
+    """Official VQA accuracy of one prediction against the (usually ten) human answers."""
+    if not answers:
+        raise ValueError("vqa_accuracy needs at least one human answer")
+    pred = normalize_answer(prediction)
+    gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    if full_gt_normalisation:
+        gts = [normalize_answer(a) for a in gts]
+    elif len(set(gts)) > 1:
+        gts = [process_punctuation(a) for a in gts]
+    scores = []
+    for i in range(len(gts)):
+        matches = sum(1 for j, g in enumerate(gts) if j != i and g == pred)
+        scores.append(min(1.0, matches / 3))
+    return sum(scores) / len(scores)
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    """GQA: exact match after the same normalisation of both sides."""
+    return normalize_answer(prediction) == normalize_answer(answer)
+
+
+# ---- multiple choice -------------------------------------------------------------------------------
+
+
+def extract_choice(prediction: str, options: list[str], letters: str = "ABCDEFGHIJ") -> str | None:
+    """The chosen letter: a bare letter, "A.", "(A)", "The answer is A", else the option whose text
+    appears (longest first); None when nothing can be read."""
+    letters = letters[: len(options)]
+    text = prediction.strip()
+    if not text:
+        return None
+    m = re.fullmatch(r"\(?([A-Z])\)?[.:]?", text)
+    if m and m.group(1) in letters:
+        return m.group(1)
+    m = re.match(r"^\(?([A-Z])[).:]\s", text + " ")
+    if m and m.group(1) in letters:
+        return m.group(1)
+    m = re.search(r"answer is:?\s*\(?([A-Z])\)?\b", text, flags=re.IGNORECASE)
+    if m and m.group(1).upper() in letters:
+        return m.group(1).upper()
+    lowered = text.lower()
+    hits = [(len(opt), letters[i]) for i, opt in enumerate(options) if opt and opt.lower() in lowered]
+    if hits:
+        return max(hits)[1]
+    return None
+
+
+def multiple_choice_accuracy(predictions: list[str], options: list[list[str]], answers: list[str]) -> float:
+    """ScienceQA / MMMU multiple choice: unreadable answers count as wrong (no random guess)."""
+    correct = [extract_choice(p, o) == a for p, o, a in zip(predictions, options, answers)]
+    return sum(correct) / max(len(correct), 1)
+
+
+def circular_accuracy(results: dict[str, list[bool]]) -> float:
+    """MMBench circular evaluation: a question counts only if every rotation of its options is right."""
+    if not results:
+        return 0.0
+    return sum(all(r) for r in results.values()) / len(results)
+
+
+def rotate_options(options: list[str], answer: str, shift: int) -> tuple[list[str], str]:
+    """Options shifted left by ``shift``, and the letter the right answer moves to."""
+    n = len(options)
+    rotated = options[shift:] + options[:shift]
+    index = (ord(answer) - ord("A") - shift) % n
+    return rotated, chr(ord("A") + index)
+
+
+# ---- MMMU open questions -----------------------------------------------------------------------------
+
+
+def _to_number(text: str) -> float | None:
+    try:
+        return round(float(text.replace(",", "")), 2)
+    except ValueError:
+        return None
+
+
+def _normalise_open(text: str) -> list:
+    text = text.strip().lower().rstrip(".")
+    number = _to_number(text)
+    return [number] if number is not None else [text]
+
+
+def parse_open_response(response: str) -> list:
+    """MMMU's open-answer parsing: key sub-responses (after "is", "so", "therefore", "answer"...),
+    the numbers in them, and the normalised strings."""
+    indicators = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
+    sentences = [s for s in re.split(r"\.\s(?=[A-Z])|\n", response.strip()) if s.strip()]
+    keys = []
+    for i, s in enumerate(sentences):
+        s = s.strip().rstrip(".")
+        found = [s.lower().split(ind)[-1].strip() for ind in indicators if ind in s.lower()]
+        if found:
+            keys.append(min(found, key=len))
+        elif i == len(sentences) - 1:
+            keys.append(s)
+    keys = keys or [response.strip()]
+    preds: list = []
+    for key in keys:
+        preds.extend(_to_number(n) for n in re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?", key))
+        preds.extend(_normalise_open(key))
+    return list(dict.fromkeys(p for p in preds if p is not None and p != ""))
+
+
+def mmmu_open_correct(response: str, answers: str | list[str]) -> bool:
+    golds = answers if isinstance(answers, list) else [answers]
+    norm_golds = [g for a in golds for g in _normalise_open(str(a))]
+    for pred in parse_open_response(response):
+        for gold in norm_golds:
+            if isinstance(gold, float) and pred == gold:
+                return True
+            if isinstance(gold, str) and isinstance(pred, str) and gold in pred:
+                return True
+    return False
+
+
+# ---- MME ---------------------------------------------------------------------------------------------
+
+MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
+                  "artwork", "OCR")
+MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+
+
+def yes_no(prediction: str) -> str:
+    """MME's reading of an answer: yes, no, or other (from the first four characters)."""
+    text = prediction.strip().lower()
+    if text in ("yes", "no"):
+        return text
+    head = text[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return "other"
+
+
+def mme_scores(rows: list[dict]) -> dict:
+    """``rows``: {subtask, image, prediction, answer}. Per subtask: acc and acc+ (both questions of an
+    image right), score = 100 (acc + acc+); perception and cognition totals."""
+    by_task: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_task[r["subtask"]][r["image"]].append(yes_no(r["prediction"]) == r["answer"].strip().lower())
+    out: dict = {"subtasks": {}}
+    for task, images in sorted(by_task.items()):
+        flat = [c for cs in images.values() for c in cs]
+        acc = sum(flat) / len(flat)
+        acc_plus = sum(all(cs) for cs in images.values()) / len(images)
+        out["subtasks"][task] = {"acc": 100 * acc, "acc_plus": 100 * acc_plus, "score": 100 * (acc + acc_plus)}
+    scores = {t: v["score"] for t, v in out["subtasks"].items()}
+    out["perception"] = sum(scores.get(t, 0.0) for t in MME_PERCEPTION)
+    out["cognition"] = sum(scores.get(t, 0.0) for t in MME_COGNITION)
+    return out
+
+
+# ---- POPE --------------------------------------------------------------------------------------------
+
+
+def pope_answer(prediction: str) -> tuple[str, bool]:
+    """LLaVA's POPE reading: first sentence; any "no"/"not" is no, everything else yes. Returns the
+    answer and whether it was clear (a yes or no word present)."""
+    text = prediction.strip()
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    if "No" in words or "not" in words or "no" in words:
+        return "no", True
+    clear = any(w.lower().strip("!?") in ("yes", "yeah") for w in words)
+    return "yes", clear
+
+
+def pope_metrics(predictions: list[str], labels: list[str]) -> dict:
+    """Accuracy, precision, recall, F1 (positive = yes) and yes-ratio; ``unclear`` counts answers with
+    neither yes nor no, which the standard rule reads as yes."""
+    if len(predictions) != len(labels):
+        raise ValueError("pope_metrics: predictions and labels differ in length")
+    read = [pope_answer(p) for p in predictions]
+    pred = [a for a, _ in read]
+    gold = [lab.strip().lower() for lab in labels]
+    tp = sum(p == "yes" and g == "yes" for p, g in zip(pred, gold))
+    fp = sum(p == "yes" and g == "no" for p, g in zip(pred, gold))
+    tn = sum(p == "no" and g == "no" for p, g in zip(pred, gold))
+    fn = sum(p == "no" and g == "yes" for p, g in zip(pred, gold))
+    n = max(len(pred), 1)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": pred.count("yes") / n, "unclear": sum(not c for _, c in read), "n": len(pred)}
