@@ -54,7 +54,237 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def resolve_device_dtype(device: str | None, dtype: str):
+    """Device and dtype chosen once, at the entry point, with the reason logged."""
+    import logging
+
+    import torch
+
+    log = logging.getLogger("switchkd")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log.info("device %s (%s)", device, "CUDA is available" if device == "cuda" else "no CUDA device")
+    torch_dtype = getattr(torch, DTYPES[dtype])
+    if device == "cpu" and torch_dtype == torch.float16:
+        log.warning("fp16 matmuls are slow or missing on CPU: using fp32")
+        torch_dtype = torch.float32
+    return device, torch_dtype
+
+
+def _load_model(path: str, device: str | None, dtype: str):
+    from switchkd.models import VisionLanguageModel
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model folder not found: {path}")
+    device, torch_dtype = resolve_device_dtype(device, dtype)
+    return VisionLanguageModel.from_pretrained(path, dtype=torch_dtype, device=device)
+
+
+def add_chat(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a saved switchkd model folder")
+    p.add_argument("--image", required=True, help="the image to talk about")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--question", help="ask one question and print the answer")
+    how.add_argument("--interactive", action="store_true", help="multi-turn chat on standard input ('exit' ends)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--torch-dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding")
+    p.add_argument("--top-p", type=float, default=1.0)
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    import sys
+
+    from switchkd.data.images import load_image
+    from switchkd.inference.chat import ChatSession, chat_loop
+    from switchkd.inference.generation import GenerationConfig
+
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"model folder not found: {args.model}")
+    image = load_image(args.image)
+    model = _load_model(args.model, args.device, args.torch_dtype)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                           temperature=args.temperature or 1.0, top_p=args.top_p)
+    session = ChatSession(model, image, gen)
+    if args.question is not None:
+        session.ask(args.question, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
+        sys.stdout.write("\n")
+        return 0
+    chat_loop(session, sys.stdin, sys.stdout)
+    return 0
+
+
+def add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--questions", required=True, help="LLaVA question JSONL: question_id, image, text")
+    p.add_argument("--image-root", default=None, help="folder the image paths are relative to")
+    p.add_argument("--out", required=True, help="answers JSONL; ids already in it are skipped (resume)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--torch-dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--device", default=None)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from switchkd.data.images import resolve_image_path
+    from switchkd.data.records import load_records
+    from switchkd.inference.predict import Question, answer_questions
+
+    rows = load_records(args.questions)
+    out = Path(args.out)
+    done = set()
+    if out.is_file():
+        done = {json.loads(line)["question_id"] for line in out.read_text().splitlines() if line.strip()}
+    root = args.image_root or str(Path(args.questions).parent)
+    todo = [Question(r["question_id"], r["text"], str(resolve_image_path(root, r["image"])) if r.get("image") else None)
+            for r in rows if r["question_id"] not in done]
+    model = _load_model(args.model, args.device, args.torch_dtype)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="predict", dynamic_ncols=True)
+    for start in range(0, len(todo), args.batch_size):
+        chunk = todo[start : start + args.batch_size]
+        answers = answer_questions(model, chunk, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
+        with out.open("a") as f:  # appended batch by batch: an interrupted run resumes where it stopped
+            for q in chunk:
+                f.write(json.dumps({"question_id": q.id, "prompt": q.text, "text": answers[q.id],
+                                    "model_id": Path(args.model).name}) + "\n")
+        bar.update(len(chunk))
+    bar.close()
+    print(f"{len(todo)} answered, {len(done)} already present -> {out}")
+    return 0
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    from switchkd.evaluation import BENCHMARKS
+
+    p.add_argument("--model", required=True, nargs="+", help="one or more saved model folders (side by side)")
+    p.add_argument("--benchmark", required=True, nargs="+", choices=sorted(BENCHMARKS))
+    p.add_argument("--data", required=True, help="the benchmark's local folder (see docs/evaluation.md)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default=None, help="folder for predictions, results.json and results.md")
+
+
+def run_eval_cmd(args: argparse.Namespace) -> int:
+    from switchkd.evaluation import markdown_table, run_eval
+
+    results = run_eval(args.model, args.benchmark, args.data, args.out, args.limit, args.batch_size)
+    print(markdown_table(results))
+    return 0
+
+
+def add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="folder for the world, the runs and the results")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test, numbers meaningless)")
+
+
+def run_demo_cmd(args: argparse.Namespace) -> int:
+    from switchkd.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    cfg.seed = args.seed
+    summary = run_demo(cfg)
+    print("\nHeld-out accuracy (%) on the built-in world:\n")
+    print(summary["table"])
+    print(f"\nstudent saved to {summary['student']} ({summary['seconds'] / 60:.1f} min in all). Talk to it:")
+    print(f"  {summary['chat']}")
+    return 0
+
+
+def add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a saved switchkd model folder")
+    p.add_argument("--to", required=True, choices=["llava-hf"], help="target format")
+    p.add_argument("--out", required=True)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from switchkd.inference.llava_hf import export_llava_hf
+    from switchkd.models import VisionLanguageModel
+
+    if not Path(args.model).is_dir():
+        raise FileNotFoundError(f"model folder not found: {args.model}")
+    out = export_llava_hf(VisionLanguageModel.from_pretrained(args.model), args.out)
+    print(f"exported to {out} (load with transformers.LlavaForConditionalGeneration.from_pretrained)")
+    return 0
+
+
+def add_import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="a LlavaForConditionalGeneration folder")
+    p.add_argument("--from", dest="fmt", required=True, choices=["llava-hf"], help="source format")
+    p.add_argument("--out", required=True)
+    p.add_argument("--chat-template", default="chatml")
+    p.add_argument("--system-prompt", default="You are a helpful assistant.")
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from switchkd.inference.llava_hf import import_llava_hf
+
+    import_llava_hf(args.source, args.out, args.chat_template, args.system_prompt)
+    print(f"imported to {args.out}")
+    return 0
+
+
+def add_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="the (student) model folder")
+    p.add_argument("--teacher", default=None, help="a second model drawn beside it")
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--out", required=True, help="PNG to write")
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    from switchkd.data.images import load_image
+    from switchkd.inference.attention import attention_figure
+    from switchkd.models import VisionLanguageModel
+
+    for path in [args.model] + ([args.teacher] if args.teacher else []):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"model folder not found: {path}")
+    image = load_image(args.image)
+    models = {}
+    if args.teacher:
+        models["teacher"] = VisionLanguageModel.from_pretrained(args.teacher)
+    models["student" if args.teacher else "model"] = VisionLanguageModel.from_pretrained(args.model)
+    print(f"wrote {attention_figure(models, image, args.question, args.out)}")
+    return 0
+
+
+def add_reproduce(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=1, help="seeds to average over (mean ± std)")
+    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, numbers meaningless)")
+
+
+def run_reproduce_cmd(args: argparse.Namespace) -> int:
+    from switchkd.demo import DemoConfig
+    from switchkd.reproduce import run_reproduce
+
+    cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    print(run_reproduce(cfg, args.seeds))
+    print(f"tables, scores and plots in {args.out}")
+    return 0
+
+
 COMMANDS = {
+    "reproduce": (add_reproduce, run_reproduce_cmd, "the paper's ablations (Tables 3-5) in miniature, mean ± std "
+                                                    "over seeds, with plots"),
+    "attention": (add_attention, run_attention, "draw the answer's attention over the image (teacher and "
+                                                "student side by side)"),
+    "export": (add_export, run_export, "write a model in the Hugging Face LLaVA format (mlp2x_gelu projector)"),
+    "import": (add_import, run_import, "read a Hugging Face LLaVA model into switchkd (e.g. as a teacher)"),
+    "demo": (add_demo, run_demo_cmd, "the built-in end-to-end run: world, teacher, Switch-KD student, table"),
+    "chat": (add_chat, run_chat, "talk with a model about an image (the released chat.py's options)"),
+    "predict": (add_predict, run_predict, "answer a LLaVA-format question file (JSONL in, JSONL out, resumable)"),
+    "eval": (add_eval, run_eval_cmd, "score models on benchmarks; several models side by side"),
     "train": (add_train, run_train, "train a stage (pt, dpt, sft, dft) from a YAML config; works under "
                                     "torchrun / accelerate launch"),
     "build": (add_build, run_build, "assemble a VLM from local component folders (or config dicts) and save it"),

@@ -85,7 +85,8 @@ def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Imag
 
 
 def mean_colour(processor) -> tuple[int, int, int]:
-    return tuple(int(round(m * 255)) for m in processor.image_mean)
+    """The padding colour; truncated like LLaVA's ``expand2square`` and transformers' LLaVA processor."""
+    return tuple(int(m * 255) for m in processor.image_mean)
 
 
 def preprocess_images(images: list[Image.Image], processor, pad_to_square: bool = True) -> torch.Tensor:

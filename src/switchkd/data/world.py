@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+BACKGROUND = (124, 118, 108)
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 215), "yellow": (225, 195, 35)}
 SIZES = ("small", "large")
@@ -89,12 +90,14 @@ def sample_scene(rng: random.Random, cfg: WorldConfig) -> list[Obj]:
 
 def render(objs: list[Obj], cfg: WorldConfig, rng: random.Random) -> Image.Image:
     s = cfg.image_size
-    img = Image.new("RGB", (s, s), (245, 245, 240))
+    # A mid-grey canvas near the CLIP mean colour: after normalisation the background is ~0 and
+    # the objects carry the signal (a white canvas would dominate every patch embedding).
+    img = Image.new("RGB", (s, s), BACKGROUND)
     draw = ImageDraw.Draw(img)
     cell = s / 3
     for _ in range(cfg.distractors):
         x, y = rng.uniform(0, s - 2), rng.uniform(0, s - 2)
-        draw.rectangle([x, y, x + 1.5, y + 1.5], fill=(150, 150, 150))
+        draw.rectangle([x, y, x + 1.5, y + 1.5], fill=(90, 90, 90))
     for o in objs:
         cx, cy = (o.cell % 3 + 0.5) * cell, (o.cell // 3 + 0.5) * cell
         r = cell * (0.42 if o.size == "large" else 0.24)
