@@ -39,17 +39,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--vocab", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir = Path(tmp) / "tok"
         corpus = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(12)) for i in range(400)]
-        train_tokenizer(corpus, vocab_size=min(args.vocab, 600), out_dir=tok_dir)
-        llm = qwen2_config(args.vocab, width=args.width, layers=args.layers, heads=max(args.width // 64, 2),
+        tokenizer = train_tokenizer(corpus, vocab_size=600, out_dir=tok_dir)
+        # Logit rows = tokenizer size: switchkd never picks padded rows past the tokenizer, transformers would.
+        llm = qwen2_config(len(tokenizer), width=args.width, layers=args.layers, heads=max(args.width // 64, 2),
                            kv_heads=max(args.width // 128, 1))
         llm["initializer_range"] = 0.5  # distinct logits: greedy paths do not hinge on float ties
         model = build_vlm(ModelConfig(vision=vision_config("clip", width=128, layers=4, image_size=224, patch_size=14),
