@@ -85,13 +85,21 @@ def tables(per_seed: list[dict[str, float]]) -> str:
     return "\n".join(out)
 
 
-def plot_curves(run_dir: Path, png: Path) -> bool:
+def _pyplot():
+    """matplotlib's pyplot on a file backend, or None when the plot extra is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_curves(run_dir: Path, png: Path) -> bool:
+    plt = _pyplot()
+    if plt is None:
         return False
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -113,12 +121,8 @@ def plot_curves(run_dir: Path, png: Path) -> bool:
 @torch.no_grad()
 def plot_knee(teacher_dir: Path, dft_file: Path, png: Path) -> bool:
     """The teacher's sorted logits at one answer position, with the knee (paper Fig. 2)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return False
     from switchkd.data.dataset import Collator, LlavaDataset
     from switchkd.losses import knee_k, supervised_positions
