@@ -86,6 +86,13 @@ def test_two_processes_ddp_and_deepspeed_match_one_process(tiny_world, tmp_path)
     reference = _curve(one)
     _torchrun(_config(tiny_world, tmp_path / "ddp"))
     assert _curve(tmp_path / "ddp") == pytest.approx(reference, rel=1e-5)
+    _torchrun(_config(tiny_world, tmp_path / "fsdp", distributed="fsdp"))
+    assert _curve(tmp_path / "fsdp") == pytest.approx(reference, rel=1e-5)
+    want = VisionLanguageModel.from_pretrained(one / "final").state_dict()
+    for run in ("ddp", "fsdp"):
+        got = VisionLanguageModel.from_pretrained(tmp_path / run / "final").state_dict()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
     pytest.importorskip("deepspeed")
     _torchrun(_config(tiny_world, tmp_path / "ds", distributed="deepspeed"))
     assert _curve(tmp_path / "ds") == pytest.approx(reference, rel=1e-5)
@@ -117,6 +124,21 @@ def test_killed_run_resumes_exactly(tiny_world, tmp_path):
     want = VisionLanguageModel.from_pretrained(reference.final_model).state_dict()
     for k in want:
         torch.testing.assert_close(final[k], want[k], rtol=1e-5, atol=1e-5)  # thread counts differ
+
+
+def test_skipped_samples_are_counted_across_processes(tiny_world, tmp_path):
+    records = json.loads(tiny_world.paths["dft"].read_text())[:16]
+    for r in records[:3]:
+        r["image"] = "images/missing.png"
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    config = _config(tiny_world, tmp_path / "skip", stage="sft", max_steps=2)
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"].update(train=str(data), image_root=str(tiny_world.paths["dft"].parent), on_error="skip")
+    config.write_text(yaml.safe_dump(cfg))
+    _torchrun(config)  # 2 processes x batch 4 x 2 steps = 16 records: each seen once (uneven sizes get padded by repeats)
+    state = json.loads((checkpoints(tmp_path / "skip")[-1] / "trainer_state.json").read_text())
+    assert state["skipped"] == {"bad_image": 3}
 
 
 def test_half_written_checkpoint_is_never_picked(tiny_world, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from switchkd import __version__
@@ -208,13 +208,25 @@ class VisionLanguageModel(nn.Module):
             pretrained=None,
         )
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """config.json + model.safetensors + tokenizer + preprocessor_config.json."""
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """config.json + model.safetensors + tokenizer + preprocessor_config.json.
+
+        ``state_dict`` overrides the live weights (e.g. a full state gathered from FSDP shards).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"switchkd_version": __version__, "model": to_dict(self.resolved_config())}
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str))
-        save_model(self, str(directory / WEIGHTS_NAME))  # drops tied duplicates (Qwen's lm_head)
+        if state_dict is None:
+            save_model(self, str(directory / WEIGHTS_NAME))  # drops tied duplicates (Qwen's lm_head)
+        else:
+            live = self.state_dict()
+            first_of: dict[int, str] = {}
+            keep = {}
+            for name, tensor in live.items():  # keep one name per storage, as save_model does
+                if first_of.setdefault(tensor.data_ptr(), name) == name:
+                    keep[name] = state_dict[name].detach().contiguous().cpu()
+            save_file(keep, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         self.tokenizer.save_pretrained(str(directory))
         self.image_processor.save_pretrained(str(directory))
 

@@ -116,6 +116,18 @@ def _move_batch(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def _all_skips(accelerator, skipped: Counter) -> Counter:
+    """Skipped-sample counts summed over processes (each rank counts the batches it saw)."""
+    if accelerator.num_processes == 1:
+        return Counter(skipped)
+    from accelerate.utils import gather_object
+
+    total: Counter = Counter()
+    for part in gather_object([dict(skipped)]):
+        total.update(part)
+    return total
+
+
 def _zero_loss(module) -> torch.Tensor:
     # An all-skipped micro-batch still joins the collective backward, with zero gradients.
     return sum(p.sum() * 0.0 for p in module.parameters() if p.requires_grad)
@@ -168,7 +180,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
         accelerator.load_state(str(latest / "state"))
         state = json.loads((latest / STATE_NAME).read_text())
         step, epoch, micro_done = state["step"], state["epoch"], state["micro_in_epoch"]
-        skipped = Counter(state.get("skipped", {}))
+        # the stored counts are global: one process carries them on, so they are not summed twice
+        skipped = Counter(state.get("skipped", {})) if accelerator.is_main_process else Counter()
         if accelerator.is_main_process:
             log.info("resumed from %s (step %d)", latest, step)
 
@@ -239,12 +252,17 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
                     progress.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "ce", "align", "vsd")
                                           if k in record} | {"tok/s": f"{record['tokens_per_s']:.0f}"})
             if t.save_every and step % t.save_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, objective, out_dir, step, epoch, micro_done, skipped, t.save_total_limit)
+                _save_checkpoint(accelerator, objective, out_dir, step, epoch, micro_done,
+                                 _all_skips(accelerator, skipped), t.save_total_limit)
         if step < total_steps:  # the epoch ran out
+            everywhere = _all_skips(accelerator, skipped)
+            if accelerator.is_main_process and everywhere:
+                log.warning("epoch %d done; skipped samples so far: %s", epoch, dict(everywhere))
             epoch += 1
             micro_done = 0
     if progress is not None:
         progress.close()
+    skipped = _all_skips(accelerator, skipped)
     _save_checkpoint(accelerator, objective, out_dir, step, epoch, micro_done, skipped, t.save_total_limit)
     final = out_dir / "final"
     _save_model(accelerator, objective, final)
@@ -275,10 +293,12 @@ def _step_record(accelerator, sums: Counter, step, epoch, scheduler, n_global, s
 def _save_model(accelerator, objective, directory: Path) -> None:
     accelerator.wait_for_everyone()
     student = accelerator.unwrap_model(objective).student
+    state = accelerator.get_state_dict(objective)  # collective: gathers FSDP / DeepSpeed shards
     if accelerator.is_main_process:
         tmp = directory.with_name(f".tmp-{directory.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        student.save_pretrained(tmp)
+        student.save_pretrained(tmp, state_dict={k.removeprefix("student."): v for k, v in state.items()
+                                                 if k.startswith("student.")})
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
     accelerator.wait_for_everyone()

@@ -1,0 +1,46 @@
+"""The histogram-pruned knee equals the sorting knee (k and led order) on every row."""
+
+import pytest
+import torch
+
+from switchkd.losses import fast_select, sort_select
+
+
+def hard_rows(vocab: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rows = [
+        torch.randn(vocab, generator=g) * 3,  # bell-shaped
+        torch.distributions.StudentT(1.2).sample((vocab,)).clamp(-60, 60),  # heavy-tailed
+        torch.full((vocab,), 1.5),  # constant
+        torch.zeros(vocab).index_fill_(0, torch.tensor([vocab // 3]), 25.0),  # one dominant logit
+        (torch.randn(vocab, generator=g) * 2).round(),  # massive ties (integers)
+        (torch.randn(vocab, generator=g) * 4).round(decimals=1),  # ties at 0.1
+        torch.cat([torch.linspace(10, 2, vocab // 10), torch.linspace(2, 0, vocab - vocab // 10)]),  # sorted, sharp knee
+        torch.rand(vocab, generator=g),  # uniform
+        -torch.empty(vocab).exponential_(1.0, generator=g),  # skewed down
+        torch.empty(vocab).exponential_(0.5, generator=g),  # skewed up
+        torch.where(torch.rand(vocab, generator=g) < 0.5, torch.zeros(vocab), torch.ones(vocab)),  # two values
+        torch.randn(vocab, generator=g) * 1e-3 + 1e4,  # large offset, tiny spread
+    ]
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("vocab", [257, 5000, 151_936])
+def test_fast_knee_equals_sorting_knee(dtype, vocab):
+    rows = hard_rows(vocab, seed=vocab).to(dtype)
+    rows = rows[torch.randperm(rows.shape[0], generator=torch.Generator().manual_seed(1))]
+    for kwargs in ({}, {"k_min": 5}, {"k_max": 40}):
+        fast = fast_select(rows, chunk_rows=5, **kwargs)  # chunks of 5 rows: exercise the chunk seams
+        ref = sort_select(rows, **kwargs)
+        assert fast.k.tolist() == ref.k.tolist(), kwargs
+        assert torch.equal(fast.index[fast.valid], ref.index[ref.valid]), kwargs
+
+
+def test_fast_knee_bins_do_not_change_the_result():
+    rows = hard_rows(3000, seed=7)
+    want = sort_select(rows)
+    for bins in (8, 64, 1024, 4096):
+        got = fast_select(rows, bins=bins)
+        assert got.k.tolist() == want.k.tolist()
+        assert torch.equal(got.index[got.valid], want.index[want.valid])
