@@ -73,7 +73,7 @@ def _vision(cfg: DemoConfig) -> dict:
                          patch_size=cfg.patch_size)
 
 
-def _run(cfg: DemoConfig, name: str, model: ModelConfig, data: Path, stage: str, steps: int, lr: float,
+def run_stage(cfg: DemoConfig, name: str, model: ModelConfig, data: Path, stage: str, steps: int, lr: float,
          teacher: ModelConfig | None = None, distill: DistillConfig | None = None, seed: int | None = None):
     run = Config(
         model=model,
@@ -106,8 +106,8 @@ def train_teacher(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> tuple[Path, 
     teacher = ModelConfig(vision=_vision(cfg), llm=qwen2_config(cfg.vocab_size, cfg.teacher_width, cfg.teacher_layers,
                                                                 heads=4, kv_heads=2), tokenizer=str(tokenizer))
     first = max(cfg.teacher_steps // 3, 1)
-    phase1 = _run(cfg, "teacher_phase1", teacher, mixed, "sft", first, cfg.lr).final_model
-    final = _run(cfg, "teacher", ModelConfig(pretrained=str(phase1)), mixed, "sft", cfg.teacher_steps - first,
+    phase1 = run_stage(cfg, "teacher_phase1", teacher, mixed, "sft", first, cfg.lr).final_model
+    final = run_stage(cfg, "teacher", ModelConfig(pretrained=str(phase1)), mixed, "sft", cfg.teacher_steps - first,
                  cfg.lr).final_model
     return final, phase1
 
@@ -135,12 +135,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     teacher_dir, encoder = train_teacher(cfg, tokenizer, mixed)
     log.info("[3/6] student PT: projector only (%d steps)", cfg.pt_steps)
     init = student_init(cfg, tokenizer, encoder)
-    pt = _run(cfg, "student_pt", ModelConfig(pretrained=str(init)), paths["pt"], "pt", cfg.pt_steps, cfg.pt_lr)
+    pt = run_stage(cfg, "student_pt", ModelConfig(pretrained=str(init)), paths["pt"], "pt", cfg.pt_steps, cfg.pt_lr)
     start = ModelConfig(pretrained=str(pt.final_model))
     log.info("[4/6] student SFT baseline (%d steps, no teacher)", cfg.student_steps)
-    sft = _run(cfg, "student_sft", start, paths["dft"], "sft", cfg.student_steps, cfg.lr)
+    sft = run_stage(cfg, "student_sft", start, paths["dft"], "sft", cfg.student_steps, cfg.lr)
     log.info("[5/6] student DFT with Switch-KD (%d steps)", cfg.student_steps)
-    dft = _run(cfg, "student_switchkd", start, paths["dft"], "dft", cfg.student_steps, cfg.lr,
+    dft = run_stage(cfg, "student_switchkd", start, paths["dft"], "dft", cfg.student_steps, cfg.lr,
                teacher=ModelConfig(pretrained=str(teacher_dir)))
     log.info("[6/6] evaluating on %s", paths["test"])
     models = {"teacher": teacher_dir, "student (PT+SFT)": sft.final_model, "student (Switch-KD)": dft.final_model}

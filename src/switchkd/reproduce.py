@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.demo import DemoConfig, _run, prepare_world, student_init, train_teacher
-from switchkd.distillation import DistillConfig
+from switchkd.demo import DemoConfig, prepare_world, run_stage, student_init, train_teacher
 from switchkd.evaluation.run import evaluate_model
 from switchkd.models import VisionLanguageModel
 
@@ -41,9 +40,10 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
     teacher_dir, encoder = train_teacher(cfg, tokenizer, mixed)
     teacher = ModelConfig(pretrained=str(teacher_dir))
     init = ModelConfig(pretrained=str(student_init(cfg, tokenizer, encoder)))
-    pt = ModelConfig(pretrained=str(_run(cfg, "student_pt", init, paths["pt"], "pt", cfg.pt_steps, cfg.pt_lr).final_model))
-    dpt = ModelConfig(pretrained=str(_run(cfg, "student_dpt", init, paths["pt"], "dpt", cfg.pt_steps, cfg.pt_lr,
-                                          teacher=teacher).final_model))
+    pt_run = run_stage(cfg, "student_pt", init, paths["pt"], "pt", cfg.pt_steps, cfg.pt_lr)
+    dpt_run = run_stage(cfg, "student_dpt", init, paths["pt"], "dpt", cfg.pt_steps, cfg.pt_lr, teacher=teacher)
+    pt = ModelConfig(pretrained=str(pt_run.final_model))
+    dpt = ModelConfig(pretrained=str(dpt_run.final_model))
     runs = {
         "PT+SFT": (pt, "sft", cfg.distill),
         "DFT w/o switch": (pt, "dft", replace(cfg.distill, visual_switch=False)),
@@ -54,7 +54,7 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
     scores = {}
     for name, (start, stage, distill) in runs.items():
         folder = name.replace(" ", "_").replace("/", "").replace("+", "_")
-        result = _run(cfg, folder, start, paths["dft"], stage, cfg.student_steps, cfg.lr,
+        result = run_stage(cfg, folder, start, paths["dft"], stage, cfg.student_steps, cfg.lr,
                       teacher=teacher if stage == "dft" else None, distill=distill)
         scores[name] = _score(result.final_model, test_dir)
         log.info("seed %d  %-16s %.1f", cfg.seed, name, scores[name])

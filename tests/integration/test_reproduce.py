@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from switchkd.demo import DemoConfig
 from switchkd.reproduce import LOSSES, run_reproduce, tables
