@@ -73,7 +73,8 @@ def tables(per_seed: list[dict[str, float]]) -> str:
     sections = [
         ("Table 3: the visual switch", [("PT+SFT", "PT+SFT"), ("DFT without switch", "DFT w/o switch"),
                                         ("DFT with switch (Switch-KD)", "loss dbild_rkl")]),
-        ("Table 4: the distillation loss (DFT with switch)", [(n.upper().replace("_", "-"), f"loss {n}") for n in LOSSES]),
+        ("Table 4: the distillation loss (DFT with switch)",
+         [(n.upper().replace("_", "-"), f"loss {n}") for n in LOSSES]),
         ("Table 5: training schemes", [("PT-SFT", "PT+SFT"), ("DPT-SFT", "DPT-SFT"), ("PT-DFT", "loss dbild_rkl"),
                                       ("DPT-DFT", "DPT-DFT")]),
     ]

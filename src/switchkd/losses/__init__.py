@@ -92,6 +92,7 @@ def get_loss(name: str, **options) -> DistillLoss:
 
 __all__ = [
     "IGNORE_INDEX", "LOSSES", "BiLDTerms", "DistillLoss", "Selection", "bild", "bild_terms", "cross_entropy_rows",
-    "dbild", "dbild_terms", "fast_select", "fixed_select", "forward_kl", "get_loss", "knee_k", "knee_select", "normaliser", "pair_kl",
+    "dbild", "dbild_terms", "fast_select", "fixed_select", "forward_kl", "get_loss", "knee_k", "knee_select",
+    "normaliser", "pair_kl",
     "reduce_rows", "reverse_kl", "sequence_loss", "sort_select", "supervised_positions",
 ]

@@ -181,7 +181,8 @@ def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work:
     # Also reach rank k_min, so a clamped k always has its elements.
     lowest = torch.minimum(lowest, (at_or_above >= k_min).sum(-1) - 1)
     lowest = torch.where(constant, torch.full_like(lowest, bins), lowest)
-    taken = torch.where(constant, torch.zeros_like(lowest), at_or_above.gather(1, lowest.clamp(max=bins - 1)[:, None])[:, 0])
+    above_lowest = at_or_above.gather(1, lowest.clamp(max=bins - 1)[:, None])[:, 0]
+    taken = torch.where(constant, torch.zeros_like(lowest), above_lowest)  # elements to extract per row
 
     # Extract the row's top elements (index ascending within a row), then sort them by value.
     row_offsets = torch.arange(rows, device=device, dtype=torch.int32) * bins
