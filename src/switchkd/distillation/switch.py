@@ -49,8 +49,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if min(self.lambda_align, self.lambda_vsd, self.ce_weight) < 0:
             raise ValueError("distill: loss weights must be >= 0")
-        DistillLoss(self.loss, temperature=self.temperature, k=self.k, k_min=self.k_min, k_max=self.k_max,
-                    knee=self.knee)  # validates name and options
+        self.make_loss()  # validates the name and the options
 
     def make_loss(self) -> DistillLoss:
         return DistillLoss(self.loss, temperature=self.temperature, k=self.k, k_min=self.k_min, k_max=self.k_max,

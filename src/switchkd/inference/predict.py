@@ -16,7 +16,7 @@ from switchkd.data.images import load_image, preprocess_images
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.data.templates import get_template
 from switchkd.data.tokenize import prompt_ids
-from switchkd.inference.generation import GenerationConfig, generate
+from switchkd.inference.generation import GenerationConfig, default_stop_ids, generate
 
 
 @dataclass
@@ -42,6 +42,7 @@ def answer_questions(model, questions: list[Question], batch_size: int = 8, max_
                      progress: bool = False) -> dict[str, str]:
     """Greedy answers keyed by question id; prompts use the model's own chat template."""
     model.eval()
+    stops = set(default_stop_ids(model))
     device = model.device
     pad = model.tokenizer.pad_token_id
     out: dict[str, str] = {}
@@ -69,7 +70,7 @@ def answer_questions(model, questions: list[Question], batch_size: int = 8, max_
         new = generate(model, input_ids.to(device), mask.to(device), pixels,
                        GenerationConfig(max_new_tokens=max_new_tokens))
         for q, tokens in zip(batch, new.tolist()):
-            out[q.id] = decode_answer(model, tokens)
+            out[q.id] = decode_answer(model, tokens, stops)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -77,11 +78,8 @@ def answer_questions(model, questions: list[Question], batch_size: int = 8, max_
     return out
 
 
-def decode_answer(model, tokens: list[int]) -> str:
+def decode_answer(model, tokens: list[int], stops: set[int]) -> str:
     """Text of generated tokens up to (not including) the first stop token."""
-    from switchkd.inference.generation import default_stop_ids
-
-    stops = set(default_stop_ids(model))
     kept = []
     for t in tokens:
         if t in stops:

@@ -30,8 +30,21 @@ def load_llm(source: str | dict, attn_implementation: str = "sdpa", dtype=None):
     )
 
 
+def tokenizer_source(cfg: ModelConfig) -> str | None:
+    """The tokenizer folder: as given, else the LLM folder's."""
+    return cfg.tokenizer or (cfg.llm if isinstance(cfg.llm, str) else None)
+
+
+def processor_source(cfg: ModelConfig) -> str | dict | None:
+    """The image processor: as given, else the vision folder's when it has one (None: build a default)."""
+    if cfg.image_processor is None and isinstance(cfg.vision, str) and \
+            (Path(cfg.vision) / "preprocessor_config.json").is_file():
+        return cfg.vision
+    return cfg.image_processor
+
+
 def load_tokenizer(cfg: ModelConfig):
-    source = cfg.tokenizer or (cfg.llm if isinstance(cfg.llm, str) else None)
+    source = tokenizer_source(cfg)
     if source is None:
         raise ConfigError("model.tokenizer: a tokenizer folder is needed when the LLM is built from a config dict")
     tokenizer = AutoTokenizer.from_pretrained(str(require_folder(source, "model.tokenizer")))
@@ -43,11 +56,9 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def load_processor(cfg: ModelConfig, encoder):
-    source = cfg.image_processor
+    source = processor_source(cfg)
     if isinstance(source, str):
         return load_image_processor(require_folder(source, "model.image_processor"))
-    if source is None and isinstance(cfg.vision, str) and (Path(cfg.vision) / "preprocessor_config.json").is_file():
-        return load_image_processor(cfg.vision)
     return default_image_processor(encoder.config.model_type, encoder.config.image_size, **(source or {}))
 
 

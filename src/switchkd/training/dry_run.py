@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import torch
 from transformers import AutoConfig
@@ -17,6 +16,7 @@ from switchkd.data.images import load_image, resolve_image_path
 from switchkd.data.records import load_records, to_messages
 from switchkd.distillation.switch import check_pair
 from switchkd.models import build_vlm
+from switchkd.models.builders import processor_source, tokenizer_source
 from switchkd.training.config import Config
 from switchkd.training.stages import STAGES, trainable_parts
 
@@ -40,12 +40,8 @@ def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
         meta = json.loads((folder / "config.json").read_text())
         saved = from_dict(ModelConfig, meta["model"])
         return dataclasses.replace(saved, tokenizer=str(folder), image_processor=str(folder))
-    tokenizer = cfg.tokenizer or (cfg.llm if isinstance(cfg.llm, str) else None)
-    processor = cfg.image_processor
-    if processor is None and isinstance(cfg.vision, str) and (Path(cfg.vision) / "preprocessor_config.json").is_file():
-        processor = cfg.vision
     return dataclasses.replace(cfg, vision=_config_dict(cfg.vision, "vision"), llm=_config_dict(cfg.llm, "llm"),
-                               tokenizer=tokenizer, image_processor=processor)
+                               tokenizer=tokenizer_source(cfg), image_processor=processor_source(cfg))
 
 
 def _build_meta(cfg: ModelConfig, what: str):
