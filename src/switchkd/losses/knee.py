@@ -142,7 +142,7 @@ def _get_workspace(rows: int, n: int, dtype: torch.dtype, device: torch.device) 
 def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Tensor):
     """Per-row bin index of every element (with row offsets) into ``out``, and the error bound."""
     rows = x.shape[0]
-    v_min, v_max = x.aminmax(dim=-1)
+    v_min, v_max = x.amin(dim=-1), x.amax(dim=-1)  # two vectorised passes beat one aminmax on CPU
     lo64, hi64 = v_min.double(), v_max.double()
     span = hi64 - lo64
     constant = span == 0
@@ -158,18 +158,13 @@ def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Ten
     return v_min, v_max, scale, eps, constant
 
 
-@torch.no_grad()
-def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work: _Workspace) -> Selection:
-    rows, n = x.shape
-    device = x.device
-    pos, flat_bins, mask = work.views(rows)
-    v_min, v_max, scale, eps, constant = _bin_positions(x, bins, pos, flat_bins)
-    if bool((eps >= 0.25).any()):  # values too large for the bin arithmetic: use the reference
-        return sort_select(x, k_min, k_max)
-    counts = torch.bincount(flat_bins.flatten(), minlength=rows * bins).view(rows, bins)  # ascending values
+def _lowest_bin(counts: torch.Tensor, v_min: torch.Tensor, v_max: torch.Tensor, scale: torch.Tensor,
+                eps: torch.Tensor, n: int, k_min: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lowest bin that may hold the knee (or rank k_min), and how many elements lie at or above it."""
+    bins = counts.shape[1]
     at_or_above = counts.flip(-1).cumsum(-1).flip(-1)  # elements in bins >= b
     first_rank = at_or_above - counts + 1  # rank of each bin's largest element
-    b = torch.arange(bins, dtype=torch.float64, device=device)
+    b = torch.arange(bins, dtype=torch.float64, device=counts.device)
     lo = v_min.double()[:, None] + (b - 0.25 - eps[:, None]) / scale[:, None]
     hi = v_min.double()[:, None] + (b + 0.75 + eps[:, None]) / scale[:, None]
     upper = knee_distance(lo, first_rank, v_min[:, None], v_max[:, None], n)
@@ -180,9 +175,21 @@ def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work:
     lowest = survive.int().argmax(dim=-1)  # first True from the bottom
     # Also reach rank k_min, so a clamped k always has its elements.
     lowest = torch.minimum(lowest, (at_or_above >= k_min).sum(-1) - 1)
-    lowest = torch.where(constant, torch.full_like(lowest, bins), lowest)
-    above_lowest = at_or_above.gather(1, lowest.clamp(max=bins - 1)[:, None])[:, 0]
-    taken = torch.where(constant, torch.zeros_like(lowest), above_lowest)  # elements to extract per row
+    return lowest, at_or_above.gather(1, lowest[:, None])[:, 0]
+
+
+@torch.no_grad()
+def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work: _Workspace) -> Selection:
+    rows, n = x.shape
+    device = x.device
+    pos, flat_bins, mask = work.views(rows)
+    v_min, v_max, scale, eps, constant = _bin_positions(x, bins, pos, flat_bins)
+    if bool((eps >= 0.25).any()):  # values too large for the bin arithmetic: use the reference
+        return sort_select(x, k_min, k_max)
+    counts = torch.bincount(flat_bins.view(-1), minlength=rows * bins).view(rows, bins)  # ascending values
+    lowest, taken = _lowest_bin(counts, v_min, v_max, scale, eps, n, k_min)
+    lowest = torch.where(constant, torch.full_like(lowest, bins), lowest)  # constant rows extract nothing
+    taken = torch.where(constant, torch.zeros_like(taken), taken)
 
     # Extract the row's top elements (index ascending within a row), then sort them by value.
     row_offsets = torch.arange(rows, device=device, dtype=torch.int32) * bins

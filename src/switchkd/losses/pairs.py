@@ -38,39 +38,39 @@ def _exclusive_suffix_sum(x: torch.Tensor) -> torch.Tensor:
     return _exclusive_cumsum(x.flip(-1)).flip(-1)
 
 
-class _Masses:
-    """Row masses, column masses and log Z of one side's pair distribution."""
+class _Side:
+    """One side's pair distribution over a block of rows: the shifted terms, ``S`` and log Z.
+    Row and column masses are computed only where a caller needs them."""
 
-    def __init__(self, x: torch.Tensor, valid: torch.Tensor):
-        neg_inf = torch.tensor(float("-inf"), dtype=x.dtype, device=x.device)
-        top = torch.where(valid, x, neg_inf).amax(dim=-1, keepdim=True)
-        bottom = torch.where(valid, -x, neg_inf).amax(dim=-1, keepdim=True)
-        self.alpha = torch.where(valid, torch.exp(x - top), 0.0)
-        self.beta = torch.where(valid, torch.exp(-x - bottom), 0.0)
-        lam = _exclusive_cumsum(self.alpha)
-        col = self.beta * lam
-        s = col.sum(dim=-1, keepdim=True)
-        self.s = s
-        self.row = self.alpha * _exclusive_suffix_sum(self.beta) / s
-        self.col = col / s
-        self.log_z = (top + bottom + torch.log(s)).squeeze(-1)
+    def __init__(self, x: torch.Tensor, invalid: torch.Tensor):
+        top = x.masked_fill(invalid, float("-inf")).amax(dim=-1, keepdim=True)
+        low = x.masked_fill(invalid, float("inf")).amin(dim=-1, keepdim=True)
+        self.alpha = torch.exp(x - top).masked_fill_(invalid, 0.0)
+        self.beta = torch.exp(low - x).masked_fill_(invalid, 0.0)  # exp(-x - max(-x))
+        self.col_raw = self.beta * _exclusive_cumsum(self.alpha)
+        self.s = self.col_raw.sum(dim=-1, keepdim=True)
+        self.log_z = (top - low + torch.log(self.s)).squeeze(-1)
+
+    def underflows(self) -> bool:
+        return self.s.dtype != torch.float64 and bool((self.s < torch.finfo(self.s.dtype).tiny * 1e6).any())
+
+    def row(self) -> torch.Tensor:
+        return self.alpha * _exclusive_suffix_sum(self.beta) / self.s
+
+    def col(self) -> torch.Tensor:
+        return self.col_raw / self.s
 
 
-def _underflows(m: _Masses) -> bool:
-    return m.s.dtype != torch.float64 and bool((m.s < torch.finfo(m.s.dtype).tiny * 1e6).any())
-
-
-def _chunk_masses(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor):
-    """Masses of both sides and ``u = A - B`` for a block of rows, in float64 if float32 underflows."""
-    mp, mq = _Masses(a, valid), _Masses(b, valid)
-    if _underflows(mp) or _underflows(mq):
+def _sides(a: torch.Tensor, b: torch.Tensor, invalid: torch.Tensor, need_b: bool = True):
+    """Both sides of a block (only the one of ``a`` when ``need_b`` is false) in the input precision,
+    or in float64 where the float32 sum underflows. Returns the sides and ``u = A - B`` (0 if masked)."""
+    p = _Side(a, invalid)
+    q = _Side(b, invalid) if need_b else None
+    if p.underflows() or (q is not None and q.underflows()):
         a, b = a.double(), b.double()
-        mp, mq = _Masses(a, valid), _Masses(b, valid)
-    return mp, mq, torch.where(valid, a - b, 0.0)
-
-
-def _kl(mp: _Masses, mq: _Masses, u: torch.Tensor) -> torch.Tensor:
-    return (u * (mp.row - mp.col)).sum(-1) - mp.log_z + mq.log_z
+        p = _Side(a, invalid)
+        q = _Side(b, invalid) if need_b else None
+    return p, q, (a - b.to(a.dtype)).masked_fill_(invalid, 0.0)
 
 
 def _row_blocks(n_rows: int, width: int):
@@ -81,36 +81,42 @@ def _row_blocks(n_rows: int, width: int):
 
 
 class _PairKL(torch.autograd.Function):
-    """Forward and backward run block by block; backward recomputes the masses rather than
+    """Forward and backward run block by block. Forward needs P's masses but only Q's log Z; backward
+    recomputes what its gradients need (P's masses for dA, both sides' masses for dB) rather than
     keeping a dozen (N, K) tensors alive between the passes."""
 
     @staticmethod
     def forward(ctx, p_values, q_values, valid, temperature):
         a, b = p_values / temperature, q_values / temperature
+        invalid = ~valid
         out = torch.empty(a.shape[0], dtype=p_values.dtype, device=a.device)
+        log_z_q = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
         for rows in _row_blocks(*a.shape):
-            mp, mq, u = _chunk_masses(a[rows], b[rows], valid[rows])
-            out[rows] = _kl(mp, mq, u).to(out.dtype)
+            p, q, u = _sides(a[rows], b[rows], invalid[rows])
+            out[rows] = ((u * (p.row() - p.col())).sum(-1) - p.log_z + q.log_z).to(out.dtype)
+            log_z_q[rows] = q.log_z.double()
         ctx.temperature = temperature
-        ctx.save_for_backward(a, b, valid)
+        ctx.save_for_backward(a, b, invalid, out, log_z_q)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, b, valid = ctx.saved_tensors
+        a, b, invalid, kl, log_z_q = ctx.saved_tensors
         want_p, want_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_p = torch.empty_like(a) if want_p else None
         grad_q = torch.empty_like(b) if want_q else None
         for rows in _row_blocks(*a.shape):
-            mp, mq, u = _chunk_masses(a[rows], b[rows], valid[rows])
+            p, q, u = _sides(a[rows], b[rows], invalid[rows], need_b=want_q)
             g = grad_out[rows].to(u.dtype)[:, None] / ctx.temperature
-            if want_q:
-                grad_q[rows] = g * ((mq.row - mq.col) - (mp.row - mp.col))
+            row, col = p.row(), p.col()
+            if want_q:  # dKL/dB_j = (r^Q_j - c^Q_j) - (r^P_j - c^P_j)
+                grad_q[rows] = g * ((q.row() - q.col()) - (row - col))
             if want_p:
-                shift = (mq.log_z - mp.log_z - _kl(mp, mq, u))[:, None]  # C - KL
-                after = mp.alpha * _exclusive_suffix_sum(mp.beta * u) / mp.s  # sum_{n>j} P_jn u_n
-                before = mp.beta * _exclusive_cumsum(mp.alpha * u) / mp.s  # sum_{m<j} P_mj u_m
-                grad_p[rows] = g * ((u + shift) * mp.row - after - before + (u - shift) * mp.col)
+                shift = (log_z_q[rows].to(u.dtype) - p.log_z - kl[rows].to(u.dtype))[:, None]  # C - KL
+                after = p.alpha * _exclusive_suffix_sum(p.beta * u) / p.s  # sum_{n>j} P_jn u_n
+                before = p.beta * _exclusive_cumsum(p.alpha * u) / p.s  # sum_{m<j} P_mj u_m
+                # (u + C - KL) r - after - before + (u - C + KL) c
+                grad_p[rows] = g * (u * (row + col) + shift * (row - col) - after - before)
         return grad_p, grad_q, None, None
 
 
