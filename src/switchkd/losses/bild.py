@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from switchkd.losses.kl import reduce_rows, upcast
+from switchkd.losses.kl import reduce_rows
 from switchkd.losses.knee import Selection, fixed_select, knee_select
-from switchkd.losses.pairs import pair_kl
+from switchkd.losses.pairs import block_backward, block_forward, compute_dtype, prepare, row_blocks
 
 KL_DIRECTIONS = ("reverse", "forward")
 
@@ -34,12 +34,52 @@ class BiLDTerms:
         return self.teacher_led + self.student_led
 
 
-def _compare(student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, temperature: float,
-             kl: str) -> torch.Tensor:
-    """Pair KL between two gathered sides in one led order."""
-    if kl == "reverse":
-        return pair_kl(student, teacher, valid, temperature)
-    return pair_kl(teacher, student, valid, temperature)
+class _BiLDBranches(torch.autograd.Function):
+    """Both branches' pair KLs, block by block over rows, straight from the (N, V) logits.
+
+    Nothing (N, K)-sized is kept: each block gathers its led top-k values of both models (in their own
+    dtype, upcast per block), and backward regathers them, recomputes the pair gradient and adds it
+    into one (N, V) gradient buffer. Entries past a row's k get an exactly zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student, teacher, t_index, t_k, s_index, s_k, temperature, kl):
+        dtype = compute_dtype(student)
+        losses = student.new_empty((2, student.shape[0]), dtype=dtype)
+        log_z_q = student.new_empty((2, student.shape[0]), dtype=torch.float64)
+        for branch, (index, k) in enumerate(((t_index, t_k), (s_index, s_k))):
+            for rows in row_blocks(*index.shape):
+                a, b, valid = _block_values(student, teacher, index, k, rows, temperature, dtype, kl)
+                losses[branch, rows], log_z_q[branch, rows] = block_forward(a, b, valid)
+        ctx.temperature, ctx.kl = temperature, kl
+        ctx.save_for_backward(student, teacher, t_index, t_k, s_index, s_k, losses, log_z_q)
+        return losses[0], losses[1]
+
+    @staticmethod
+    def backward(ctx, grad_teacher_led, grad_student_led):
+        student, teacher, t_index, t_k, s_index, s_k, losses, log_z_q = ctx.saved_tensors
+        tau, reverse = ctx.temperature, ctx.kl == "reverse"
+        grad = torch.zeros_like(student)
+        branches = ((t_index, t_k, grad_teacher_led), (s_index, s_k, grad_student_led))
+        for branch, (index, k, g) in enumerate(branches):
+            if g is None:
+                continue
+            for rows in row_blocks(*index.shape):
+                a, b, valid = _block_values(student, teacher, index, k, rows, tau, losses.dtype, ctx.kl)
+                # reverse: P is the student (dKL/dA); forward: Q is the student (dKL/dB)
+                grad_a, grad_b = block_backward(a, b, valid, losses[branch, rows], log_z_q[branch, rows],
+                                                g[rows] / tau, want_p=reverse, want_q=not reverse)
+                grad[rows].scatter_add_(1, index[rows], (grad_a if reverse else grad_b).to(grad.dtype))
+        return grad, None, None, None, None, None, None, None
+
+
+def _block_values(student, teacher, index, k, rows, temperature, dtype, kl):
+    """Prepared P and Q values of one block of rows (P is the student for reverse KL) and its 0/1 mask."""
+    idx = index[rows]
+    valid = torch.arange(idx.shape[1], device=idx.device) < k[rows, None]
+    s = prepare(student[rows].gather(1, idx), valid, temperature, dtype)
+    t = prepare(teacher[rows].gather(1, idx), valid, temperature, dtype)
+    return (s, t, valid.to(dtype)) if kl == "reverse" else (t, s, valid.to(dtype))
 
 
 def bild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_sel: Selection,
@@ -50,17 +90,10 @@ def bild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teach
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} "
                          "logits differ in shape; slice both to the shared vocabulary first")
-    s = upcast(student_logits)
-    t = upcast(teacher_logits.detach()).to(s.dtype)
-    # One gather for both branches: its backward then fills a single (N, V) gradient buffer.
-    width_t = teacher_sel.index.shape[1]
-    s_vals = s.gather(1, torch.cat([teacher_sel.index, student_sel.index], dim=1))
-    return BiLDTerms(
-        teacher_led=_compare(s_vals[:, :width_t], t.gather(1, teacher_sel.index), teacher_sel.valid, temperature, kl),
-        student_led=_compare(s_vals[:, width_t:], t.gather(1, student_sel.index), student_sel.valid, temperature, kl),
-        k_teacher=teacher_sel.k,
-        k_student=student_sel.k,
-    )
+    teacher_led, student_led = _BiLDBranches.apply(student_logits, teacher_logits.detach(), teacher_sel.index,
+                                                   teacher_sel.k, student_sel.index, student_sel.k, temperature, kl)
+    return BiLDTerms(teacher_led=teacher_led, student_led=student_led, k_teacher=teacher_sel.k,
+                     k_student=student_sel.k)
 
 
 def dbild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 3.0,

@@ -1,29 +1,46 @@
 """KL between two pair distributions over the upper triangle, in O(k) time and memory.
 
 For one row of k values in led order, ``P_mn = exp(A_m - A_n) / Z`` over pairs ``m < n`` (with
-``A = a / tau``) is separable. With ``alpha_m = exp(A_m - max A)``, ``beta_n = exp(-A_n - max(-A))``,
+``A = a / tau``) is separable. With ``alpha_m = exp(A_m - max A)``, ``beta_n = exp(min A - A_n)``,
 the exclusive prefix ``Lam_n = sum_{m<n} alpha_m`` and suffix ``Rho_m = sum_{n>m} beta_n``:
 
-    S   = sum_n beta_n Lam_n,            log Z_P = max A + max(-A) + log S
+    S   = sum_n beta_n Lam_n,            log Z_P = max A - min A + log S
     r_m = sum_{n>m} P_mn = alpha_m Rho_m / S          (row mass)
     c_n = sum_{m<n} P_mn = beta_n Lam_n / S           (column mass)
     KL(P || Q) = sum_m u_m r_m - sum_n u_n c_n - log Z_P + log Z_Q,   u = A - B
+               = sum_n beta_n (W_n - u_n Lam_n) / S - log Z_P + log Z_Q,   W_n = sum_{m<n} alpha_m u_m
 
-(DESIGN.md writes the same in log space: ``L_n = log Lam_n + max A`` and ``R_m = log Rho_m + max(-A)``.)
-The gradient is analytic and O(k) too; with ``C = log Z_Q - log Z_P``:
+(DESIGN.md writes the same in log space: ``L_n = log Lam_n + max A`` and ``R_m = log Rho_m - min A``.)
+The gradient is analytic and O(k) too; with ``C = log Z_Q - log Z_P`` and ``U_m = sum_{n>m} beta_n u_n``:
 
     dKL/dB_j = (r^Q_j - c^Q_j) - (r^P_j - c^P_j)
     dKL/dA_j = (u_j + C - KL) r_j - sum_{n>j} P_jn u_n - sum_{m<j} P_mj u_m + (u_j - C + KL) c_j
+             = alpha_j ((u_j + C - KL) Rho_j - U_j) / S + beta_j ((u_j - C + KL) Lam_j - W_j) / S
 
-No k x k tensor is built. Entries past each row's k are masked (their alpha and beta are exactly 0).
-Shifting by the row maxima keeps every term in [0, 1]; on the sorted led side the largest terms
-open each prefix and close each suffix, so nothing underflows. Should an unsorted side span more
-than the dtype's exponent range (``S`` underflows), the row is recomputed in float64.
+No k x k tensor is built. Entries past each row's k are replaced by the row's first value (finite and
+inside the row's range, so every shifted exponential lies in [0, 1]) and get ``beta = 0``: as they
+close the row, every sum that could see them is multiplied by a zero beta, and their gradient is
+exactly 0. On the sorted led side the largest terms open each prefix and close each suffix, so
+nothing underflows; should an unsorted side span more than the dtype's exponent range (``S``
+underflows), the block is recomputed in float64.
+
+The block functions below serve ``pair_kl`` and the fused (D)BiLD function in ``bild.py``.
 """
 
 from __future__ import annotations
 
 import torch
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 stays float64 (tests compare there); everything else is computed in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def prepare(values: torch.Tensor, valid: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """``values / tau`` in ``dtype`` with masked entries set to the row's first (valid) value."""
+    x = values.to(dtype)
+    return torch.where(valid, x, x[:, :1]).div_(temperature)
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -39,84 +56,97 @@ def _exclusive_suffix_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Side:
-    """One side's pair distribution over a block of rows: the shifted terms, ``S`` and log Z.
-    Row and column masses are computed only where a caller needs them."""
+    """One side's pair distribution over a block of rows: the shifted terms, ``S`` and log Z."""
 
-    def __init__(self, x: torch.Tensor, invalid: torch.Tensor):
-        top = x.masked_fill(invalid, float("-inf")).amax(dim=-1, keepdim=True)
-        low = x.masked_fill(invalid, float("inf")).amin(dim=-1, keepdim=True)
-        self.alpha = torch.exp(x - top).masked_fill_(invalid, 0.0)
-        self.beta = torch.exp(low - x).masked_fill_(invalid, 0.0)  # exp(-x - max(-x))
-        self.col_raw = self.beta * _exclusive_cumsum(self.alpha)
-        self.s = self.col_raw.sum(dim=-1, keepdim=True)
+    def __init__(self, x: torch.Tensor, valid: torch.Tensor):
+        top = x.amax(dim=-1, keepdim=True)
+        low = x.amin(dim=-1, keepdim=True)
+        self.alpha = torch.sub(x, top).exp_()
+        self.beta = torch.sub(low, x).exp_().mul_(valid)
+        self.lam = _exclusive_cumsum(self.alpha)
+        self.s = (self.beta * self.lam).sum(dim=-1, keepdim=True)
         self.log_z = (top - low + torch.log(self.s)).squeeze(-1)
 
     def underflows(self) -> bool:
         return self.s.dtype != torch.float64 and bool((self.s < torch.finfo(self.s.dtype).tiny * 1e6).any())
 
-    def row(self) -> torch.Tensor:
-        return self.alpha * _exclusive_suffix_sum(self.beta) / self.s
-
-    def col(self) -> torch.Tensor:
-        return self.col_raw / self.s
+    def row_minus_col(self) -> torch.Tensor:
+        """``r - c`` per entry."""
+        return (self.alpha * _exclusive_suffix_sum(self.beta) - self.beta * self.lam) / self.s
 
 
-def _sides(a: torch.Tensor, b: torch.Tensor, invalid: torch.Tensor, need_b: bool = True):
-    """Both sides of a block (only the one of ``a`` when ``need_b`` is false) in the input precision,
-    or in float64 where the float32 sum underflows. Returns the sides and ``u = A - B`` (0 if masked)."""
-    p = _Side(a, invalid)
-    q = _Side(b, invalid) if need_b else None
-    if p.underflows() or (q is not None and q.underflows()):
-        a, b = a.double(), b.double()
-        p = _Side(a, invalid)
-        q = _Side(b, invalid) if need_b else None
-    return p, q, (a - b.to(a.dtype)).masked_fill_(invalid, 0.0)
+def _sides(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor):
+    """Both sides of a block in the input precision, or in float64 where a float32 ``S`` underflows."""
+    p, q = _Side(a, valid), _Side(b, valid)
+    if p.underflows() or q.underflows():
+        a, b, valid = a.double(), b.double(), valid.double()
+        p, q = _Side(a, valid), _Side(b, valid)
+    return p, q, a - b
 
 
-def _row_blocks(n_rows: int, width: int):
-    # Blocks of ~256k elements: their temporaries stay in cache and in reused heap memory
-    # (fresh multi-MB tensors cost more in page faults than in arithmetic on CPU).
+def block_forward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``KL(P || Q)`` and ``log Z_Q`` of prepared values; ``valid`` as 0/1 in their dtype."""
+    p, q, u = _sides(a, b, valid)
+    kl = (p.beta * (_exclusive_cumsum(p.alpha * u) - u * p.lam)).sum(-1) / p.s.squeeze(-1) - p.log_z + q.log_z
+    return kl, q.log_z
+
+
+def block_backward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, kl: torch.Tensor, log_z_q: torch.Tensor,
+                   grad: torch.Tensor, want_p: bool, want_q: bool):
+    """Gradients of ``grad · KL`` with respect to the prepared values ``a`` (P) and ``b`` (Q), or None."""
+    p, q, u = _sides(a, b, valid)
+    g = grad.to(u.dtype)[:, None]
+    grad_a = grad_b = None
+    if want_q:
+        grad_b = g * (q.row_minus_col() - p.row_minus_col())
+    if want_p:
+        shift = (log_z_q.to(u.dtype) - p.log_z - kl.to(u.dtype))[:, None]  # C - KL
+        after = p.alpha * ((u + shift) * _exclusive_suffix_sum(p.beta) - _exclusive_suffix_sum(p.beta * u))
+        before = p.beta * ((u - shift) * p.lam - _exclusive_cumsum(p.alpha * u))
+        grad_a = (g / p.s) * (after + before)
+    return grad_a, grad_b
+
+
+def row_blocks(n_rows: int, width: int) -> list[slice]:
+    """Blocks of ~256k elements: their temporaries stay in cache and in reused heap memory (fresh
+    multi-MB tensors cost more in page faults than in arithmetic on CPU)."""
     size = max(1, (1 << 18) // max(width, 1))
     return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
 
 
 class _PairKL(torch.autograd.Function):
-    """Forward and backward run block by block. Forward needs P's masses but only Q's log Z; backward
-    recomputes what its gradients need (P's masses for dA, both sides' masses for dB) rather than
-    keeping a dozen (N, K) tensors alive between the passes."""
+    """Forward and backward run block by block; backward recomputes the masses rather than keeping
+    a dozen (N, K) tensors alive between the passes."""
 
     @staticmethod
     def forward(ctx, p_values, q_values, valid, temperature):
-        a, b = p_values / temperature, q_values / temperature
-        invalid = ~valid
-        out = torch.empty(a.shape[0], dtype=p_values.dtype, device=a.device)
-        log_z_q = torch.empty(a.shape[0], dtype=torch.float64, device=a.device)
-        for rows in _row_blocks(*a.shape):
-            p, q, u = _sides(a[rows], b[rows], invalid[rows])
-            out[rows] = ((u * (p.row() - p.col())).sum(-1) - p.log_z + q.log_z).to(out.dtype)
-            log_z_q[rows] = q.log_z.double()
+        dtype = compute_dtype(p_values)
+        out = torch.empty(p_values.shape[0], dtype=dtype, device=p_values.device)
+        log_z_q = torch.empty_like(out, dtype=torch.float64)
+        for rows in row_blocks(*p_values.shape):
+            a, b = prepare(p_values[rows], valid[rows], temperature, dtype), prepare(q_values[rows], valid[rows],
+                                                                                     temperature, dtype)
+            kl, lzq = block_forward(a, b, valid[rows].to(dtype))
+            out[rows], log_z_q[rows] = kl, lzq
         ctx.temperature = temperature
-        ctx.save_for_backward(a, b, invalid, out, log_z_q)
-        return out
+        ctx.save_for_backward(p_values, q_values, valid, out, log_z_q)
+        return out.to(p_values.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
-        a, b, invalid, kl, log_z_q = ctx.saved_tensors
+        p_values, q_values, valid, kl, log_z_q = ctx.saved_tensors
         want_p, want_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_p = torch.empty_like(a) if want_p else None
-        grad_q = torch.empty_like(b) if want_q else None
-        for rows in _row_blocks(*a.shape):
-            p, q, u = _sides(a[rows], b[rows], invalid[rows], need_b=want_q)
-            g = grad_out[rows].to(u.dtype)[:, None] / ctx.temperature
-            row, col = p.row(), p.col()
-            if want_q:  # dKL/dB_j = (r^Q_j - c^Q_j) - (r^P_j - c^P_j)
-                grad_q[rows] = g * ((q.row() - q.col()) - (row - col))
+        tau, dtype = ctx.temperature, kl.dtype
+        grad_p = torch.zeros_like(p_values) if want_p else None
+        grad_q = torch.zeros_like(q_values) if want_q else None
+        for rows in row_blocks(*p_values.shape):
+            a, b = prepare(p_values[rows], valid[rows], tau, dtype), prepare(q_values[rows], valid[rows], tau, dtype)
+            ga, gb = block_backward(a, b, valid[rows].to(dtype), kl[rows], log_z_q[rows], grad_out[rows] / tau,
+                                    want_p, want_q)
             if want_p:
-                shift = (log_z_q[rows].to(u.dtype) - p.log_z - kl[rows].to(u.dtype))[:, None]  # C - KL
-                after = p.alpha * _exclusive_suffix_sum(p.beta * u) / p.s  # sum_{n>j} P_jn u_n
-                before = p.beta * _exclusive_cumsum(p.alpha * u) / p.s  # sum_{m<j} P_mj u_m
-                # (u + C - KL) r - after - before + (u - C + KL) c
-                grad_p[rows] = g * (u * (row + col) + shift * (row - col) - after - before)
+                grad_p[rows] = ga
+            if want_q:
+                grad_q[rows] = gb
         return grad_p, grad_q, None, None
 
 
