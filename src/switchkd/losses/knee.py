@@ -8,8 +8,10 @@ The led order sorts by value, descending, ties broken by vocabulary index, ascen
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -128,15 +130,15 @@ class _Workspace:
         return p.shape[0] >= rows and p.shape[1] == n and p.dtype == dtype and p.device == device
 
 
-_workspace: _Workspace | None = None
+_local = threading.local()
 
 
 def _get_workspace(rows: int, n: int, dtype: torch.dtype, device: torch.device) -> _Workspace:
-    """One cached workspace (a few tens of MB at V = 152k): every knee of a step reuses its pages."""
-    global _workspace
-    if _workspace is None or not _workspace.fits(rows, n, dtype, device):
-        _workspace = _Workspace(rows, n, dtype, device)
-    return _workspace
+    """One cached workspace per thread (a few tens of MB at V = 152k): every knee of a step reuses its pages."""
+    work = getattr(_local, "work", None)
+    if work is None or not work.fits(rows, n, dtype, device):
+        work = _local.work = _Workspace(rows, n, dtype, device)
+    return work
 
 
 def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Tensor):
@@ -178,6 +180,33 @@ def _lowest_bin(counts: torch.Tensor, v_min: torch.Tensor, v_max: torch.Tensor, 
     return lowest, at_or_above.gather(1, lowest[:, None])[:, 0]
 
 
+def _sort_descending(x: torch.Tensor, row: torch.Tensor, col: torch.Tensor, slot: torch.Tensor, width: int):
+    """Values ``x[row, col]`` of each row sorted descending, ties by ``col`` ascending, padded to ``width``
+    (padding: index 0, value -inf or ``x[:, 0]``; callers mask it by rank). Returns (values, index)."""
+    rows, n = x.shape
+    bits = max(1, (n - 1).bit_length())
+    if x.dtype == torch.float64 or bits > 31:
+        values = torch.full((rows, width), float("-inf"), dtype=x.dtype, device=x.device)
+        index = torch.zeros((rows, width), dtype=torch.long, device=x.device)
+        values[row, slot] = x[row, col]
+        index[row, slot] = col
+        values, order = torch.sort(values, dim=-1, descending=True, stable=True)  # stable: ties by index
+        return values, index.gather(1, order)
+    # One int64 key per element: the value's order-preserving 32-bit pattern, then the complement of the
+    # index (ties by index ascending), so an unstable sort of distinct keys gives the stable order.
+    low = (1 << bits) - 1
+    pattern = (x[row, col].float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into +0.0
+    ordered = (pattern ^ ((pattern >> 31) & 0x7FFFFFFF)).long()  # negative floats: flip the magnitude bits
+    keys = torch.full((rows, width), torch.iinfo(torch.int64).min + low, dtype=torch.long, device=x.device)
+    keys[row, slot] = (ordered << bits) | (low - col)
+    if keys.device.type == "cpu":  # NumPy's vectorised sort (x86-simd-sort) is several times torch.sort's speed
+        keys = torch.from_numpy(np.sort(keys.numpy(), axis=-1)[:, ::-1].copy())
+    else:
+        keys = torch.sort(keys, dim=-1, descending=True).values
+    index = low - (keys & low)  # padding decodes to index 0
+    return x.gather(1, index), index
+
+
 @torch.no_grad()
 def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work: _Workspace) -> Selection:
     rows, n = x.shape
@@ -198,13 +227,7 @@ def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work:
     width = max(int(taken.max()), 1)
     starts = torch.cumsum(taken, 0) - taken
     slot = torch.arange(row.numel(), device=device) - starts[row]
-    values = torch.full((rows, width), float("-inf"), dtype=x.dtype, device=device)
-    index = torch.zeros((rows, width), dtype=torch.long, device=device)
-    values[row, slot] = x[row, col]
-    index[row, slot] = col
-    values, order = torch.sort(values, dim=-1, descending=True, stable=True)  # stable: ties by index
-    index = index.gather(1, order)
-
+    values, index = _sort_descending(x, row, col, slot, width)
     ranks = torch.arange(1, width + 1, device=device)
     d = knee_distance(values, ranks, v_min[:, None], v_max[:, None], n)
     d = d.masked_fill(ranks[None] > taken[:, None], float("-inf"))
