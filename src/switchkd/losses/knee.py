@@ -207,14 +207,28 @@ def _sort_descending(x: torch.Tensor, row: torch.Tensor, col: torch.Tensor, slot
     return x.gather(1, index), index
 
 
+def _merge_rows(rows: int, parts: list[tuple[torch.Tensor, Selection]]) -> Selection:
+    """One selection from selections of disjoint row subsets (given by boolean masks)."""
+    k = torch.empty(rows, dtype=torch.long, device=parts[0][1].k.device)
+    index = torch.zeros(rows, max(sel.index.shape[1] for _, sel in parts), dtype=torch.long, device=k.device)
+    for where, sel in parts:
+        k[where] = sel.k
+        index[where, : sel.index.shape[1]] = sel.index
+    return Selection.from_order(index, k)
+
+
 @torch.no_grad()
 def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work: _Workspace) -> Selection:
     rows, n = x.shape
     device = x.device
     pos, flat_bins, mask = work.views(rows)
     v_min, v_max, scale, eps, constant = _bin_positions(x, bins, pos, flat_bins)
-    if bool((eps >= 0.25).any()):  # values too large for the bin arithmetic: use the reference
-        return sort_select(x, k_min, k_max)
+    coarse = eps >= 0.25  # values too large for the bin arithmetic (a huge offset, a tiny spread)
+    if bool(coarse.any()):  # those rows take the reference, the others the fast path
+        parts = [(coarse, sort_select(x[coarse], k_min, k_max))]
+        if not bool(coarse.all()):
+            parts.append((~coarse, _fast_chunk(x[~coarse], k_min, k_max, bins, work)))
+        return _merge_rows(rows, parts)
     counts = torch.bincount(flat_bins.view(-1), minlength=rows * bins).view(rows, bins)  # ascending values
     lowest, taken = _lowest_bin(counts, v_min, v_max, scale, eps, n, k_min)
     lowest = torch.where(constant, torch.full_like(lowest, bins), lowest)  # constant rows extract nothing

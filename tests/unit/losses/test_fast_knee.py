@@ -3,7 +3,10 @@
 import pytest
 import torch
 
+import switchkd.losses.knee as knee_module
 from switchkd.losses import fast_select, sort_select
+
+LARGE_OFFSET_ROW = 11  # the one row the bin arithmetic cannot resolve: it alone takes the reference
 
 
 def hard_rows(vocab: int, seed: int) -> torch.Tensor:
@@ -21,11 +24,16 @@ def hard_rows(vocab: int, seed: int) -> torch.Tensor:
         torch.empty(vocab).exponential_(0.5, generator=g),  # skewed up
         torch.where(torch.rand(vocab, generator=g) < 0.5, torch.zeros(vocab), torch.ones(vocab)),  # two values
         torch.randn(vocab, generator=g) * 1e-3 + 1e4,  # large offset, tiny spread
+        # signed zeros tie with each other (the sort keys must not tell -0.0 from +0.0)
+        torch.tensor([-0.0, 0.0, -1.0, 0.5])[torch.randint(0, 4, (vocab,), generator=g)],
+        # LLM-like: a bell-shaped bulk and a few confident tokens
+        (torch.randn(vocab, generator=g) * 3).index_add_(0, torch.randint(0, vocab, (8,), generator=g),
+                                                         6 + 4 * torch.rand(8, generator=g)),
     ]
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
 @pytest.mark.parametrize("vocab", [257, 5000, 151_936])
 def test_fast_knee_equals_sorting_knee(dtype, vocab):
     rows = hard_rows(vocab, seed=vocab).to(dtype)
@@ -44,3 +52,27 @@ def test_fast_knee_bins_do_not_change_the_result():
         got = fast_select(rows, bins=bins)
         assert got.k.tolist() == want.k.tolist()
         assert torch.equal(got.index[got.valid], want.index[want.valid])
+
+
+def test_only_unresolvable_rows_take_the_reference(monkeypatch):
+    """The comparisons above exercise the fast path: every row but the large-offset one is selected
+    without the reference sort, in every chunk."""
+    rows = hard_rows(5000, seed=3)
+    want = sort_select(rows)
+    seen = []
+
+    def counting_sort_select(x, *args):
+        seen.append(x.shape[0])
+        return sort_select(x, *args)
+
+    monkeypatch.setattr(knee_module, "sort_select", counting_sort_select)
+    for chunk_rows in (4, 16):
+        seen.clear()
+        got = fast_select(rows, chunk_rows=chunk_rows)
+        assert seen == [1], chunk_rows  # one call, for one row
+        assert got.k.tolist() == want.k.tolist()
+        assert torch.equal(got.index[got.valid], want.index[want.valid])
+    no_offset = torch.cat([rows[:LARGE_OFFSET_ROW], rows[LARGE_OFFSET_ROW + 1 :]])
+    seen.clear()
+    fast_select(no_offset)
+    assert seen == []
