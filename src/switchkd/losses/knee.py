@@ -118,6 +118,8 @@ class _Workspace:
     faults than the arithmetic that fills it."""
 
     def __init__(self, rows: int, n: int, dtype: torch.dtype, device: torch.device):
+        # bin positions in float32 (float64 for float64 logits): half precision cannot resolve 1,024 bins
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
         self.pos = torch.empty(rows, n, dtype=dtype, device=device)
         self.bins = torch.empty(rows, n, dtype=torch.int32, device=device)
         self.mask = torch.empty(rows, n, dtype=torch.bool, device=device)
@@ -127,7 +129,8 @@ class _Workspace:
 
     def fits(self, rows: int, n: int, dtype: torch.dtype, device: torch.device) -> bool:
         p = self.pos
-        return p.shape[0] >= rows and p.shape[1] == n and p.dtype == dtype and p.device == device
+        return p.shape[0] >= rows and p.shape[1] == n and (p.dtype == torch.float64) == (dtype == torch.float64) \
+            and p.device == device
 
 
 _local = threading.local()
@@ -151,10 +154,10 @@ def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Ten
     span = torch.where(constant, torch.ones_like(span), span)
     scale = (bins - 0.5) / span  # the row's values map to [0.25, bins - 0.25]
     offset = 0.25 - lo64 * scale + torch.arange(rows, dtype=torch.float64, device=x.device) * bins
-    torch.addcmul(offset.to(x.dtype)[:, None], x, scale.to(x.dtype)[:, None], out=pos)  # (R, V)
+    torch.addcmul(offset.to(pos.dtype)[:, None], x, scale.to(pos.dtype)[:, None], out=pos)  # (R, V)
     out.copy_(pos)  # truncation toward zero = floor, positions are positive
-    # A few roundings, each at most half an ulp of the magnitudes involved.
-    unit = torch.finfo(x.dtype).eps
+    # A few roundings in the positions' dtype, each at most half an ulp of the magnitudes involved.
+    unit = torch.finfo(pos.dtype).eps
     magnitude = torch.maximum(lo64.abs(), hi64.abs()) * scale + offset.abs() + bins
     eps = 4 * unit * magnitude + 1e-6
     return v_min, v_max, scale, eps, constant
