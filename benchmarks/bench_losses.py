@@ -64,6 +64,8 @@ def worker(spec: dict) -> dict:
             out.sum().backward()
     else:
         student, teacher = realistic_logits(spec["rows"], spec["vocab"])
+        if spec.get("dtype"):  # logits as a mixed-precision model returns them
+            student, teacher = student.to(getattr(torch, spec["dtype"])), teacher.to(getattr(torch, spec["dtype"]))
         if kind == "knee":
 
             def step():
@@ -103,6 +105,8 @@ LOSS_ROWS = [
     ("dbild_fkl", {"loss": "dbild_fkl"}),
     ("dbild_rkl", {"loss": "dbild_rkl"}),
     ("dbild_rkl, full-sort knee (before)", {"loss": "dbild_rkl", "knee": "sort"}),
+    ("fkl, bfloat16 logits", {"loss": "fkl", "dtype": "bfloat16"}),
+    ("dbild_rkl, bfloat16 logits", {"loss": "dbild_rkl", "dtype": "bfloat16"}),
 ]
 
 
