@@ -17,12 +17,12 @@ The gradient is analytic and O(k) too; with ``C = log Z_Q - log Z_P`` and ``U_m 
     dKL/dA_j = (u_j + C - KL) r_j - sum_{n>j} P_jn u_n - sum_{m<j} P_mj u_m + (u_j - C + KL) c_j
              = alpha_j ((u_j + C - KL) Rho_j - U_j) / S + beta_j ((u_j - C + KL) Lam_j - W_j) / S
 
-No k x k tensor is built. Entries past each row's k are replaced by the row's first value (finite and
-inside the row's range, so every shifted exponential lies in [0, 1]) and get ``beta = 0``: as they
-close the row, every sum that could see them is multiplied by a zero beta, and their gradient is
-exactly 0. On the sorted led side the largest terms open each prefix and close each suffix, so
-nothing underflows; should an unsorted side span more than the dtype's exponent range (``S``
-underflows), the block is recomputed in float64.
+No k x k tensor is built. Masked entries (past each row's k) get ``alpha = beta = 0`` exactly, so
+they drop out of every sum and their gradient is exactly 0; their values are first replaced by the
+row's first (valid) value only so that every shifted exponential stays finite and the row's max and
+min are those of the valid entries. On the sorted led side the largest terms open each prefix and
+close each suffix, so nothing underflows; should an unsorted side span more than the dtype's exponent
+range (``S`` underflows), the block is recomputed in float64.
 
 The block functions below serve ``pair_kl`` and the fused (D)BiLD function in ``bild.py``.
 """
@@ -61,7 +61,7 @@ class _Side:
     def __init__(self, x: torch.Tensor, valid: torch.Tensor):
         top = x.amax(dim=-1, keepdim=True)
         low = x.amin(dim=-1, keepdim=True)
-        self.alpha = torch.sub(x, top).exp_()
+        self.alpha = torch.sub(x, top).exp_().mul_(valid)
         self.beta = torch.sub(low, x).exp_().mul_(valid)
         self.lam = _exclusive_cumsum(self.alpha)
         self.s = (self.beta * self.lam).sum(dim=-1, keepdim=True)
@@ -160,4 +160,6 @@ def pair_kl(p_values: torch.Tensor, q_values: torch.Tensor, valid: torch.Tensor,
                          f"{tuple(valid.shape)}")
     if p_values.shape[1] == 0:  # no rows at all (k >= 2 otherwise): keep the graph, return (N,) zeros
         return (p_values + q_values).sum(-1)
+    if valid.shape[0] and not bool((valid[:, 0] & (valid[:, 1:] <= valid[:, :-1]).all(-1)).all()):
+        raise ValueError("pair_kl: valid must mark a non-empty prefix of each row (its first k entries)")
     return _PairKL.apply(p_values, q_values, valid, temperature)

@@ -113,6 +113,12 @@ def test_pair_kl_padding_equals_unpadded():
     assert torch.isfinite(a.grad).all() and (a.grad[1, 5:] == 0).all()
 
 
+def test_pair_kl_refuses_a_mask_that_is_not_a_prefix():
+    a = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="prefix"):
+        pair_kl(a, a, torch.tensor([[True, False, True, True], [True, True, False, False]]), 1.0)
+
+
 def test_pair_kl_float32_far_spread_falls_back_to_float64():
     """An unsorted side spanning more than float32's exponent range still gives the right value."""
     a = torch.tensor([[-200.0, -150.0, 0.0, 50.0, 120.0]], dtype=torch.float64)  # reversed order: tiny Z
