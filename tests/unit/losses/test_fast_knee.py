@@ -18,7 +18,8 @@ def hard_rows(vocab: int, seed: int) -> torch.Tensor:
         torch.zeros(vocab).index_fill_(0, torch.tensor([vocab // 3]), 25.0),  # one dominant logit
         (torch.randn(vocab, generator=g) * 2).round(),  # massive ties (integers)
         (torch.randn(vocab, generator=g) * 4).round(decimals=1),  # ties at 0.1
-        torch.cat([torch.linspace(10, 2, vocab // 10), torch.linspace(2, 0, vocab - vocab // 10)]),  # sorted, sharp knee
+        # sorted, with a sharp knee
+        torch.cat([torch.linspace(10, 2, vocab // 10), torch.linspace(2, 0, vocab - vocab // 10)]),
         torch.rand(vocab, generator=g),  # uniform
         -torch.empty(vocab).exponential_(1.0, generator=g),  # skewed down
         torch.empty(vocab).exponential_(0.5, generator=g),  # skewed up
