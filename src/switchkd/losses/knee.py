@@ -113,14 +113,17 @@ def fixed_select(logits: torch.Tensor, k: int) -> Selection:
 # their ranks are exact, the knee is among them, and their sorted prefix is the led top-k order.
 
 
+def _position_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Bin positions in float32 (float64 for float64 logits): half precision cannot resolve 1,024 bins."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class _Workspace:
     """Buffers reused across row chunks: on CPU a fresh (rows, V) tensor costs far more in page
     faults than the arithmetic that fills it."""
 
     def __init__(self, rows: int, n: int, dtype: torch.dtype, device: torch.device):
-        # bin positions in float32 (float64 for float64 logits): half precision cannot resolve 1,024 bins
-        dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        self.pos = torch.empty(rows, n, dtype=dtype, device=device)
+        self.pos = torch.empty(rows, n, dtype=_position_dtype(dtype), device=device)
         self.bins = torch.empty(rows, n, dtype=torch.int32, device=device)
         self.mask = torch.empty(rows, n, dtype=torch.bool, device=device)
 
@@ -129,8 +132,7 @@ class _Workspace:
 
     def fits(self, rows: int, n: int, dtype: torch.dtype, device: torch.device) -> bool:
         p = self.pos
-        return p.shape[0] >= rows and p.shape[1] == n and (p.dtype == torch.float64) == (dtype == torch.float64) \
-            and p.device == device
+        return p.shape[0] >= rows and p.shape[1] == n and p.dtype == _position_dtype(dtype) and p.device == device
 
 
 _local = threading.local()

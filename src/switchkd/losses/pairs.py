@@ -75,12 +75,13 @@ class _Side:
         return (self.alpha * _exclusive_suffix_sum(self.beta) - self.beta * self.lam) / self.s
 
 
-def _sides(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor):
-    """Both sides of a block in the input precision, or in float64 where a float32 ``S`` underflows."""
-    p, q = _Side(a, valid), _Side(b, valid)
-    if p.underflows() or q.underflows():
+def _sides(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, need_q: bool = True):
+    """P's side (and Q's, if needed) of a block in the input precision, or in float64 where a float32
+    ``S`` underflows; and ``u = A - B``."""
+    p, q = _Side(a, valid), _Side(b, valid) if need_q else None
+    if p.underflows() or (q is not None and q.underflows()):
         a, b, valid = a.double(), b.double(), valid.double()
-        p, q = _Side(a, valid), _Side(b, valid)
+        p, q = _Side(a, valid), _Side(b, valid) if need_q else None
     return p, q, a - b
 
 
@@ -94,7 +95,7 @@ def block_forward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> tupl
 def block_backward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, kl: torch.Tensor, log_z_q: torch.Tensor,
                    grad: torch.Tensor, want_p: bool, want_q: bool):
     """Gradients of ``grad · KL`` with respect to the prepared values ``a`` (P) and ``b`` (Q), or None."""
-    p, q, u = _sides(a, b, valid)
+    p, q, u = _sides(a, b, valid, need_q=want_q)  # dA needs only P's side and the saved log Z_Q
     g = grad.to(u.dtype)[:, None]
     grad_a = grad_b = None
     if want_q:
@@ -124,8 +125,8 @@ class _PairKL(torch.autograd.Function):
         out = torch.empty(p_values.shape[0], dtype=dtype, device=p_values.device)
         log_z_q = torch.empty_like(out, dtype=torch.float64)
         for rows in row_blocks(*p_values.shape):
-            a, b = prepare(p_values[rows], valid[rows], temperature, dtype), prepare(q_values[rows], valid[rows],
-                                                                                     temperature, dtype)
+            a = prepare(p_values[rows], valid[rows], temperature, dtype)
+            b = prepare(q_values[rows], valid[rows], temperature, dtype)
             kl, lzq = block_forward(a, b, valid[rows].to(dtype))
             out[rows], log_z_q[rows] = kl, lzq
         ctx.temperature = temperature
