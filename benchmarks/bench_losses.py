@@ -5,8 +5,9 @@ literal pair-matrix version.
     python benchmarks/bench_losses.py                      # V = 151,936, 128 and 1,024 rows
     python benchmarks/bench_losses.py --rows 128 --reps 3 --pair-ks 64 512
 
-Each measurement runs in its own subprocess: two warm-up steps (the first gives the peak memory,
-the rise of the resident size over the inputs' footprint), then the median of ``--reps`` steps.
+Each measurement runs in its own subprocess: two warm-up steps, then the median of ``--reps`` steps.
+Peak memory is the first step's peak resident size above the resident size just before it: the
+step's own working memory, the student's copy and its gradient included.
 """
 
 from __future__ import annotations
