@@ -185,6 +185,14 @@ def _lowest_bin(counts: torch.Tensor, v_min: torch.Tensor, v_max: torch.Tensor, 
     return lowest, at_or_above.gather(1, lowest[:, None])[:, 0]
 
 
+def _sort_keys_descending(keys: torch.Tensor, numpy: bool) -> torch.Tensor:
+    """Each row of int64 keys sorted descending: on CPU with NumPy's vectorised sort (x86-simd-sort,
+    several times torch.sort's speed there), elsewhere with torch.sort (radix sort on GPUs)."""
+    if numpy:
+        return torch.from_numpy(np.sort(keys.numpy(), axis=-1)[:, ::-1].copy())
+    return torch.sort(keys, dim=-1, descending=True).values
+
+
 def _sort_descending(x: torch.Tensor, row: torch.Tensor, col: torch.Tensor, slot: torch.Tensor, width: int):
     """Values ``x[row, col]`` of each row sorted descending, ties by ``col`` ascending, padded to ``width``
     (padding: index 0, value -inf or ``x[:, 0]``; callers mask it by rank). Returns (values, index)."""
@@ -204,10 +212,7 @@ def _sort_descending(x: torch.Tensor, row: torch.Tensor, col: torch.Tensor, slot
     ordered = (pattern ^ ((pattern >> 31) & 0x7FFFFFFF)).long()  # negative floats: flip the magnitude bits
     keys = torch.full((rows, width), torch.iinfo(torch.int64).min + low, dtype=torch.long, device=x.device)
     keys[row, slot] = (ordered << bits) | (low - col)
-    if keys.device.type == "cpu":  # NumPy's vectorised sort (x86-simd-sort) is several times torch.sort's speed
-        keys = torch.from_numpy(np.sort(keys.numpy(), axis=-1)[:, ::-1].copy())
-    else:
-        keys = torch.sort(keys, dim=-1, descending=True).values
+    keys = _sort_keys_descending(keys, numpy=keys.device.type == "cpu")
     index = low - (keys & low)  # padding decodes to index 0
     return x.gather(1, index), index
 

@@ -79,3 +79,14 @@ def test_only_unresolvable_rows_take_the_reference(monkeypatch, dtype):
     seen.clear()
     fast_select(no_offset)
     assert seen == []
+
+
+def test_torch_sort_of_the_keys_equals_numpy_sort(monkeypatch):
+    """The GPU branch (torch.sort of the same int64 keys) gives the same knee and order; run here on CPU."""
+    rows = hard_rows(5000, seed=11)
+    want = fast_select(rows)
+    sort_keys = knee_module._sort_keys_descending
+    monkeypatch.setattr(knee_module, "_sort_keys_descending", lambda keys, numpy: sort_keys(keys, numpy=False))
+    got = fast_select(rows)
+    assert got.k.tolist() == want.k.tolist()
+    assert torch.equal(got.index[got.valid], want.index[want.valid])
