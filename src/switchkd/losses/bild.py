@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from switchkd.losses.kl import reduce_rows
+from switchkd.losses.kl import compute_dtype, reduce_rows
 from switchkd.losses.knee import Selection, fixed_select, knee_select
-from switchkd.losses.pairs import block_backward, block_forward, compute_dtype, prepare, row_blocks
+from switchkd.losses.pairs import block_backward, block_forward, prepare, row_blocks
 
 KL_DIRECTIONS = ("reverse", "forward")
 

@@ -6,9 +6,14 @@ import torch
 import torch.nn.functional as F
 
 
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The precision every loss computes in: float64 stays float64 (tests compare there), the rest float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def upcast(x: torch.Tensor) -> torch.Tensor:
-    """float32 for half-precision inputs; float64 stays float64 (tests compare in float64)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    """``x`` in its compute dtype (half precision becomes float32; no copy when already there)."""
+    return x.to(compute_dtype(x))
 
 
 def reduce_rows(per_row: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """float64 stays float64 (tests compare there); everything else is computed in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from switchkd.losses.kl import compute_dtype
 
 
 def prepare(values: torch.Tensor, valid: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
