@@ -12,13 +12,21 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import yaml
 
 
 class ConfigError(ValueError):
-    """A configuration value or combination that cannot work, with the dotted key that is wrong."""
+    """A configuration value or combination that cannot work, with the dotted key that is wrong.
+
+    A section's own check names the field (``key="lr"``); ``from_dict`` puts the section's path in
+    front, so the message reads ``train.lr: ...`` wherever the section sits.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None):
+        self.key, self.problem = key, message
+        super().__init__(f"{key}: {message}" if key else message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,9 +53,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     tp = inner
     if tp is Any:
         return value
+    if typing.get_origin(tp) is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"must be one of {', '.join(map(str, allowed))}, got {value!r}", key=key)
+        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
+        if isinstance(value, str) and "name" in {f.name for f in dataclasses.fields(tp)}:
+            value = {"name": value}  # a named section may be given by its name alone: `loss: fkl`
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return from_dict(tp, value, prefix=key + ".")
@@ -106,7 +121,12 @@ def from_dict(cls, data: dict[str, Any], prefix: str = ""):
             f"unknown key(s) {', '.join(prefix + u for u in unknown)}; valid keys: {', '.join(sorted(names))}"
         )
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        if exc.key is None or not prefix:
+            raise
+        raise ConfigError(exc.problem, key=prefix + exc.key) from None
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -198,6 +218,6 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.pretrained is None and (self.vision is None or self.llm is None):
-            raise ConfigError("model: give either `pretrained` or both `vision` and `llm`")
+            raise ConfigError("give either `pretrained` or both `vision` and `llm`", key="pretrained")
         if self.projector_kwargs is None:
             self.projector_kwargs = {}

@@ -50,7 +50,8 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
         "DPT-SFT": (dpt, "sft", cfg.distill),
         "DPT-DFT": (dpt, "dft", cfg.distill),
     }
-    runs.update({f"loss {name}": (pt, "dft", replace(cfg.distill, loss=name)) for name in LOSSES})
+    runs.update({f"loss {name}": (pt, "dft", replace(cfg.distill, loss=replace(cfg.distill.loss, name=name)))
+                 for name in LOSSES})
     scores = {}
     for name, (start, stage, distill) in runs.items():
         folder = name.replace(" ", "_").replace("/", "").replace("+", "_")

@@ -6,13 +6,15 @@ from torch.utils.data import DataLoader
 
 from switchkd.data.dataset import Collator, LlavaDataset
 from switchkd.distillation import DistillConfig, VisualSwitchDistiller
+from switchkd.losses import DistillLoss
 from switchkd.models import VisionLanguageModel
 
 
 def _setup(world, **distill):
     student = VisionLanguageModel.from_pretrained(world.student)
     teacher = VisionLanguageModel.from_pretrained(world.teacher)
-    distiller = VisualSwitchDistiller(student, teacher, DistillConfig(**distill)).train()
+    loss = distill.pop("loss", "dbild_rkl")
+    distiller = VisualSwitchDistiller(student, teacher, DistillConfig(loss=DistillLoss(loss), **distill)).train()
     ds = LlavaDataset.for_model(world.paths["dft"], world.paths["dft"].parent, student)
     batch = next(iter(DataLoader(ds, batch_size=4, collate_fn=Collator(student.tokenizer.pad_token_id))))
     return distiller, student, teacher, batch
@@ -93,3 +95,56 @@ def test_mismatched_pairs_are_refused(tiny_world, tmp_path):
                                   tokenizer=str(tiny_world.tokenizer)))
     with pytest.raises(ValueError, match="image token counts differ"):
         VisualSwitchDistiller(student, fewer, DistillConfig())
+
+
+def _float64_batch(batch):
+    return {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("loss", ["fkl", "dbild_rkl"])
+def test_chunked_equals_plain_and_all_ignored_is_zero(tiny_world, loss):
+    """The loss head as training runs it: chunks of 3 rows against all rows at once (values and every
+    gradient, float64); normalised by supervised tokens; an all-ignored batch gives 0."""
+    distiller, student, _, batch = _setup(tiny_world, loss=loss)
+    distiller.double()
+    batch = _float64_batch(batch)
+    outs, grads = [], []
+    for chunk_rows in (None, 3):
+        distiller.chunk_rows = chunk_rows
+        distiller.zero_grad()
+        out = distiller(batch)
+        out["total"].backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None})
+    plain, chunked = outs
+    assert int((batch["labels"][:, 1:] != -100).sum()) > 3  # several chunks
+    for key in ("total", "ce", "align", "vsd", "k_teacher", "k_student"):
+        assert chunked[key].item() == pytest.approx(plain[key].item(), rel=1e-12), key
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-10, atol=1e-12)
+    # Normalised by supervised tokens: with num_items_in_batch the sum is divided by it instead.
+    n = int((batch["labels"][:, 1:] != -100).sum())
+    doubled = distiller(batch, num_items_in_batch=2 * n)
+    for key in ("ce", "align", "vsd"):
+        assert doubled[key].item() == pytest.approx(plain[key].item() / 2, rel=1e-12)
+    ignored = dict(batch, labels=torch.full_like(batch["labels"], -100))
+    assert distiller(ignored)["total"].item() == 0.0
+
+
+def test_lm_objective_chunked_equals_plain(tiny_world):
+    from switchkd.training.objectives import LanguageModelingObjective
+
+    _, student, _, batch = _setup(tiny_world)
+    objective = LanguageModelingObjective(student.double())
+    batch = _float64_batch(batch)
+    plain = objective(batch)["ce"]
+    objective.chunk_rows = 2
+    assert objective(batch)["ce"].item() == pytest.approx(plain.item(), rel=1e-12)
+
+
+def test_moving_the_distiller_moves_and_casts_its_teacher(tiny_world):
+    distiller, _, teacher, _ = _setup(tiny_world)
+    distiller.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in teacher.parameters())
+    assert not any(p is q for p in distiller.parameters() for q in teacher.parameters())

@@ -40,8 +40,6 @@ class LlavaDataset(Dataset):
     def __init__(self, records: list[dict] | str | Path, image_root: str | Path | None, tokenizer,
                  template: ChatTemplate, image_processor, image_token_id: int, num_image_tokens: int,
                  max_length: int | None = 2048, on_error: str = "raise", pad_to_square: bool = True):
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.records = load_records(records) if isinstance(records, (str, Path)) else list(records)
         self.image_root = image_root
         self.tokenizer = tokenizer
@@ -97,7 +95,7 @@ class LlavaDataset(Dataset):
         try:
             return self.load(index)
         except SampleError as exc:
-            if self.on_error == "raise":
+            if self.on_error != "skip":
                 raise
             return {"skipped": exc.reason, "id": index}
 
@@ -106,8 +104,6 @@ class Collator:
     """Pads a list of samples into a batch; skipped samples are dropped and counted by reason."""
 
     def __init__(self, pad_token_id: int, padding_side: str = "right"):
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be left or right, got {padding_side!r}")
         self.pad_token_id = pad_token_id
         self.padding_side = padding_side
 
@@ -125,7 +121,7 @@ class Collator:
         attention_mask = torch.zeros((n, width), dtype=torch.long)
         for i, s in enumerate(samples):
             length = s["input_ids"].numel()
-            cols = slice(0, length) if self.padding_side == "right" else slice(width - length, width)
+            cols = slice(width - length, width) if self.padding_side == "left" else slice(0, length)
             input_ids[i, cols] = s["input_ids"]
             labels[i, cols] = s["labels"]
             attention_mask[i, cols] = 1

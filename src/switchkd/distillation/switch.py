@@ -9,24 +9,22 @@ Logits are computed only at supervised positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from switchkd.losses import DistillLoss, cross_entropy_rows, supervised_positions
-from switchkd.losses.bild import BiLDTerms
+from switchkd.config import ConfigError
+from switchkd.losses import DistillLoss, LossRows, cross_entropy_rows, per_token, row_chunks, supervised_positions
 
 
 @dataclass
 class DistillConfig:
     """The Switch-KD objective."""
 
-    loss: str = "dbild_rkl"
-    """Distillation loss by name: fkl, rkl, bild_fkl, bild_rkl, dbild_fkl, dbild_rkl (paper Table 4)."""
-    temperature: float = 3.0
-    """τ of the pair softmax (and of the KL losses)."""
+    loss: DistillLoss = field(default_factory=DistillLoss)
+    """The distillation loss and its options (``loss: dbild_rkl`` or ``loss: {name: ..., temperature: ...}``)."""
     lambda_align: float = 1.0
     """λ1: weight of D(z^T, z^S), the standard alignment pathway."""
     lambda_vsd: float = 1.0
@@ -35,25 +33,13 @@ class DistillConfig:
     """Run the visual-switch pathway (paper Table 3 ablation when false)."""
     ce_weight: float = 1.0
     """Weight of the plain LM cross-entropy (temperature 1, see DESIGN.md)."""
-    k: int = 8
-    """Fixed k of the BiLD losses."""
-    k_min: int = 2
-    """Lower clamp of the knee k."""
-    k_max: int | None = None
-    """Upper clamp of the knee k (null: the paper's uncapped knee)."""
-    knee: str = "fast"
-    """Knee search: fast (exact, histogram-pruned) or sort (reference); identical results."""
     teacher_checkpointing: bool = False
     """Recompute the teacher's switch-pathway forward in backward instead of storing it."""
 
     def __post_init__(self) -> None:
-        if min(self.lambda_align, self.lambda_vsd, self.ce_weight) < 0:
-            raise ValueError("distill: loss weights must be >= 0")
-        self.make_loss()  # validates the name and the options
-
-    def make_loss(self) -> DistillLoss:
-        return DistillLoss(self.loss, temperature=self.temperature, k=self.k, k_min=self.k_min, k_max=self.k_max,
-                           knee=self.knee)
+        for key in ("lambda_align", "lambda_vsd", "ce_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError("loss weights must be >= 0", key=key)
 
 
 def check_pair(student, teacher) -> int:
@@ -85,14 +71,15 @@ def check_pair(student, teacher) -> int:
 
 class VisualSwitchDistiller(nn.Module):
     """Holds the student (a submodule, trained) and the teacher (not a submodule: frozen, never
-    wrapped by DDP/FSDP/DeepSpeed, moved and cast separately)."""
+    wrapped by DDP/FSDP/DeepSpeed, never in the state dict). Moving or casting the distiller
+    (``.to(device)``, ``.bfloat16()``) moves and casts the teacher with it."""
 
-    def __init__(self, student, teacher, cfg: DistillConfig):
+    def __init__(self, student, teacher, cfg: DistillConfig, chunk_rows: int | None = None):
         super().__init__()
         self.student = student
         self._teacher = [teacher]  # a list hides it from nn.Module registration
         self.cfg = cfg
-        self.loss_fn = cfg.make_loss()
+        self.chunk_rows = chunk_rows
         self.vocab = check_pair(student, teacher)
         teacher.requires_grad_(False)
         teacher.eval()
@@ -106,63 +93,93 @@ class VisualSwitchDistiller(nn.Module):
         self.teacher.eval()  # dropout and the like stay off in the teacher, always
         return self
 
-    def _switch_logits(self, features_s: torch.Tensor, batch, positions) -> torch.Tensor:
-        teacher = self.teacher
-
-        def run(feats):
-            out = teacher(batch["input_ids"], batch["attention_mask"], image_features=teacher.projector(feats),
-                          logits_at=positions)
-            return out.logits[:, : self.vocab]
-
-        if self.cfg.teacher_checkpointing:
-            return checkpoint(run, features_s, use_reentrant=False)
-        return run(features_s)
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.teacher._apply(fn, recurse)  # every wrapper that places the module places the teacher too
+        return self
 
     def forward(self, batch: dict, num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Named losses ``{total, ce, align, vsd}`` (sums over supervised tokens divided by
         ``num_items_in_batch``, default this batch's count) and diagnostics ``k_teacher``, ``k_student``.
 
         A term whose weight is 0 is not computed (and reported as 0): with only L_VSD on, the student's
-        own projector and LLM do not even run, so they get no gradient at all.
+        own projector and LLM do not even run, so they get no gradient at all. Logits exist only for
+        one chunk of supervised rows at a time (``chunk_rows``; all rows when None).
         """
-        cfg, student, teacher = self.cfg, self.student, self.teacher
         positions, targets = supervised_positions(batch["labels"])
-        denom = num_items_in_batch if num_items_in_batch is not None else max(int(targets.numel()), 1)
         pixels = batch.get("pixel_values")
-        features_s = student.vision_tower(pixels) if pixels is not None else None  # V^S(x), shared by both paths
-        use_switch = cfg.visual_switch and cfg.lambda_vsd > 0 and features_s is not None
-        zero = torch.zeros((), device=batch["labels"].device)
-        out = {"ce": zero, "align": zero, "vsd": zero}
+        features = self.student.vision_tower(pixels) if pixels is not None else None  # V^S(x), both paths
+        hidden = self._hidden_states(batch, positions, features)
+        sums: dict[str, torch.Tensor] = {}
+        for rows in row_chunks(targets.numel(), self.chunk_rows):
+            for key, value in self._chunk_sums(hidden, targets, rows).items():
+                sums[key] = sums[key] + value if key in sums else value
+        return self._named_losses(sums, targets.numel(), num_items_in_batch)
 
-        s_rows = None
+    def _hidden_states(self, batch: dict, positions: torch.Tensor, features) -> dict[str, torch.Tensor]:
+        """Final hidden states (M, H) at the supervised positions of each pathway that a term needs."""
+        cfg, student, teacher = self.cfg, self.student, self.teacher
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        out = {}
         if cfg.ce_weight > 0 or cfg.lambda_align > 0:
-            image_s = student.projector(features_s) if features_s is not None else None
-            s_rows = student(batch["input_ids"], batch["attention_mask"], image_features=image_s,
-                             logits_at=positions).logits[:, : self.vocab]  # (M, V)
-            out["ce"] = cross_entropy_rows(s_rows, targets, reduction="sum") / denom
-        if cfg.lambda_align > 0 or use_switch:
+            image = student.projector(features) if features is not None else None
+            out["student"] = student(ids, mask, image_features=image, logits_at=None).last_hidden_state[positions]
+        if cfg.lambda_align > 0 or self._uses_switch(features):
             with torch.no_grad():
-                t_rows = teacher(batch["input_ids"], batch["attention_mask"], pixel_values=pixels,
-                                 logits_at=positions).logits[:, : self.vocab]
-            teacher_sel = self.loss_fn.select_teacher(t_rows)  # shared by the Align and VSD terms
-            if cfg.lambda_align > 0:
-                align = self.loss_fn.terms(s_rows, t_rows, teacher_sel)
-                out["align"] = _sum(align) / denom
-                out.update(_diagnostics(align))
-            if use_switch:
-                switch = self.loss_fn.terms(self._switch_logits(features_s, batch, positions), t_rows, teacher_sel)
-                out["vsd"] = _sum(switch) / denom
-                if "k_teacher" not in out:
-                    out.update(_diagnostics(switch))
+                out["teacher"] = teacher(ids, mask, pixel_values=batch.get("pixel_values"),
+                                         logits_at=None).last_hidden_state[positions]
+        if self._uses_switch(features):
+            out["switch"] = self._switch_hidden(features, batch, positions)
+        return out
+
+    def _uses_switch(self, features) -> bool:
+        return self.cfg.visual_switch and self.cfg.lambda_vsd > 0 and features is not None
+
+    def _switch_hidden(self, features: torch.Tensor, batch: dict, positions: torch.Tensor) -> torch.Tensor:
+        """z^Switch's hidden states: the student's vision features through the frozen P^T and L^T."""
+        teacher = self.teacher
+
+        def run(feats):
+            out = teacher(batch["input_ids"], batch["attention_mask"], image_features=teacher.projector(feats),
+                          logits_at=None)
+            return out.last_hidden_state[positions]
+
+        if self.cfg.teacher_checkpointing:
+            return checkpoint(run, features, use_reentrant=False)
+        return run(features)
+
+    def _chunk_sums(self, hidden: dict, targets: torch.Tensor, rows: slice) -> dict[str, torch.Tensor]:
+        """Loss sums over one chunk of rows; the teacher's selection is shared by Align and VSD."""
+        loss, student, teacher = self.cfg.loss, self.student, self.teacher
+        out = {}
+        if "student" in hidden:
+            s_rows = student.token_logits(hidden["student"][rows])  # (m, V)
+            out["ce"] = cross_entropy_rows(s_rows, targets[rows], reduction="sum")
+        if "teacher" in hidden:
+            with torch.no_grad():
+                t_rows = teacher.token_logits(hidden["teacher"][rows])
+            t_sel = loss.select(t_rows)
+            if self.cfg.lambda_align > 0:
+                out |= _sums("align", loss.rows(s_rows, t_rows, t_sel), with_k=True)
+            if "switch" in hidden:
+                switch = loss.rows(teacher.token_logits(hidden["switch"][rows]), t_rows, t_sel)
+                out |= _sums("vsd", switch, with_k="k_teacher" not in out)
+        return out
+
+    def _named_losses(self, sums: dict, num_rows: int, num_items_in_batch) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        zero = torch.zeros((), device=self.student.device)
+        out = {key: per_token(sums[key], num_rows, num_items_in_batch) if key in sums else zero
+               for key in ("ce", "align", "vsd")}
+        if num_rows and "k_teacher" in sums:
+            out.update({key: sums[key].float() / num_rows for key in ("k_teacher", "k_student")})
         out["total"] = cfg.ce_weight * out["ce"] + cfg.lambda_align * out["align"] + cfg.lambda_vsd * out["vsd"]
         return out
 
 
-def _sum(terms: BiLDTerms | torch.Tensor) -> torch.Tensor:
-    return (terms.loss if isinstance(terms, BiLDTerms) else terms).sum()
-
-
-def _diagnostics(terms: BiLDTerms | torch.Tensor) -> dict[str, torch.Tensor]:
-    if not isinstance(terms, BiLDTerms) or terms.k_teacher.numel() == 0:
-        return {}
-    return {"k_teacher": terms.k_teacher.float().mean(), "k_student": terms.k_student.float().mean()}
+def _sums(term: str, rows: LossRows, with_k: bool) -> dict[str, torch.Tensor]:
+    """A term's loss summed over rows; with ``with_k``, also the summed knee sizes (for their mean)."""
+    out = {term: rows.loss.sum()}
+    if with_k:
+        out.update(k_teacher=rows.k_teacher.sum(), k_student=rows.k_student.sum())
+    return out

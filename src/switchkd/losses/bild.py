@@ -9,29 +9,20 @@ The loss per row is the sum of both branches; indices carry no gradient; no τ²
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from switchkd.losses.kl import compute_dtype, reduce_rows
-from switchkd.losses.knee import Selection, fixed_select, knee_select
+from switchkd.losses.knee import Selection
 from switchkd.losses.pairs import block_backward, block_forward, prepare, row_blocks
+from switchkd.losses.rows import LossRows, compute_dtype
 
 KL_DIRECTIONS = ("reverse", "forward")
 
 
-@dataclass
-class BiLDTerms:
-    """Per-row pieces of one (D)BiLD evaluation, for logging and for reuse."""
-
-    teacher_led: torch.Tensor  # (N,)
-    student_led: torch.Tensor  # (N,)
-    k_teacher: torch.Tensor  # (N,)
-    k_student: torch.Tensor  # (N,)
-
-    @property
-    def loss(self) -> torch.Tensor:
-        return self.teacher_led + self.student_led
+class PairOptions(NamedTuple):
+    temperature: float
+    kl: str
 
 
 class _BiLDBranches(torch.autograd.Function):
@@ -43,83 +34,60 @@ class _BiLDBranches(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student, teacher, t_index, t_k, s_index, s_k, temperature, kl):
+    def forward(ctx, student, teacher, selections: tuple[Selection, Selection], options: PairOptions):
+        """``selections``: the teacher-led and the student-led top-k; returns both branches' (N,) losses."""
         dtype = compute_dtype(student)
         losses = student.new_empty((2, student.shape[0]), dtype=dtype)
         log_z_q = student.new_empty((2, student.shape[0]), dtype=torch.float64)
-        for branch, (index, k) in enumerate(((t_index, t_k), (s_index, s_k))):
-            for rows in row_blocks(*index.shape):
-                a, b, valid = _block_values(student, teacher, index, k, rows, temperature, dtype, kl)
+        for branch, sel in enumerate(selections):
+            for rows in row_blocks(*sel.index.shape):
+                a, b, valid = _block_values(student, teacher, (sel.index, sel.k), rows, dtype=dtype, options=options)
                 losses[branch, rows], log_z_q[branch, rows] = block_forward(a, b, valid)
-        ctx.temperature, ctx.kl = temperature, kl
-        ctx.save_for_backward(student, teacher, t_index, t_k, s_index, s_k, losses, log_z_q)
+        ctx.options = options
+        (t_sel, s_sel) = selections
+        ctx.save_for_backward(student, teacher, t_sel.index, t_sel.k, s_sel.index, s_sel.k, losses, log_z_q)
         return losses[0], losses[1]
 
     @staticmethod
     def backward(ctx, grad_teacher_led, grad_student_led):
         student, teacher, t_index, t_k, s_index, s_k, losses, log_z_q = ctx.saved_tensors
-        tau, reverse = ctx.temperature, ctx.kl == "reverse"
+        options = ctx.options
+        reverse = options.kl == "reverse"
         grad = torch.zeros_like(student)
-        branches = ((t_index, t_k, grad_teacher_led), (s_index, s_k, grad_student_led))
-        for branch, (index, k, g) in enumerate(branches):
+        branches = (((t_index, t_k), grad_teacher_led), ((s_index, s_k), grad_student_led))
+        for branch, (led, g) in enumerate(branches):
             if g is None:
                 continue
-            for rows in row_blocks(*index.shape):
-                a, b, valid = _block_values(student, teacher, index, k, rows, tau, losses.dtype, ctx.kl)
+            for rows in row_blocks(*led[0].shape):
+                a, b, valid = _block_values(student, teacher, led, rows, dtype=losses.dtype, options=options)
                 # reverse: P is the student (dKL/dA); forward: Q is the student (dKL/dB)
-                grad_a, grad_b = block_backward(a, b, valid, losses[branch, rows], log_z_q[branch, rows],
-                                                g[rows] / tau, want_p=reverse, want_q=not reverse)
-                grad[rows].scatter_add_(1, index[rows], (grad_a if reverse else grad_b).to(grad.dtype))
-        return grad, None, None, None, None, None, None, None
+                grad_a, grad_b = block_backward(a, b, valid, kl=losses[branch, rows], log_z_q=log_z_q[branch, rows],
+                                                grad=g[rows] / options.temperature, want_p=reverse,
+                                                want_q=not reverse)
+                grad[rows].scatter_add_(1, led[0][rows], (grad_a if reverse else grad_b).to(grad.dtype))
+        return grad, None, None, None
 
 
-def _block_values(student, teacher, index, k, rows, temperature, dtype, kl):
-    """Prepared P and Q values of one block of rows (P is the student for reverse KL) and its 0/1 mask."""
+def _block_values(student, teacher, led: tuple[torch.Tensor, torch.Tensor], rows: slice, *, dtype,
+                  options: PairOptions):
+    """Prepared P and Q values of one block of rows (P is the student for reverse KL) and its 0/1 mask.
+    ``led``: the led side's (index (N, K), k (N,))."""
+    index, k = led
     idx = index[rows]
     valid = torch.arange(idx.shape[1], device=idx.device) < k[rows, None]
-    s = prepare(student[rows].gather(1, idx), valid, temperature, dtype)
-    t = prepare(teacher[rows].gather(1, idx), valid, temperature, dtype)
-    return (s, t, valid.to(dtype)) if kl == "reverse" else (t, s, valid.to(dtype))
+    s = prepare(student[rows].gather(1, idx), valid, options.temperature, dtype)
+    t = prepare(teacher[rows].gather(1, idx), valid, options.temperature, dtype)
+    return (s, t, valid.to(dtype)) if options.kl == "reverse" else (t, s, valid.to(dtype))
 
 
-def bild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_sel: Selection,
-               student_sel: Selection, *, temperature: float, kl: str) -> BiLDTerms:
-    """Both branches from given selections (the teacher's may be shared between loss terms)."""
+def bild_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, selections: tuple[Selection, Selection],
+              *, temperature: float, kl: str) -> LossRows:
+    """Both branches from given selections (teacher-led, student-led): the per-row loss is their sum."""
     if kl not in KL_DIRECTIONS:
         raise ValueError(f"kl must be one of {KL_DIRECTIONS}, got {kl!r}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} "
                          "logits differ in shape; slice both to the shared vocabulary first")
-    teacher_led, student_led = _BiLDBranches.apply(student_logits, teacher_logits.detach(), teacher_sel.index,
-                                                   teacher_sel.k, student_sel.index, student_sel.k, temperature, kl)
-    return BiLDTerms(teacher_led=teacher_led, student_led=student_led, k_teacher=teacher_sel.k,
-                     k_student=student_sel.k)
-
-
-def dbild_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 3.0,
-                kl: str = "reverse", k_min: int = 2, k_max: int | None = None,
-                teacher_sel: Selection | None = None, knee: str = "fast") -> BiLDTerms:
-    if teacher_sel is None:
-        teacher_sel = knee_select(teacher_logits.detach(), k_min, k_max, knee)
-    student_sel = knee_select(student_logits.detach(), k_min, k_max, knee)
-    return bild_terms(student_logits, teacher_logits, teacher_sel, student_sel, temperature=temperature, kl=kl)
-
-
-def dbild(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 3.0,
-          kl: str = "reverse", k_min: int = 2, k_max: int | None = None, reduction: str = "mean",
-          knee: str = "fast") -> torch.Tensor:
-    """DBiLD: BiLD with k per row at the knee of each led side's sorted logits (paper Eqs. 7-15).
-
-    ``knee``: "fast" (exact, histogram-pruned) or "sort" (the reference full sort); same results.
-    """
-    terms = dbild_terms(student_logits, teacher_logits, temperature=temperature, kl=kl, k_min=k_min, k_max=k_max,
-                        knee=knee)
-    return reduce_rows(terms.loss, reduction)
-
-
-def bild(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, k: int = 8, temperature: float = 3.0,
-         kl: str = "reverse", reduction: str = "mean") -> torch.Tensor:
-    """BiLD (Li et al. 2024) with a fixed top-k on both branches."""
-    terms = bild_terms(student_logits, teacher_logits, fixed_select(teacher_logits.detach(), k),
-                       fixed_select(student_logits.detach(), k), temperature=temperature, kl=kl)
-    return reduce_rows(terms.loss, reduction)
+    teacher_led, student_led = _BiLDBranches.apply(student_logits, teacher_logits.detach(), selections,
+                                                   PairOptions(temperature, kl))
+    return LossRows(teacher_led + student_led, k_teacher=selections[0].k, k_student=selections[1].k)

@@ -5,25 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The precision every loss computes in: float64 stays float64 (tests compare there), the rest float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def upcast(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in its compute dtype (half precision becomes float32; no copy when already there)."""
-    return x.to(compute_dtype(x))
-
-
-def reduce_rows(per_row: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return per_row.mean() if per_row.numel() else per_row.sum()
-    if reduction == "sum":
-        return per_row.sum()
-    if reduction == "none":
-        return per_row
-    raise ValueError(f"reduction must be mean, sum or none, got {reduction!r}")
+from switchkd.losses.rows import reduce_rows, upcast
 
 
 def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 1.0,

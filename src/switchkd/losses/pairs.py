@@ -24,14 +24,13 @@ min are those of the valid entries. On the sorted led side the largest terms ope
 close each suffix, so nothing underflows; should an unsorted side span more than the dtype's exponent
 range (``S`` underflows), the block is recomputed in float64.
 
-The block functions below serve ``pair_kl`` and the fused (D)BiLD function in ``bild.py``.
+The block functions below serve the fused (D)BiLD function in ``bild.py``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from switchkd.losses.kl import compute_dtype
 
 
 def prepare(values: torch.Tensor, valid: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
@@ -89,8 +88,8 @@ def block_forward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> tupl
     return kl, q.log_z
 
 
-def block_backward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, kl: torch.Tensor, log_z_q: torch.Tensor,
-                   grad: torch.Tensor, want_p: bool, want_q: bool):
+def block_backward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, *, kl: torch.Tensor,
+                   log_z_q: torch.Tensor, grad: torch.Tensor, want_p: bool, want_q: bool):
     """Gradients of ``grad · KL`` with respect to the prepared values ``a`` (P) and ``b`` (Q), or None."""
     p, q, u = _sides(a, b, valid, need_q=want_q)  # dA needs only P's side and the saved log Z_Q
     g = grad.to(u.dtype)[:, None]
@@ -110,54 +109,3 @@ def row_blocks(n_rows: int, width: int) -> list[slice]:
     multi-MB tensors cost more in page faults than in arithmetic on CPU)."""
     size = max(1, (1 << 18) // max(width, 1))
     return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]
-
-
-class _PairKL(torch.autograd.Function):
-    """Forward and backward run block by block; backward recomputes the masses rather than keeping
-    a dozen (N, K) tensors alive between the passes."""
-
-    @staticmethod
-    def forward(ctx, p_values, q_values, valid, temperature):
-        dtype = compute_dtype(p_values)
-        out = torch.empty(p_values.shape[0], dtype=dtype, device=p_values.device)
-        log_z_q = torch.empty_like(out, dtype=torch.float64)
-        for rows in row_blocks(*p_values.shape):
-            a = prepare(p_values[rows], valid[rows], temperature, dtype)
-            b = prepare(q_values[rows], valid[rows], temperature, dtype)
-            kl, lzq = block_forward(a, b, valid[rows].to(dtype))
-            out[rows], log_z_q[rows] = kl, lzq
-        ctx.temperature = temperature
-        ctx.save_for_backward(p_values, q_values, valid, out, log_z_q)
-        return out.to(p_values.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        p_values, q_values, valid, kl, log_z_q = ctx.saved_tensors
-        want_p, want_q = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        tau, dtype = ctx.temperature, kl.dtype
-        grad_p = torch.zeros_like(p_values) if want_p else None
-        grad_q = torch.zeros_like(q_values) if want_q else None
-        for rows in row_blocks(*p_values.shape):
-            a, b = prepare(p_values[rows], valid[rows], tau, dtype), prepare(q_values[rows], valid[rows], tau, dtype)
-            ga, gb = block_backward(a, b, valid[rows].to(dtype), kl[rows], log_z_q[rows], grad_out[rows] / tau,
-                                    want_p, want_q)
-            if want_p:
-                grad_p[rows] = ga
-            if want_q:
-                grad_q[rows] = gb
-        return grad_p, grad_q, None, None
-
-
-def pair_kl(p_values: torch.Tensor, q_values: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-row ``KL(P || Q)``; P from ``p_values``, Q from ``q_values``, both (N, K) in led order.
-
-    ``valid`` (N, K) marks each row's first k entries (k >= 2). Returns (N,).
-    """
-    if p_values.shape != q_values.shape or p_values.shape != valid.shape:
-        raise ValueError(f"pair_kl: shapes differ: {tuple(p_values.shape)}, {tuple(q_values.shape)}, "
-                         f"{tuple(valid.shape)}")
-    if p_values.shape[1] == 0:  # no rows at all (k >= 2 otherwise): keep the graph, return (N,) zeros
-        return (p_values + q_values).sum(-1)
-    if valid.shape[0] and not bool((valid[:, 0] & (valid[:, 1:] <= valid[:, :-1]).all(-1)).all()):
-        raise ValueError("pair_kl: valid must mark a non-empty prefix of each row (its first k entries)")
-    return _PairKL.apply(p_values, q_values, valid, temperature)

@@ -181,6 +181,11 @@ class VisionLanguageModel(nn.Module):
             return self.lm_head(hidden[:, -where:])
         return self.lm_head(hidden[where])  # (M, V)
 
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """LM-head logits over the tokenizer's vocabulary: (..., D) -> (..., vocab_size). The head's
+        padding rows (Qwen pads to a multiple of 64) are dropped."""
+        return self.lm_head(hidden)[..., : self.vocab_size]
+
     def generate(self, input_ids, attention_mask=None, pixel_values=None, **kwargs) -> torch.Tensor:
         """Greedy or sampled continuation with a KV cache; see ``switchkd.inference.generation``."""
         from switchkd.inference.generation import GenerationConfig, generate

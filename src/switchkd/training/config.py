@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -23,19 +24,20 @@ class DataConfig:
     """Folder that record image paths are relative to; null uses the data file's folder."""
     max_length: int = 2048
     """Tokens per sample; longer samples are cut after their image tokens (or skipped)."""
-    on_error: str = "raise"
+    on_error: Literal["raise", "skip"] = "raise"
     """Bad samples: raise (stop with a message naming the record) or skip (count and report)."""
     num_workers: int = 2
     """DataLoader worker processes."""
     length_grouped: bool = True
     """Batch samples of similar length together (less padding)."""
-    padding_side: str = "right"
+    padding_side: Literal["left", "right"] = "right"
+    """Where the collator pads (results are the same either way)."""
 
     def __post_init__(self) -> None:
-        if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f"data.on_error must be raise or skip, got {self.on_error!r}")
-        if self.padding_side not in ("left", "right"):
-            raise ConfigError(f"data.padding_side must be left or right, got {self.padding_side!r}")
+        if self.max_length < 1:
+            raise ConfigError("must be >= 1", key="max_length")
+        if self.num_workers < 0:
+            raise ConfigError("must be >= 0", key="num_workers")
 
     @property
     def resolved_image_root(self) -> str | None:
@@ -61,16 +63,17 @@ class TrainConfig:
     grad_accum: int = 1
     """Micro-batches per optimizer step; global batch = per_device_batch_size x grad_accum x processes."""
     warmup_ratio: float = 0.03
-    scheduler: str = "cosine"
+    scheduler: Literal["cosine", "constant"] = "cosine"
     """cosine (with linear warm-up) or constant (with warm-up)."""
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """no, bf16 or fp16 (autocast where the device supports it)."""
     gradient_checkpointing: bool = False
     """Recompute student activations in backward."""
-    distributed: str = "ddp"
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     """ddp, fsdp or deepspeed (ZeRO, see zero_stage) when launched on several processes."""
-    zero_stage: int = 2
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage (the paper: 2)."""
     seed: int = 0
     save_every: int | None = None
     """Write a resumable checkpoint every N optimizer steps (and always at the end)."""
@@ -80,23 +83,25 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     """Show a progress bar."""
+    loss_chunk_rows: int | None = None
+    """Supervised rows whose logits the loss head computes at once (null: all); same result, lower peak."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
-            raise ConfigError(f"train.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+            raise ConfigError(f"must be one of {', '.join(STAGES)}, got {self.stage!r}", key="stage")
         unknown = set(self.trainable) - set(PARTS)
         if unknown:
-            raise ConfigError(f"train.trainable: unknown part(s) {sorted(unknown)}; valid: {', '.join(PARTS)}")
-        if self.scheduler not in ("cosine", "constant"):
-            raise ConfigError(f"train.scheduler must be cosine or constant, got {self.scheduler!r}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"train.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        if self.distributed not in ("ddp", "fsdp", "deepspeed"):
-            raise ConfigError(f"train.distributed must be ddp, fsdp or deepspeed, got {self.distributed!r}")
-        if self.per_device_batch_size < 1 or self.grad_accum < 1:
-            raise ConfigError("train.per_device_batch_size and train.grad_accum must be >= 1")
+            raise ConfigError(f"unknown part(s) {sorted(unknown)}; valid: {', '.join(PARTS)}", key="trainable")
+        for key in ("per_device_batch_size", "grad_accum", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError("must be >= 1", key=key)
+        for key in ("max_steps", "save_every", "save_total_limit", "loss_chunk_rows"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError("must be >= 1, or null", key=key)
+        if self.lr <= 0 or self.epochs <= 0:
+            raise ConfigError("must be > 0", key="lr" if self.lr <= 0 else "epochs")
         if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError("train.warmup_ratio must be in [0, 1)")
+            raise ConfigError("must be in [0, 1)", key="warmup_ratio")
 
 
 @dataclass
@@ -111,7 +116,7 @@ class Config:
 
     def __post_init__(self) -> None:
         if STAGES[self.train.stage]["teacher"] and self.teacher is None:
-            raise ConfigError(f"train.stage={self.train.stage} distills: give a `teacher:` section")
+            raise ConfigError(f"train.stage={self.train.stage} distills: give a `teacher:` section", key="teacher")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

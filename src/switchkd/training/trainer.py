@@ -1,10 +1,15 @@
-"""The training engine: one loop for pt, dpt, sft and dft, on one process or many (accelerate).
+"""The training loop: ``train(cfg)`` runs ``train_step`` until the run's last step; one code path for
+pt, dpt, sft and dft, on one process or many (accelerate).
 
     from switchkd.training import load_config, train
     result = train(load_config("configs/paper/dft_siglip_qwen2.5-0.5b_from_3b.yaml"))
 
     # several processes: DDP by default, or train.distributed=deepspeed (ZeRO-2) / fsdp
     accelerate launch --num_processes 8 -m switchkd train --config X.yaml
+
+Reading order: ``train`` (the loop) -> ``train_step`` (one optimizer step) -> the objective
+(``training/objectives.py`` or ``distillation/switch.py``) -> the loss (``losses/``). ``setup.py``
+builds the ``Run``; ``checkpoint.py`` saves and restores it.
 
 Loss normalisation: each micro-batch's loss is its sum over supervised tokens divided by the
 supervised tokens of the whole optimizer step (all micro-batches, all processes), then scaled by
@@ -14,29 +19,25 @@ weighs the same whatever the batch layout.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
-import math
-import os
-import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, ShuffleSampler
-from switchkd.distillation.switch import VisualSwitchDistiller
-from switchkd.models import build_vlm
-from switchkd.training.config import Config, save_config
-from switchkd.training.objectives import LanguageModelingObjective
-from switchkd.training.stages import STAGES, apply_stage, trainable_parts
+from switchkd.training.checkpoint import save_checkpoint, save_model, skipped_everywhere
+from switchkd.training.config import Config
+from switchkd.training.run import Run
+from switchkd.training.setup import setup
 
 log = logging.getLogger("switchkd.train")
 
-STATE_NAME = "trainer_state.json"
 LOSS_KEYS = ("total", "ce", "align", "vsd")
 
 
@@ -49,279 +50,135 @@ class TrainResult:
     skipped: Counter = field(default_factory=Counter)
 
 
-def make_accelerator(cfg: Config):
-    from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
-
-    t = cfg.train
-    kwargs = {}
-    if t.distributed == "deepspeed":
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
-            zero_stage=t.zero_stage, gradient_accumulation_steps=t.grad_accum,
-            gradient_clipping=t.max_grad_norm or 0.0)
-    elif t.distributed == "fsdp":
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
-    # Without a GPU, accelerate only forms a process group (gloo) when told it runs on CPU.
-    return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=t.grad_accum,
-                       mixed_precision=t.mixed_precision,
-                       log_with="tensorboard" if t.tensorboard else None,
-                       project_dir=t.output_dir, **kwargs)
-
-
-def build_objective(cfg: Config):
-    """The student with its stage applied, and the objective module that wraps it."""
-    student = build_vlm(cfg.model)
-    counts = apply_stage(student, trainable_parts(cfg.train.stage, cfg.train.trainable))
-    if cfg.train.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
-    if STAGES[cfg.train.stage]["teacher"]:
-        teacher = build_vlm(cfg.teacher)
-        objective = VisualSwitchDistiller(student, teacher, cfg.distill)
-    else:
-        objective = LanguageModelingObjective(student)
-    return student, objective, counts
-
-
-def _param_groups(model, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _lr_lambda(warmup: int, total: int, kind: str):
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(warmup, 1)
-        if kind == "constant":
-            return 1.0
-        progress = (step - warmup) / max(total - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return fn
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete step checkpoints, oldest first (a half-written one is a .tmp folder, never listed)."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    done = [p for p in root.iterdir() if p.name.startswith("step-") and (p / STATE_NAME).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
-
-def _move_batch(batch: dict, device) -> dict:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _all_skips(accelerator, skipped: Counter) -> Counter:
-    """Skipped-sample counts summed over processes (each rank counts the batches it saw)."""
-    if accelerator.num_processes == 1:
-        return Counter(skipped)
-    from accelerate.utils import gather_object
-
-    total: Counter = Counter()
-    for part in gather_object([dict(skipped)]):
-        total.update(part)
-    return total
-
-
-def _zero_loss(module) -> torch.Tensor:
-    # An all-skipped micro-batch still joins the collective backward, with zero gradients.
-    return sum(p.sum() * 0.0 for p in module.parameters() if p.requires_grad)
-
-
 def train(cfg: Config, resume: bool = False) -> TrainResult:
-    from accelerate.utils import set_seed
-
-    t = cfg.train
-    accelerator = make_accelerator(cfg)
-    set_seed(t.seed)
-    out_dir = Path(t.output_dir)
-    if accelerator.is_main_process:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-
-    student, objective, counts = build_objective(cfg)
-    if accelerator.is_main_process:
-        log.info("stage %s: trainable parameters %s", t.stage, {k: f"{v / 1e6:.2f}M" for k, v in counts.items()})
-
-    if cfg.data.train is None:
-        raise ValueError("data.train: give the training data file")
-    dataset = LlavaDataset.for_model(cfg.data.train, cfg.data.resolved_image_root, student,
-                                     max_length=cfg.data.max_length, on_error=cfg.data.on_error)
-    if cfg.data.length_grouped:
-        sampler = LengthGroupedSampler([dataset.approx_length(i) for i in range(len(dataset))],
-                                       t.per_device_batch_size * accelerator.num_processes, seed=t.seed)
-    else:
-        sampler = ShuffleSampler(len(dataset), seed=t.seed)
-    loader = DataLoader(dataset, batch_size=t.per_device_batch_size, sampler=sampler,
-                        collate_fn=Collator(student.tokenizer.pad_token_id, cfg.data.padding_side),
-                        num_workers=cfg.data.num_workers, persistent_workers=False)
-
-    optimizer = torch.optim.AdamW(_param_groups(objective, t.weight_decay), lr=t.lr)
-    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
-    if isinstance(objective_module := accelerator.unwrap_model(objective), VisualSwitchDistiller):
-        objective_module.teacher.to(accelerator.device)
-
-    micro_per_epoch = len(loader)
-    steps_per_epoch = max(math.ceil(micro_per_epoch / t.grad_accum), 1)
-    total_steps = t.max_steps or max(math.ceil(t.epochs * steps_per_epoch), 1)
-    warmup = math.ceil(t.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total_steps, t.scheduler))
-    accelerator.register_for_checkpointing(scheduler)
-
-    step, epoch, micro_done = 0, 0, 0
-    skipped: Counter = Counter()
-    if resume and (found := checkpoints(out_dir)):
-        latest = found[-1]
-        accelerator.load_state(str(latest / "state"))
-        state = json.loads((latest / STATE_NAME).read_text())
-        step, epoch, micro_done = state["step"], state["epoch"], state["micro_in_epoch"]
-        # the stored counts are global: one process carries them on, so they are not summed twice
-        skipped = Counter(state.get("skipped", {})) if accelerator.is_main_process else Counter()
-        if accelerator.is_main_process:
-            log.info("resumed from %s (step %d)", latest, step)
-
-    if t.tensorboard:
-        accelerator.init_trackers("switchkd")
+    """Train one stage from ``cfg``; with ``resume``, continue from the newest checkpoint."""
+    run = setup(cfg, resume)
     history: list[dict] = []
-    log_path = out_dir / "log.jsonl"
-    if accelerator.is_main_process and not resume and log_path.exists():
-        log_path.unlink()
-    progress = None
-    if t.progress and accelerator.is_main_process:
-        from tqdm.auto import tqdm
-
-        progress = tqdm(total=total_steps, initial=step, desc=f"{t.stage}", dynamic_ncols=True)
-
-    world = accelerator.num_processes
-    objective.train()
-    while step < total_steps:
-        sampler.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, micro_done) if micro_done else loader
-        iterator = iter(epoch_loader)
-        while step < total_steps:
-            group = []
-            for _ in range(t.grad_accum):
-                batch = next(iterator, None)
-                if batch is None:
+    with StepLog(run, fresh=not resume) as step_log:
+        while run.state.step < run.total_steps:
+            for micro_batches in epoch_groups(run):
+                history.append(train_step(run, micro_batches))
+                step_log.write(history[-1])
+                if run.state.step == run.total_steps:
                     break
-                group.append(batch)
-            if not group:
-                break
-            started = time.perf_counter()
-            n_local = sum(b["num_items"] for b in group)
-            n_global = accelerator.reduce(torch.tensor(n_local, device=accelerator.device, dtype=torch.long),
-                                          "sum").item()
-            scale = t.grad_accum * world  # undo the averaging over micro-batches and processes
-            sums = Counter()
-            for batch in group:
-                skipped.update(batch["skipped"])
-                with accelerator.accumulate(objective):
-                    if batch["input_ids"] is None:
-                        loss = _zero_loss(objective)
-                        parts = {}
-                    else:
-                        parts = objective(_move_batch(batch, accelerator.device), num_items_in_batch=max(n_global, 1))
-                        loss = parts["total"]
-                    accelerator.backward(loss * scale)
-                    for key, value in parts.items():
-                        sums[key] += value.detach().float() * (1 if key in LOSS_KEYS else 1 / len(group))
-                    if accelerator.sync_gradients and t.max_grad_norm:
-                        accelerator.clip_grad_norm_(objective.parameters(), t.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            # A short final group (end of data) still ends the step: accelerate syncs at the loader's end.
-            scheduler.step()
-            step += 1
-            micro_done += len(group)
-            record = _step_record(accelerator, sums, step, epoch, scheduler, n_global, time.perf_counter() - started,
-                                  sum(b["input_ids"].shape[0] for b in group if b["input_ids"] is not None))
-            history.append(record)
-            if accelerator.is_main_process:
-                if step % t.log_every == 0 or step == total_steps:
-                    with log_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                    if t.tensorboard:
-                        accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=step)
-                if progress is not None:
-                    progress.update(1)
-                    progress.set_postfix({k: f"{record[k]:.3f}" for k in ("loss", "ce", "align", "vsd")
-                                          if k in record} | {"tok/s": f"{record['tokens_per_s']:.0f}"})
-            if t.save_every and step % t.save_every == 0 and step < total_steps:
-                _save_checkpoint(accelerator, objective, out_dir, step, epoch, micro_done,
-                                 _all_skips(accelerator, skipped), t.save_total_limit)
-        if step < total_steps:  # the epoch ran out
-            everywhere = _all_skips(accelerator, skipped)
-            if accelerator.is_main_process and everywhere:
-                log.warning("epoch %d done; skipped samples so far: %s", epoch, dict(everywhere))
-            epoch += 1
-            micro_done = 0
-    if progress is not None:
-        progress.close()
-    skipped = _all_skips(accelerator, skipped)
-    _save_checkpoint(accelerator, objective, out_dir, step, epoch, micro_done, skipped, t.save_total_limit)
-    final = out_dir / "final"
-    _save_model(accelerator, objective, final)
-    if accelerator.is_main_process and skipped:
+                if cfg.train.save_every and run.state.step % cfg.train.save_every == 0:
+                    save_checkpoint(run)
+            else:
+                next_epoch(run)
+    save_checkpoint(run)
+    save_model(run, run.output_dir / "final")
+    skipped = skipped_everywhere(run)
+    if run.is_main and skipped:
         log.warning("skipped samples: %s", dict(skipped))
-    accelerator.wait_for_everyone()
-    if t.tensorboard:
-        accelerator.end_training()
-    return TrainResult(out_dir, final, step, history, skipped)
+    return TrainResult(run.output_dir, run.output_dir / "final", run.state.step, history, skipped)
 
 
-def _step_record(accelerator, sums: Counter, step, epoch, scheduler, n_global, seconds, samples) -> dict:
-    keys = sorted(sums)
-    values = torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0)
+def epoch_groups(run: Run) -> Iterator[list[dict]]:
+    """The rest of the current epoch, ``grad_accum`` micro-batches at a time (the last group may be short)."""
+    run.sampler.set_epoch(run.state.epoch)
+    loader = run.loader
+    if run.state.position:
+        loader = run.accelerator.skip_first_batches(loader, run.state.position)
+    batches = iter(loader)
+    while group := list(itertools.islice(batches, run.cfg.train.grad_accum)):
+        yield group
+
+
+def next_epoch(run: Run) -> None:
+    if run.state.position == 0:
+        raise ValueError(f"data.train: {run.cfg.data.train} gave no batch in a whole epoch")
+    skipped = skipped_everywhere(run)
+    if run.is_main and skipped:
+        log.warning("epoch %d done; skipped samples so far: %s", run.state.epoch, dict(skipped))
+    run.state.epoch += 1
+    run.state.position = 0
+
+
+def train_step(run: Run, micro_batches: list[dict]) -> dict:
+    """One optimizer step over ``micro_batches`` (at most ``grad_accum``); returns the step's record."""
+    acc = run.accelerator
+    started = time.perf_counter()
+    local = torch.tensor(sum(b["num_items"] for b in micro_batches), device=acc.device, dtype=torch.long)
+    n_items = int(acc.reduce(local, "sum").item())  # supervised tokens of the whole step, every process
+    sums: Counter = Counter()
+    for batch in micro_batches:
+        run.state.skipped.update(batch["skipped"])
+        with acc.accumulate(run.objective):
+            for key, value in forward_backward(run, batch, n_items).items():
+                sums[key] += value.detach().float() * (1 if key in LOSS_KEYS else 1 / len(micro_batches))
+            if acc.sync_gradients and run.cfg.train.max_grad_norm:
+                acc.clip_grad_norm_(run.objective.parameters(), run.cfg.train.max_grad_norm)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+    # A short final group (end of data) still ends the step: accelerate syncs at the loader's end.
+    run.scheduler.step()
+    run.state.step += 1
+    run.state.position += len(micro_batches)
+    samples = sum(b["input_ids"].shape[0] for b in micro_batches if b["input_ids"] is not None)
+    return step_record(run, sums, tokens=n_items, samples=samples, seconds=time.perf_counter() - started)
+
+
+def forward_backward(run: Run, batch: dict, n_items: int) -> dict[str, torch.Tensor]:
+    """The objective's named losses for one micro-batch, after its backward pass."""
+    acc, t = run.accelerator, run.cfg.train
+    scale = t.grad_accum * acc.num_processes  # undo the averaging over micro-batches and processes
+    if batch["input_ids"] is None:  # every sample skipped: still join the collective backward, with zeros
+        acc.backward(sum(p.sum() * 0.0 for p in run.objective.parameters() if p.requires_grad))
+        return {}
+    moved = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    parts = run.objective(moved, num_items_in_batch=max(n_items, 1))
+    acc.backward(parts["total"] * scale)
+    return parts
+
+
+def step_record(run: Run, sums: Counter, *, tokens: int, samples: int, seconds: float) -> dict:
+    """Losses (global means over tokens), diagnostics (means over micro-batches and processes), speed."""
+    acc, keys = run.accelerator, sorted(sums)
+    record = {"step": run.state.step, "epoch": run.state.epoch, "lr": run.scheduler.get_last_lr()[0]}
     if keys:
-        values = accelerator.reduce(values.to(accelerator.device), "sum")  # losses: already global means
-        values = values.cpu()
-        values = [float(v) / (accelerator.num_processes if k not in LOSS_KEYS else 1) for k, v in zip(keys, values)]
-    record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0]}
-    for key, value in zip(keys, values):
-        record["loss" if key == "total" else key] = value
-    record["tokens"] = int(n_global)
-    record["tokens_per_s"] = n_global / max(seconds, 1e-9)
-    record["samples_per_s"] = samples * accelerator.num_processes / max(seconds, 1e-9)
+        values = acc.reduce(torch.stack([sums[k] for k in keys]).to(acc.device), "sum").cpu()
+        for key, value in zip(keys, values.tolist()):
+            record["loss" if key == "total" else key] = value / (1 if key in LOSS_KEYS else acc.num_processes)
+    record["tokens"] = tokens
+    record["tokens_per_s"] = tokens / max(seconds, 1e-9)
+    record["samples_per_s"] = samples * acc.num_processes / max(seconds, 1e-9)
     return record
 
 
-def _save_model(accelerator, objective, directory: Path) -> None:
-    accelerator.wait_for_everyone()
-    student = accelerator.unwrap_model(objective).student
-    state = accelerator.get_state_dict(objective)  # collective: gathers FSDP / DeepSpeed shards
-    if accelerator.is_main_process:
-        tmp = directory.with_name(f".tmp-{directory.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        student.save_pretrained(tmp, state_dict={k.removeprefix("student."): v for k, v in state.items()
-                                                 if k.startswith("student.")})
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-    accelerator.wait_for_everyone()
+class StepLog:
+    """Where step records go, on the main process: ``log.jsonl`` (every ``log_every`` steps and the
+    last), TensorBoard when enabled, and the progress bar."""
 
+    def __init__(self, run: Run, fresh: bool):
+        self.run, t = run, run.cfg.train
+        self.path = run.output_dir / "log.jsonl"
+        self.progress = None
+        if t.tensorboard:
+            run.accelerator.init_trackers("switchkd")
+        if run.is_main and fresh and self.path.exists():
+            self.path.unlink()
+        if run.is_main and t.progress:
+            self.progress = tqdm(total=run.total_steps, initial=run.state.step, desc=t.stage, dynamic_ncols=True)
 
-def _save_checkpoint(accelerator, objective, out_dir: Path, step, epoch, micro_done, skipped, keep) -> None:
-    """Optimizer, scheduler, RNG states, model and data position, written atomically: everything
-    goes to a .tmp folder that is renamed into place only when complete."""
-    root = out_dir / "checkpoints"
-    final = root / f"step-{step:07d}"
-    tmp = root / f".tmp-step-{step:07d}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "state"))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        state = {"step": step, "epoch": epoch, "micro_in_epoch": micro_done, "skipped": dict(skipped)}
-        (tmp / STATE_NAME).write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        if keep is not None:
-            for old in checkpoints(out_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    def write(self, record: dict) -> None:
+        run, t = self.run, self.run.cfg.train
+        if not run.is_main:
+            return
+        if record["step"] % t.log_every == 0 or record["step"] == run.total_steps:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if t.tensorboard:
+                run.accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=record["step"])
+        if self.progress is not None:
+            self.progress.update(1)
+            shown = {k: f"{record[k]:.3f}" for k in ("loss", "ce", "align", "vsd") if k in record}
+            self.progress.set_postfix(shown | {"tok/s": f"{record['tokens_per_s']:.0f}"})
+
+    def __enter__(self) -> StepLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.run.cfg.train.tensorboard:
+            self.run.accelerator.end_training()

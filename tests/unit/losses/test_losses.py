@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from switchkd.losses import (LOSSES, bild, dbild, forward_kl, get_loss, knee_k, pair_kl, reverse_kl, sequence_loss,
-                             sort_select, supervised_positions)
+from switchkd.losses import (LOSSES, bild, dbild, forward_kl, get_loss, knee_k, reverse_kl, sort_select,
+                             supervised_positions)
 from tests.unit.losses.literal import kl, literal_bild, literal_knee, literal_order, pair_softmax
+from tests.unit.losses.pair_kl import pair_kl
 
 
 def varied_rows(n_rows: int = 12, vocab: int = 300, seed: int = 0) -> torch.Tensor:
@@ -266,7 +267,7 @@ def test_unknown_loss_lists_valid_names():
         get_loss("dbild")
 
 
-# ---- the sequence wrapper ---------------------------------------------------------------------------
+# ---- the causal shift ---------------------------------------------------------------------------
 
 
 def test_supervised_positions_shift():
@@ -274,21 +275,6 @@ def test_supervised_positions_shift():
     pos, targets = supervised_positions(labels)
     assert pos.tolist() == [[False, True, True, False, False], [True, False, False, True, False]]
     assert targets.tolist() == [7, 8, 5, 9]
-
-
-@pytest.mark.parametrize("name", ["fkl", "dbild_rkl"])
-def test_chunked_equals_plain_and_all_ignored_is_zero(name):
-    fn = get_loss(name)
-    s = torch.randn(2, 7, 60, dtype=torch.float64)
-    t = torch.randn(2, 7, 60, dtype=torch.float64)
-    labels = torch.tensor([[-100, -100, 1, 2, 3, 4, -100], [-100, 5, 6, -100, 7, 8, 9]])
-    plain = sequence_loss(fn, s, t, labels)
-    chunked = sequence_loss(fn, s, t, labels, chunk_rows=3)
-    assert chunked.item() == pytest.approx(plain.item(), rel=1e-12)
-    # Normalised by supervised tokens: with num_items_in_batch the sum is divided by it instead.
-    assert sequence_loss(fn, s, t, labels, num_items_in_batch=18).item() == pytest.approx(plain.item() * 9 / 18)
-    ignored = torch.full_like(labels, -100)
-    assert sequence_loss(fn, s, t, ignored).item() == 0.0
 
 
 # ---- a large knee in little memory --------------------------------------------------------------------

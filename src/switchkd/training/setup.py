@@ -1,0 +1,115 @@
+"""``setup(cfg) -> Run``: the accelerator, the objective, the data, the optimizer and its schedule,
+and the state a resume restores. Nothing here trains; ``trainer.train`` does."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, set_seed
+from torch.utils.data import DataLoader
+
+from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, ShuffleSampler
+from switchkd.distillation.switch import VisualSwitchDistiller
+from switchkd.models import build_vlm
+from switchkd.training.checkpoint import restore_latest
+from switchkd.training.config import Config, TrainConfig, save_config
+from switchkd.training.objectives import LanguageModelingObjective
+from switchkd.training.run import Run
+from switchkd.training.stages import STAGES, apply_stage, trainable_parts
+
+log = logging.getLogger("switchkd.train")
+
+
+def setup(cfg: Config, resume: bool = False) -> Run:
+    """Build everything a run needs; with ``resume``, restore the newest checkpoint of ``output_dir``."""
+    accelerator = make_accelerator(cfg.train)
+    set_seed(cfg.train.seed)
+    if accelerator.is_main_process:
+        Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
+        save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
+    objective = build_objective(cfg)
+    sampler, loader = make_loader(cfg, objective.student, world=accelerator.num_processes)
+    optimizer = torch.optim.AdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr)
+    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    total = total_steps(cfg.train, len(loader))
+    scheduler = make_scheduler(optimizer, cfg.train, total)
+    accelerator.register_for_checkpointing(scheduler)
+    run = Run(cfg, accelerator, objective, optimizer, scheduler, loader, sampler, total)
+    if resume:
+        restore_latest(run)
+    return run
+
+
+def make_accelerator(t: TrainConfig) -> Accelerator:
+    kwargs = {}
+    if t.distributed == "deepspeed":
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=t.zero_stage, gradient_accumulation_steps=t.grad_accum,
+                                                     gradient_clipping=t.max_grad_norm or 0.0)
+    elif t.distributed == "fsdp":
+        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
+    # Without a GPU, accelerate only forms a process group (gloo) when told it runs on CPU.
+    return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=t.grad_accum,
+                       mixed_precision=t.mixed_precision, log_with="tensorboard" if t.tensorboard else None,
+                       project_dir=t.output_dir, **kwargs)
+
+
+def build_objective(cfg: Config) -> torch.nn.Module:
+    """The student with its stage applied, wrapped in the stage's objective (LM, or the distiller)."""
+    student = build_vlm(cfg.model)
+    counts = apply_stage(student, trainable_parts(cfg.train.stage, cfg.train.trainable))
+    log.info("stage %s: trainable parameters %s", cfg.train.stage, {k: f"{v / 1e6:.2f}M" for k, v in counts.items()})
+    if cfg.train.gradient_checkpointing:
+        student.gradient_checkpointing_enable()
+    chunk_rows = cfg.train.loss_chunk_rows
+    if STAGES[cfg.train.stage]["teacher"]:
+        return VisualSwitchDistiller(student, build_vlm(cfg.teacher), cfg.distill, chunk_rows=chunk_rows)
+    return LanguageModelingObjective(student, chunk_rows=chunk_rows)
+
+
+def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:
+    """The training data in the student's format, with a sampler that every process shares."""
+    data, t = cfg.data, cfg.train
+    dataset = LlavaDataset.for_model(data.train, data.resolved_image_root, student, max_length=data.max_length,
+                                     on_error=data.on_error)
+    if data.length_grouped:
+        lengths = [dataset.approx_length(i) for i in range(len(dataset))]
+        sampler = LengthGroupedSampler(lengths, t.per_device_batch_size * world, seed=t.seed)
+    else:
+        sampler = ShuffleSampler(len(dataset), seed=t.seed)
+    loader = DataLoader(dataset, batch_size=t.per_device_batch_size, sampler=sampler,
+                        collate_fn=Collator(student.tokenizer.pad_token_id, data.padding_side),
+                        num_workers=data.num_workers, persistent_workers=False)
+    return sampler, loader
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters; biases and norms get no weight decay."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def total_steps(t: TrainConfig, micro_batches_per_epoch: int) -> int:
+    per_epoch = max(math.ceil(micro_batches_per_epoch / t.grad_accum), 1)
+    return t.max_steps or max(math.ceil(t.epochs * per_epoch), 1)
+
+
+def make_scheduler(optimizer, t: TrainConfig, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then cosine decay to 0 (or constant)."""
+    warmup = math.ceil(t.warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(warmup, 1)
+        if t.scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
