@@ -16,7 +16,7 @@ import torch
 
 from switchkd.config import ModelConfig
 from switchkd.data.tokenizer import train_tokenizer
-from switchkd.inference.generation import GenerationConfig, generate
+from switchkd.models.generation import GenerationConfig, generate
 from switchkd.inference.llava_hf import export_llava_hf
 from switchkd.inference.predict import build_prompt
 from switchkd.models import build_vlm
@@ -65,10 +65,10 @@ def main() -> None:
         ours = GenerationConfig(max_new_tokens=n, stop_token_ids=[])
 
         def run_ours():
-            return generate(model, ids, None, pixels, ours)
+            return generate(model, ids, pixel_values=pixels, cfg=ours)
 
         def run_nocache():
-            return generate(model, ids, None, pixels, GenerationConfig(max_new_tokens=n, stop_token_ids=[],
+            return generate(model, ids, pixel_values=pixels, cfg=GenerationConfig(max_new_tokens=n, stop_token_ids=[],
                                                                        use_cache=False))
 
         @torch.no_grad()

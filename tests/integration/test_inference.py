@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from switchkd.data.images import load_image, preprocess_images
-from switchkd.inference.generation import GenerationConfig, generate
+from switchkd.models.generation import GenerationConfig, generate
 from switchkd.inference.llava_hf import export_llava_hf, import_llava_hf
 from switchkd.inference.predict import build_prompt
 from switchkd.models import VisionLanguageModel
@@ -37,7 +37,7 @@ def test_llava_hf_export_matches_logits_tokens_and_processor(tiny_world, tmp_pat
         ours = model(ids, pixel_values=pixels).logits
         theirs = hf(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids)).logits
     assert (ours - theirs).abs().max().item() < 1e-5
-    mine = generate(model, ids, None, pixels, GenerationConfig(max_new_tokens=8, stop_token_ids=[]))
+    mine = generate(model, ids, pixel_values=pixels, cfg=GenerationConfig(max_new_tokens=8, stop_token_ids=[]))
     with torch.no_grad():
         hf_out = hf.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids), do_sample=False,
                              max_new_tokens=8, min_new_tokens=8)

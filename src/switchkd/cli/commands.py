@@ -101,7 +101,7 @@ def run_chat(args: argparse.Namespace) -> int:
 
     from switchkd.data.images import load_image
     from switchkd.inference.chat import ChatSession, chat_loop
-    from switchkd.inference.generation import GenerationConfig
+    from switchkd.models.generation import GenerationConfig
 
     if not Path(args.model).is_dir():
         raise FileNotFoundError(f"model folder not found: {args.model}")

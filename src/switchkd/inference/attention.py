@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 
 from switchkd.data.images import expand_to_square, mean_colour
 from switchkd.inference.chat import ChatSession
-from switchkd.inference.generation import GenerationConfig
+from switchkd.models.generation import GenerationConfig
 from switchkd.inference.predict import build_prompt
 
 

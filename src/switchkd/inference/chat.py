@@ -14,7 +14,7 @@ from PIL import Image
 
 from switchkd.data.images import preprocess_images
 from switchkd.data.records import IMAGE_PLACEHOLDER
-from switchkd.inference.generation import GenerationConfig, default_stop_ids, generate
+from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
 from switchkd.inference.predict import build_prompt
 
 EXIT_WORDS = {"exit", "quit"}
@@ -56,7 +56,7 @@ class ChatSession:
                 shown = current
 
         pixels = self.pixels if sum(IMAGE_PLACEHOLDER in m["content"] for m in self.messages) else None
-        generate(self.model, ids, None, pixels, self.gen, streamer=stream)
+        generate(self.model, ids, pixel_values=pixels, cfg=self.gen, streamer=stream)
         reply = tok.decode(produced, skip_special_tokens=True).strip()
         self.messages.append({"role": "assistant", "content": reply})
         return reply

@@ -14,9 +14,8 @@ from PIL import Image
 
 from switchkd.data.images import load_image, preprocess_images
 from switchkd.data.records import IMAGE_PLACEHOLDER
-from switchkd.data.templates import get_template
 from switchkd.data.tokenize import prompt_ids
-from switchkd.inference.generation import GenerationConfig, default_stop_ids, generate
+from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
 
 
 @dataclass
@@ -28,8 +27,8 @@ class Question:
 
 
 def build_prompt(model, messages: list[dict]) -> list[int]:
-    template = get_template(model.config.chat_template, model.config.system_prompt)
-    return prompt_ids(messages, model.tokenizer, template, model.image_token_id, model.num_image_tokens)
+    return prompt_ids(messages, model.tokenizer, model.template, image_token_id=model.image_token_id,
+                      num_image_tokens=model.num_image_tokens)
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -67,8 +66,8 @@ def answer_questions(model, questions: list[Question], batch_size: int = 8, max_
             input_ids[i, width - len(row):] = torch.tensor(row)
             mask[i, width - len(row):] = 1
         pixels = preprocess_images(images, model.image_processor).to(device, model.dtype) if images else None
-        new = generate(model, input_ids.to(device), mask.to(device), pixels,
-                       GenerationConfig(max_new_tokens=max_new_tokens))
+        new = generate(model, input_ids.to(device), mask.to(device), pixel_values=pixels,
+                       cfg=GenerationConfig(max_new_tokens=max_new_tokens))
         for q, tokens in zip(batch, new.tolist()):
             out[q.id] = decode_answer(model, tokens, stops)
         if bar is not None:

@@ -1,9 +1,10 @@
-"""Assemble a VLM from a ``ModelConfig``: component folders (real use), config dicts (tiny models),
-or a saved switchkd folder."""
+"""The components of a VLM from a ``ModelConfig``: component folders (real use) or config dicts (tiny
+models). ``VisionLanguageModel.from_config`` puts them together."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -11,10 +12,8 @@ from transformers.initialization import no_init_weights
 
 from switchkd.config import ConfigError, ModelConfig, require_folder
 from switchkd.data.images import default_image_processor, load_image_processor
-from switchkd.data.templates import get_template
 from switchkd.models.projectors import build_projector
 from switchkd.models.vision import VisionTower, load_vision_encoder
-from switchkd.models.vlm import VisionLanguageModel
 
 
 def load_llm(source: str | dict, attn_implementation: str = "sdpa", dtype=None):
@@ -48,8 +47,6 @@ def load_tokenizer(cfg: ModelConfig):
     if source is None:
         raise ConfigError("model.tokenizer: a tokenizer folder is needed when the LLM is built from a config dict")
     tokenizer = AutoTokenizer.from_pretrained(str(require_folder(source, "model.tokenizer")))
-    # One template everywhere: the saved tokenizer's apply_chat_template renders what we train on.
-    tokenizer.chat_template = get_template(cfg.chat_template, cfg.system_prompt).jinja()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -62,10 +59,18 @@ def load_processor(cfg: ModelConfig, encoder):
     return default_image_processor(encoder.config.model_type, encoder.config.image_size, **(source or {}))
 
 
-def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None) -> VisionLanguageModel:
-    """Build a VLM. ``fresh_weights=False`` skips random initialisation for weights about to be loaded."""
-    if cfg.pretrained is not None:
-        return VisionLanguageModel.from_pretrained(require_folder(cfg.pretrained, "model.pretrained"), dtype=dtype)
+@dataclass
+class Components:
+    vision_tower: VisionTower
+    projector: object
+    llm: object
+    tokenizer: object
+    image_processor: object
+
+
+def build_components(cfg: ModelConfig, *, fresh_weights: bool = True, dtype=None) -> Components:
+    """Vision tower, projector, LLM, tokenizer and image processor. ``fresh_weights=False`` skips random
+    initialisation for weights about to be loaded."""
     guard = contextlib.nullcontext() if fresh_weights else no_init_weights()
     with guard:
         encoder = load_vision_encoder(cfg.vision, cfg.attn_implementation, dtype)
@@ -77,6 +82,4 @@ def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None) -> Visio
     llm.tie_weights()  # no_init_weights also skips tying (Qwen ties lm_head to the embeddings)
     if dtype is not None:
         projector.to(dtype)
-    return VisionLanguageModel(cfg, tower, projector, llm, load_tokenizer(cfg), load_processor(cfg, encoder))
-
-
+    return Components(tower, projector, llm, load_tokenizer(cfg), load_processor(cfg, encoder))

@@ -19,7 +19,11 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from switchkd import __version__
-from switchkd.config import ModelConfig, from_dict, to_dict
+from switchkd.config import ModelConfig, from_dict, require_folder, to_dict
+from switchkd.data.templates import ChatTemplate, get_template
+from switchkd.models.builders import build_components
+from switchkd.models.generation import GenerationConfig, generate
+from switchkd.models.inputs import merge_image_features, position_ids_from_mask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -34,46 +38,23 @@ class VLMOutput:
     past_key_values: Any = None
 
 
-def merge_image_features(
-    inputs_embeds: torch.Tensor, input_ids: torch.Tensor, image_features: torch.Tensor | None, image_token_id: int
-) -> torch.Tensor:
-    """Put image features where the image tokens are, in reading order.
-
-    ``inputs_embeds`` (B, T, D) text embeddings; ``image_features`` (N_images, N_img_tokens, D),
-    one row per image in the order the images appear in the batch (sample by sample).
-    """
-    mask = input_ids == image_token_id  # (B, T)
-    n_slots = int(mask.sum())
-    n_feats = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
-    if n_slots != n_feats:
-        shape = None if image_features is None else tuple(image_features.shape)
-        raise ValueError(
-            f"the batch has {n_slots} image placeholder tokens but the image features {shape} "
-            f"provide {n_feats}; each image needs exactly as many placeholders as the projector "
-            "emits tokens (use the model's tokenizer helpers to expand <image>)"
-        )
-    if n_slots == 0:
-        return inputs_embeds
-    feats = image_features.reshape(-1, image_features.shape[-1]).to(inputs_embeds.dtype)
-    # masked_scatter fills True positions row-major, i.e. sample by sample, left to right.
-    return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), feats)
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that count only attended tokens, so left padding does not shift them."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
 class VisionLanguageModel(nn.Module):
-    """``vision_tower`` (V), ``projector`` (P) and ``llm`` (L), reachable by name."""
+    """``vision_tower`` (V), ``projector`` (P) and ``llm`` (L), reachable by name.
 
-    def __init__(self, config: ModelConfig, vision_tower: nn.Module, projector: nn.Module, llm: nn.Module,
+    The model owns its chat template (``template``, from ``config.chat_template`` and
+    ``config.system_prompt``): data, generation and prediction all render prompts with it, and its
+    Jinja form is written into the tokenizer so ``apply_chat_template`` agrees.
+    """
+
+    def __init__(self, config: ModelConfig, *, vision_tower: nn.Module, projector: nn.Module, llm: nn.Module,
                  tokenizer, image_processor):
         super().__init__()
         self.config = config
         self.vision_tower = vision_tower
         self.projector = projector
         self.llm = llm
+        self.template: ChatTemplate = get_template(config.chat_template, config.system_prompt)
+        tokenizer.chat_template = self.template.jinja()
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_token_id = self._image_token_id()
@@ -136,6 +117,7 @@ class VisionLanguageModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
+        *,
         pixel_values: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
@@ -186,11 +168,10 @@ class VisionLanguageModel(nn.Module):
         padding rows (Qwen pads to a multiple of 64) are dropped."""
         return self.lm_head(hidden)[..., : self.vocab_size]
 
-    def generate(self, input_ids, attention_mask=None, pixel_values=None, **kwargs) -> torch.Tensor:
-        """Greedy or sampled continuation with a KV cache; see ``switchkd.inference.generation``."""
-        from switchkd.inference.generation import GenerationConfig, generate
-
-        return generate(self, input_ids, attention_mask, pixel_values, GenerationConfig(**kwargs))
+    def generate(self, input_ids, attention_mask=None, *, pixel_values=None, **kwargs) -> torch.Tensor:
+        """New tokens after the prompt, greedy or sampled with a KV cache; ``kwargs`` are
+        ``GenerationConfig`` fields (see ``switchkd.models.generation``)."""
+        return generate(self, input_ids, attention_mask, pixel_values=pixel_values, cfg=GenerationConfig(**kwargs))
 
     def gradient_checkpointing_enable(self) -> None:
         kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
@@ -236,10 +217,17 @@ class VisionLanguageModel(nn.Module):
         self.image_processor.save_pretrained(str(directory))
 
     @classmethod
+    def from_config(cls, cfg: ModelConfig, *, fresh_weights: bool = True, dtype=None) -> VisionLanguageModel:
+        """Assemble from component folders or config dicts. ``fresh_weights=False`` skips random
+        initialisation of weights that are about to be loaded."""
+        parts = build_components(cfg, fresh_weights=fresh_weights, dtype=dtype)
+        return cls(cfg, vision_tower=parts.vision_tower, projector=parts.projector, llm=parts.llm,
+                   tokenizer=parts.tokenizer, image_processor=parts.image_processor)
+
+    @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None) -> VisionLanguageModel:
-        from switchkd.models.builders import build_vlm
-
+        """A folder written by ``save_pretrained``, in eval mode."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
@@ -250,7 +238,7 @@ class VisionLanguageModel(nn.Module):
         config = from_dict(ModelConfig, meta["model"])
         config.tokenizer = str(directory)
         config.image_processor = str(directory)
-        model = build_vlm(config, fresh_weights=False)
+        model = cls.from_config(config, fresh_weights=False)
         load_model(model, str(directory / WEIGHTS_NAME), strict=True)
         model.config.tokenizer = model.config.image_processor = None
         if dtype is not None:
@@ -258,3 +246,10 @@ class VisionLanguageModel(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
+
+
+def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None) -> VisionLanguageModel:
+    """A VLM from a ``ModelConfig``: a saved switchkd folder (``pretrained``) or its components."""
+    if cfg.pretrained is not None:
+        return VisionLanguageModel.from_pretrained(require_folder(cfg.pretrained, "model.pretrained"), dtype=dtype)
+    return VisionLanguageModel.from_config(cfg, fresh_weights=fresh_weights, dtype=dtype)

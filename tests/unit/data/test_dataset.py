@@ -40,8 +40,9 @@ def folder(tmp_path):
 
 def _dataset(records, root, tiny_tokenizer_dir, **kw):
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    return LlavaDataset(records, root, tok, get_template("chatml"), default_image_processor("clip_vision_model", 28),
-                        tok.convert_tokens_to_ids("<|image_pad|>"), N_IMG, **kw)
+    return LlavaDataset(records, root, tokenizer=tok, template=get_template("chatml"),
+                        image_processor=default_image_processor("clip_vision_model", 28),
+                        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"), num_image_tokens=N_IMG, **kw)
 
 
 BAD = [

@@ -9,7 +9,7 @@ from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPVisionConfig
 
 from switchkd.config import ConfigError, ModelConfig
 from switchkd.data.images import default_image_processor
-from switchkd.inference.generation import GenerationConfig, generate
+from switchkd.models.generation import GenerationConfig, generate
 from switchkd.models import VisionLanguageModel, build_vlm, load_vision_encoder, position_ids_from_mask
 from switchkd.models.presets import qwen2_config, vision_config
 from tests.conftest import tiny_model_config
@@ -214,12 +214,12 @@ def test_kv_cache_generation_equals_greedy_without_cache(sharp_model, side):
     px = _pixels(model, 2)
     ids, mask = _padded(rows, model.tokenizer.pad_token_id, side)
     cfg = dict(max_new_tokens=12, stop_token_ids=[])
-    cached = generate(model, ids, mask, px, GenerationConfig(use_cache=True, **cfg))
-    plain = generate(model, ids, mask, px, GenerationConfig(use_cache=False, **cfg))
+    cached = generate(model, ids, mask, pixel_values=px, cfg=GenerationConfig(use_cache=True, **cfg))
+    plain = generate(model, ids, mask, pixel_values=px, cfg=GenerationConfig(use_cache=False, **cfg))
     assert cached.shape == (3, 12)
     assert torch.equal(cached, plain)
     # And each row equals that sample generated alone.
-    alone = generate(model, torch.tensor([rows[1]]), None, None, GenerationConfig(**cfg))
+    alone = generate(model, torch.tensor([rows[1]]), cfg=GenerationConfig(**cfg))
     assert torch.equal(alone[0], cached[1])
     assert len(set(cached[0].tolist())) > 1  # not a degenerate constant sequence
 
@@ -245,3 +245,25 @@ def test_sampling_is_seeded(sharp_model):
     a = generate(sharp_model, ids, cfg=GenerationConfig(**cfg))
     b = generate(sharp_model, ids, cfg=GenerationConfig(**cfg))
     assert torch.equal(a, b)
+
+
+def test_the_model_owns_one_template_for_data_prompts_and_its_saved_tokenizer(tmp_path, tiny_tokenizer_dir):
+    from switchkd.data.dataset import LlavaDataset
+    from switchkd.inference.predict import build_prompt
+
+    model = build_vlm(tiny_model_config(tiny_tokenizer_dir, system_prompt="Be brief."))
+    assert model.template.system_prompt == "Be brief."
+    user = [{"role": "user", "content": "what colour is the circle ?"}]
+    rendered = model.template.render(user, add_generation_prompt=True)
+    assert "Be brief." in rendered
+    assert model.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True) == rendered
+    assert model.tokenizer.decode(build_prompt(model, user)) == rendered
+    record = {"id": "r", "conversations": [{"from": "human", "value": user[0]["content"]},
+                                           {"from": "gpt", "value": "red"}]}
+    sample = LlavaDataset.for_model([record], None, model)[0]
+    assert model.tokenizer.decode(sample["input_ids"]).startswith(rendered.split("<|im_start|>user")[0])
+    model.save_pretrained(tmp_path / "m")
+    again = VisionLanguageModel.from_pretrained(tmp_path / "m")
+    assert again.template == model.template
+    assert AutoTokenizer.from_pretrained(tmp_path / "m").apply_chat_template(
+        user, tokenize=False, add_generation_prompt=True) == rendered

@@ -1,7 +1,9 @@
 """Batched generation for a ``VisionLanguageModel``: greedy or sampled, with a KV cache.
 
-    from switchkd.inference.generation import GenerationConfig, generate
-    new_tokens = generate(model, input_ids, attention_mask, pixel_values, GenerationConfig(max_new_tokens=32))
+    new_tokens = model.generate(input_ids, attention_mask, pixel_values=pixels, max_new_tokens=32)
+    # or, with a config object and a streamer:
+    from switchkd.models.generation import GenerationConfig, generate
+    new_tokens = generate(model, input_ids, attention_mask, pixel_values=pixels, cfg=GenerationConfig())
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from switchkd.models.vlm import position_ids_from_mask
+from switchkd.models.inputs import position_ids_from_mask
 
 
 @dataclass
@@ -61,11 +63,9 @@ def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_i
 
 
 def default_stop_ids(model) -> list[int]:
-    from switchkd.data.templates import get_template
-
+    """The model's end-of-turn token(s) and its EOS token."""
     tok = model.tokenizer
-    template = get_template(model.config.chat_template, model.config.system_prompt)
-    ids = {tok.convert_tokens_to_ids(s) for s in template.stop_strings}
+    ids = {tok.convert_tokens_to_ids(s) for s in model.template.stop_strings}
     if tok.eos_token_id is not None:
         ids.add(tok.eos_token_id)
     return sorted(i for i in ids if i is not None and i != tok.unk_token_id)
@@ -104,6 +104,7 @@ def generate(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
+    *,
     pixel_values: torch.Tensor | None = None,
     cfg: GenerationConfig | None = None,
     streamer: Callable[[torch.Tensor], None] | None = None,
