@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.data.tokenizer import train_tokenizer
+from switchkd.demo.tokenizer import train_tokenizer
 from switchkd.models.generation import GenerationConfig, generate
 from switchkd.inference.llava_hf import export_llava_hf
 from switchkd.inference.predict import build_prompt
 from switchkd.models import build_vlm
-from switchkd.models.presets import qwen2_config, vision_config
+from switchkd.demo.presets import qwen2_config, vision_config
 
 WORDS = "what colour is the circle square triangle at top left right bottom center red green blue yellow".split()
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.data.tokenizer import train_tokenizer
-from switchkd.models.presets import qwen2_config, vision_config
+from switchkd.demo.tokenizer import train_tokenizer
+from switchkd.demo.presets import qwen2_config, vision_config
 
 CORPUS = [
     "what colour is the circle ? the circle is red .",

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from switchkd.config import ModelConfig
-from switchkd.data.tokenizer import train_tokenizer
-from switchkd.data.world import WorldConfig, corpus, write_world
+from switchkd.demo.tokenizer import train_tokenizer
+from switchkd.demo.world import WorldConfig, corpus, write_world
 from switchkd.models import build_vlm
-from switchkd.models.presets import qwen2_config, vision_config
+from switchkd.demo.presets import qwen2_config, vision_config
 
 
 @dataclass

@@ -76,8 +76,8 @@ def test_losses_are_named_and_consistent(tiny_world):
 def test_mismatched_pairs_are_refused(tiny_world, tmp_path):
     from switchkd.config import ModelConfig
     from switchkd.models import build_vlm
-    from switchkd.models.presets import qwen2_config, vision_config
-    from switchkd.data.tokenizer import train_tokenizer
+    from switchkd.demo.presets import qwen2_config, vision_config
+    from switchkd.demo.tokenizer import train_tokenizer
     from tests.conftest import CORPUS
 
     student = VisionLanguageModel.from_pretrained(tiny_world.student)

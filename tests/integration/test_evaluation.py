@@ -7,6 +7,7 @@ import json
 import pytest
 from PIL import Image
 
+from switchkd.demo import WORLD
 from switchkd.evaluation import BENCHMARKS, markdown_table, run_eval
 from switchkd.evaluation.run import evaluate_model
 from switchkd.models import VisionLanguageModel
@@ -96,12 +97,12 @@ def make_fixture(name: str, d):
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+@pytest.mark.parametrize("name", sorted([*BENCHMARKS, "world"]))
 def test_each_benchmark_end_to_end(tiny_world, tmp_path, name):
     model = VisionLanguageModel.from_pretrained(tiny_world.student)
     expected = make_fixture(name, tmp_path)
     data = tiny_world.paths["test"].parent if name == "world" else tmp_path
-    metrics, preds = evaluate_model(model, name, data, batch_size=4)
+    metrics, preds = evaluate_model(model, WORLD if name == "world" else name, data, batch_size=4)
     count = expected if expected is not None else len(tiny_world.paths["test"].read_text().splitlines())
     assert len(preds) == count
     assert all(isinstance(p, str) for p in preds.values())
@@ -116,7 +117,7 @@ def test_each_benchmark_end_to_end(tiny_world, tmp_path, name):
 def test_side_by_side_table_and_files(tiny_world, tmp_path):
     make_fixture("pope", tmp_path / "pope")
     out = tmp_path / "out"
-    results = run_eval([str(tiny_world.student), str(tiny_world.teacher)], ["pope"], tmp_path / "pope", out,
+    results = run_eval([str(tiny_world.student), str(tiny_world.teacher)], ["pope"], tmp_path / "pope", out_dir=out,
                        names=["student", "teacher"], progress=False)
     assert set(results) == {"student", "teacher"}
     table = (out / "results.md").read_text()

@@ -2,9 +2,9 @@
 
 import json
 
-
-from switchkd.demo import DemoConfig
-from switchkd.reproduce import LOSSES, run_reproduce, tables
+from switchkd.demo import DemoConfig, run_reproduce
+from switchkd.demo.reproduce import tables
+from switchkd.losses import LOSSES
 
 
 def test_tables_format_mean_and_std():

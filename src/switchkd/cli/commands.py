@@ -166,7 +166,8 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     from switchkd.evaluation import BENCHMARKS
 
     p.add_argument("--model", required=True, nargs="+", help="one or more saved model folders (side by side)")
-    p.add_argument("--benchmark", required=True, nargs="+", choices=sorted(BENCHMARKS))
+    p.add_argument("--benchmark", required=True, nargs="+", choices=sorted([*BENCHMARKS, "world"]),
+                   help="benchmark names; world is the built-in demo's held-out questions")
     p.add_argument("--data", required=True, help="the benchmark's local folder (see docs/evaluation.md)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
@@ -174,9 +175,12 @@ def add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
+    from switchkd.demo import WORLD
     from switchkd.evaluation import markdown_table, run_eval
 
-    results = run_eval(args.model, args.benchmark, args.data, args.out, args.limit, args.batch_size)
+    benchmarks = [WORLD if name == WORLD.name else name for name in args.benchmark]
+    results = run_eval(args.model, benchmarks, args.data, out_dir=args.out, limit=args.limit,
+                       batch_size=args.batch_size)
     print(markdown_table(results))
     return 0
 
@@ -265,8 +269,7 @@ def add_reproduce(p: argparse.ArgumentParser) -> None:
 
 
 def run_reproduce_cmd(args: argparse.Namespace) -> int:
-    from switchkd.demo import DemoConfig
-    from switchkd.reproduce import run_reproduce
+    from switchkd.demo import DemoConfig, run_reproduce
 
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
     print(run_reproduce(cfg, args.seeds))

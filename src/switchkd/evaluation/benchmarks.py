@@ -1,4 +1,4 @@
-"""The paper's ten benchmarks and the built-in one: loaders for their usual local files (the layouts
+"""The paper's ten benchmarks: loaders for their usual local files (the layouts
 LLaVA-1.5's evaluation uses), prompts with the standard suffixes, and scoring.
 
 Each benchmark is ``load(data_dir) -> list[Item]`` and ``score(items, predictions) -> metrics``;
@@ -54,11 +54,11 @@ def _image_root(data_dir: Path, *candidates: str) -> Path:
     return data_dir
 
 
-def _jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _mean(values) -> float:
+def mean_percent(values) -> float:
     values = list(values)
     return 100.0 * sum(values) / max(len(values), 1)
 
@@ -72,7 +72,7 @@ def _load_vqa_style(data_dir: Path, questions: tuple[str, ...], answers_of, imag
     root = _image_root(data_dir, *image_dirs)
     truth = answers_of(data_dir)
     items = []
-    for q in _jsonl(qfile):
+    for q in read_jsonl(qfile):
         qid = str(q["question_id"])
         key = qid if qid in truth else q.get("image")
         if key not in truth:
@@ -97,7 +97,7 @@ def _vizwiz_answers(data_dir: Path) -> dict:
 
 
 def _score_vqa(items, preds, full=False) -> dict:
-    return {"accuracy": _mean(scorers.vqa_accuracy(preds.get(i.id, ""), i.meta["answers"], full) for i in items),
+    return {"accuracy": mean_percent(scorers.vqa_accuracy(preds.get(i.id, ""), i.meta["answers"], full) for i in items),
             "n": len(items)}
 
 
@@ -107,7 +107,7 @@ def _gqa_answers(data_dir: Path) -> dict:
 
 
 def _score_gqa(items, preds) -> dict:
-    return {"accuracy": _mean(scorers.exact_match(preds.get(i.id, ""), i.meta["answers"]) for i in items),
+    return {"accuracy": mean_percent(scorers.exact_match(preds.get(i.id, ""), i.meta["answers"]) for i in items),
             "n": len(items)}
 
 
@@ -138,12 +138,12 @@ def _load_scienceqa(data_dir: Path) -> list[Item]:
 
 def _score_choice(items, preds) -> dict:
     correct = [scorers.extract_choice(preds.get(i.id, ""), i.meta["options"]) == i.meta["answer"] for i in items]
-    return {"accuracy": _mean(correct), "n": len(items)}
+    return {"accuracy": mean_percent(correct), "n": len(items)}
 
 
 def _load_mmmu(data_dir: Path) -> list[Item]:
     items = []
-    for rec in _jsonl(_first(data_dir, "mmmu*.jsonl")):
+    for rec in read_jsonl(_first(data_dir, "mmmu*.jsonl")):
         image = str(data_dir / rec["image"]) if rec.get("image") else None
         if rec.get("question_type", "multiple-choice") == "multiple-choice":
             items.append(Item(str(rec["id"]), _choice_prompt(rec["question"], rec["options"]), image,
@@ -162,7 +162,7 @@ def _score_mmmu(items, preds) -> dict:
             ok.append(scorers.mmmu_open_correct(p, i.meta["answer"]))
         else:
             ok.append(scorers.extract_choice(p, i.meta["options"]) == i.meta["answer"])
-    return {"accuracy": _mean(ok), "n": len(items)}
+    return {"accuracy": mean_percent(ok), "n": len(items)}
 
 
 def _load_mmbench(data_dir: Path, cn: bool) -> list[Item]:
@@ -189,7 +189,7 @@ def _score_mmbench(items, preds) -> dict:
         results[i.meta["question"]].append(scorers.extract_choice(preds.get(i.id, ""), i.meta["options"])
                                            == i.meta["answer"])
     single = [r[0] for r in results.values()]
-    return {"accuracy": 100 * scorers.circular_accuracy(results), "accuracy_single_pass": _mean(single),
+    return {"accuracy": 100 * scorers.circular_accuracy(results), "accuracy_single_pass": mean_percent(single),
             "n": len(results)}
 
 
@@ -202,7 +202,7 @@ def _load_mme(data_dir: Path) -> list[Item]:
                 image, question, answer = line.split("\t")[:3]
                 truth[(txt.stem, image, question.strip())] = answer
     items = []
-    for q in _jsonl(_first(data_dir, "llava_mme.jsonl")):
+    for q in read_jsonl(_first(data_dir, "llava_mme.jsonl")):
         subtask = q.get("category") or q["image"].split("/")[0]
         image_name = Path(q["image"]).name
         question = q["text"].replace(SHORT, "").strip()
@@ -224,7 +224,7 @@ def _load_pope(data_dir: Path) -> list[Item]:
     items = []
     for path in sorted((data_dir / "coco").glob("coco_pope_*.json")) or sorted(data_dir.glob("coco_pope_*.json")):
         split = path.stem.replace("coco_pope_", "")
-        for q in _jsonl(path):
+        for q in read_jsonl(path):
             items.append(Item(f"{split}-{q['question_id']}", _with_suffix(q["text"], SHORT), str(root / q["image"]),
                               {"label": q["label"], "split": split}))
     if not items:
@@ -240,31 +240,6 @@ def _score_pope(items, preds) -> dict:
     out["f1"] = 100 * sum(v["f1"] for v in out.values()) / len(out)
     out["accuracy"] = 100 * sum(v["accuracy"] for k, v in out.items() if isinstance(v, dict)) / (len(out) - 1)
     return out
-
-
-# ---- the built-in world ----------------------------------------------------------------------------
-
-
-def _load_world(data_dir: Path) -> list[Item]:
-    qfile = data_dir / "test.jsonl" if (data_dir / "test.jsonl").is_file() else _first(data_dir, "*.jsonl")
-    return [Item(q["question_id"], q["text"], str(data_dir / q["image"]),
-                 {"answer": q["answer"], "type": q["type"], "options": q.get("options", [])}) for q in _jsonl(qfile)]
-
-
-def _world_correct(pred: str, item: Item) -> bool:
-    if item.meta["type"] == "choice":
-        return scorers.extract_choice(pred, item.meta["options"]) == item.meta["answer"]
-    if item.meta["type"] == "exists":
-        return scorers.pope_answer(pred)[0] == item.meta["answer"]
-    return scorers.exact_match(pred, item.meta["answer"])
-
-
-def _score_world(items, preds) -> dict:
-    by_type: dict[str, list[bool]] = defaultdict(list)
-    for i in items:
-        by_type[i.meta["type"]].append(_world_correct(preds.get(i.id, ""), i))
-    per_type = {t: _mean(v) for t, v in sorted(by_type.items())}
-    return {"accuracy": _mean(c for v in by_type.values() for c in v), "per_type": per_type, "n": len(items)}
 
 
 @dataclass(frozen=True)
@@ -293,11 +268,13 @@ BENCHMARKS: dict[str, Benchmark] = {
     "mmbench_cn": Benchmark("mmbench_cn", lambda d: _load_mmbench(d, cn=True), _score_mmbench, 8),
     "mme": Benchmark("mme", _load_mme, _score_mme, 8),
     "pope": Benchmark("pope", _load_pope, _score_pope, 8),
-    "world": Benchmark("world", _load_world, _score_world, 12),
 }
 
 
-def get_benchmark(name: str) -> Benchmark:
+def get_benchmark(name: str | Benchmark) -> Benchmark:
+    """A benchmark by name, or the given ``Benchmark`` itself (e.g. the demo's world)."""
+    if isinstance(name, Benchmark):
+        return name
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]

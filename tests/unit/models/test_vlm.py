@@ -11,7 +11,7 @@ from switchkd.config import ConfigError, ModelConfig
 from switchkd.data.images import default_image_processor
 from switchkd.models.generation import GenerationConfig, generate
 from switchkd.models import VisionLanguageModel, build_vlm, load_vision_encoder, position_ids_from_mask
-from switchkd.models.presets import qwen2_config, vision_config
+from switchkd.demo.presets import qwen2_config, vision_config
 from tests.conftest import tiny_model_config
 
 

@@ -19,17 +19,17 @@ from pathlib import Path
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.demo import DemoConfig, prepare_world, run_stage, student_init, train_teacher
-from switchkd.evaluation.run import evaluate_model
+from switchkd.data.dataset import Collator, LlavaDataset
+from switchkd.demo.benchmark import WORLD
+from switchkd.demo.run import DemoConfig, prepare_world, run_stage, student_init, train_teacher
+from switchkd.evaluation import evaluate_model
+from switchkd.losses import LOSSES, knee_k, supervised_positions
 from switchkd.models import VisionLanguageModel
 
 log = logging.getLogger("switchkd.reproduce")
 
-LOSSES = ("fkl", "rkl", "bild_fkl", "bild_rkl", "dbild_fkl", "dbild_rkl")
-
-
 def _score(model_dir: Path, test_dir: Path) -> float:
-    metrics, _ = evaluate_model(VisionLanguageModel.from_pretrained(model_dir), "world", test_dir, batch_size=32)
+    metrics, _ = evaluate_model(VisionLanguageModel.from_pretrained(model_dir), WORLD, test_dir, batch_size=32)
     return metrics["accuracy"]
 
 
@@ -40,8 +40,9 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
     teacher_dir, encoder = train_teacher(cfg, tokenizer, mixed)
     teacher = ModelConfig(pretrained=str(teacher_dir))
     init = ModelConfig(pretrained=str(student_init(cfg, tokenizer, encoder)))
-    pt_run = run_stage(cfg, "student_pt", init, paths["pt"], "pt", cfg.pt_steps, cfg.pt_lr)
-    dpt_run = run_stage(cfg, "student_dpt", init, paths["pt"], "dpt", cfg.pt_steps, cfg.pt_lr, teacher=teacher)
+    pt_run = run_stage(cfg, "student_pt", model=init, data=paths["pt"], stage="pt", steps=cfg.pt_steps, lr=cfg.pt_lr)
+    dpt_run = run_stage(cfg, "student_dpt", model=init, data=paths["pt"], stage="dpt", steps=cfg.pt_steps,
+                        lr=cfg.pt_lr, teacher=teacher)
     pt = ModelConfig(pretrained=str(pt_run.final_model))
     dpt = ModelConfig(pretrained=str(dpt_run.final_model))
     runs = {
@@ -55,8 +56,8 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
     scores = {}
     for name, (start, stage, distill) in runs.items():
         folder = name.replace(" ", "_").replace("/", "").replace("+", "_")
-        result = run_stage(cfg, folder, start, paths["dft"], stage, cfg.student_steps, cfg.lr,
-                      teacher=teacher if stage == "dft" else None, distill=distill)
+        result = run_stage(cfg, folder, model=start, data=paths["dft"], stage=stage, steps=cfg.student_steps,
+                           lr=cfg.lr, teacher=teacher if stage == "dft" else None, distill=distill)
         scores[name] = _score(result.final_model, test_dir)
         log.info("seed %d  %-16s %.1f", cfg.seed, name, scores[name])
     scores["teacher"] = _score(Path(teacher.pretrained), test_dir)
@@ -126,9 +127,6 @@ def plot_knee(teacher_dir: Path, dft_file: Path, png: Path) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
-    from switchkd.data.dataset import Collator, LlavaDataset
-    from switchkd.losses import knee_k, supervised_positions
-
     model = VisionLanguageModel.from_pretrained(teacher_dir)
     ds = LlavaDataset.for_model(dft_file, dft_file.parent, model)
     batch = Collator(model.tokenizer.pad_token_id)([ds[0]])

@@ -7,8 +7,8 @@ from collections import Counter
 from transformers import AutoTokenizer
 
 from switchkd.data.records import load_records
-from switchkd.data.tokenizer import train_tokenizer
-from switchkd.data.world import COLOURS, KINDS, WorldConfig, corpus, write_world
+from switchkd.demo.tokenizer import train_tokenizer
+from switchkd.demo.world import COLOURS, KINDS, WorldConfig, corpus, write_world
 
 SMALL = dict(train_images=40, val_images=10, test_images=70, image_size=48)
 

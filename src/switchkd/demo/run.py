@@ -3,6 +3,9 @@ Switch-KD, evaluated against a student trained without a teacher.
 
     switchkd demo --out runs/demo            # about 5 minutes on 2 CPU cores, no downloads
 
+    from switchkd.demo import DemoConfig, run_demo
+    summary = run_demo(DemoConfig(out="runs/demo"))
+
 Steps (each a normal switchkd training run, with its config, log and checkpoints under --out):
   1. the world: seeded images of shapes, captions (PT data) and questions (DFT data, test split)
   2. a tokenizer trained on the world's text (ChatML special tokens)
@@ -24,14 +27,14 @@ from pathlib import Path
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.data.tokenizer import train_tokenizer
-from switchkd.data.world import WorldConfig, corpus, write_world
+from switchkd.demo.benchmark import WORLD
+from switchkd.demo.presets import qwen2_config, vision_config
+from switchkd.demo.tokenizer import train_tokenizer
+from switchkd.demo.world import WorldConfig, corpus, write_world
 from switchkd.distillation import DistillConfig
-from switchkd.evaluation import markdown_table
-from switchkd.evaluation.run import evaluate_model
+from switchkd.evaluation import evaluate_model, markdown_table
 from switchkd.models import VisionLanguageModel, build_vlm
-from switchkd.models.presets import qwen2_config, vision_config
-from switchkd.training import Config, DataConfig, TrainConfig, train
+from switchkd.training import Config, DataConfig, TrainConfig, TrainResult, train
 
 log = logging.getLogger("switchkd.demo")
 
@@ -73,15 +76,16 @@ def _vision(cfg: DemoConfig) -> dict:
                          patch_size=cfg.patch_size)
 
 
-def run_stage(cfg: DemoConfig, name: str, model: ModelConfig, data: Path, stage: str, steps: int, lr: float,
-         teacher: ModelConfig | None = None, distill: DistillConfig | None = None, seed: int | None = None):
+def run_stage(cfg: DemoConfig, name: str, *, model: ModelConfig, data: Path, stage: str, steps: int, lr: float,
+              teacher: ModelConfig | None = None, distill: DistillConfig | None = None) -> TrainResult:
+    """One ordinary training run of the demo, in ``<out>/<name>``."""
     run = Config(
         model=model,
         teacher=teacher,
         data=DataConfig(train=str(data), num_workers=0, max_length=256),
         train=TrainConfig(stage=stage, output_dir=str(Path(cfg.out) / name), lr=lr, max_steps=steps,
-                          per_device_batch_size=cfg.batch_size, warmup_ratio=0.05, seed=cfg.seed if seed is None
-                          else seed, progress=cfg.progress, log_every=10),
+                          per_device_batch_size=cfg.batch_size, warmup_ratio=0.05, seed=cfg.seed,
+                          progress=cfg.progress, log_every=10),
         distill=distill or cfg.distill,
     )
     return train(run)
@@ -103,20 +107,20 @@ def train_teacher(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> tuple[Path, 
     paper's teacher and student share: the student starts from its encoder, while the teacher's own
     copy keeps training in phase 2 (so V^S and V^T differ, and the visual switch has work to do)."""
     torch.manual_seed(cfg.seed)
-    teacher = ModelConfig(vision=_vision(cfg), llm=qwen2_config(cfg.vocab_size, cfg.teacher_width, cfg.teacher_layers,
-                                                                heads=4, kv_heads=2), tokenizer=str(tokenizer))
+    teacher = ModelConfig(vision=_vision(cfg), llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width,
+                                                                layers=cfg.teacher_layers, heads=4, kv_heads=2), tokenizer=str(tokenizer))
     first = max(cfg.teacher_steps // 3, 1)
-    phase1 = run_stage(cfg, "teacher_phase1", teacher, mixed, "sft", first, cfg.lr).final_model
-    final = run_stage(cfg, "teacher", ModelConfig(pretrained=str(phase1)), mixed, "sft", cfg.teacher_steps - first,
-                 cfg.lr).final_model
-    return final, phase1
+    phase1 = run_stage(cfg, "teacher_phase1", model=teacher, data=mixed, stage="sft", steps=first, lr=cfg.lr)
+    final = run_stage(cfg, "teacher", model=ModelConfig(pretrained=str(phase1.final_model)), data=mixed, stage="sft",
+                      steps=cfg.teacher_steps - first, lr=cfg.lr)
+    return final.final_model, phase1.final_model
 
 
 def student_init(cfg: DemoConfig, tokenizer: Path, encoder_from: Path) -> Path:
     """The student: the smaller LLM, its vision tower copied from ``encoder_from``."""
     torch.manual_seed(cfg.seed + 1)
-    student = build_vlm(ModelConfig(vision=_vision(cfg), llm=qwen2_config(cfg.vocab_size, cfg.student_width,
-                                                                         cfg.student_layers), tokenizer=str(tokenizer)))
+    student = build_vlm(ModelConfig(vision=_vision(cfg), llm=qwen2_config(cfg.vocab_size, width=cfg.student_width,
+                                                                         layers=cfg.student_layers), tokenizer=str(tokenizer)))
     source = VisionLanguageModel.from_pretrained(encoder_from)
     student.vision_tower.load_state_dict(source.vision_tower.state_dict())
     path = Path(cfg.out) / "student_init"
@@ -135,18 +139,20 @@ def run_demo(cfg: DemoConfig) -> dict:
     teacher_dir, encoder = train_teacher(cfg, tokenizer, mixed)
     log.info("[3/6] student PT: projector only (%d steps)", cfg.pt_steps)
     init = student_init(cfg, tokenizer, encoder)
-    pt = run_stage(cfg, "student_pt", ModelConfig(pretrained=str(init)), paths["pt"], "pt", cfg.pt_steps, cfg.pt_lr)
+    pt = run_stage(cfg, "student_pt", model=ModelConfig(pretrained=str(init)), data=paths["pt"], stage="pt",
+                   steps=cfg.pt_steps, lr=cfg.pt_lr)
     start = ModelConfig(pretrained=str(pt.final_model))
     log.info("[4/6] student SFT baseline (%d steps, no teacher)", cfg.student_steps)
-    sft = run_stage(cfg, "student_sft", start, paths["dft"], "sft", cfg.student_steps, cfg.lr)
+    sft = run_stage(cfg, "student_sft", model=start, data=paths["dft"], stage="sft", steps=cfg.student_steps,
+                    lr=cfg.lr)
     log.info("[5/6] student DFT with Switch-KD (%d steps)", cfg.student_steps)
-    dft = run_stage(cfg, "student_switchkd", start, paths["dft"], "dft", cfg.student_steps, cfg.lr,
-               teacher=ModelConfig(pretrained=str(teacher_dir)))
+    dft = run_stage(cfg, "student_switchkd", model=start, data=paths["dft"], stage="dft", steps=cfg.student_steps,
+                    lr=cfg.lr, teacher=ModelConfig(pretrained=str(teacher_dir)))
     log.info("[6/6] evaluating on %s", paths["test"])
     models = {"teacher": teacher_dir, "student (PT+SFT)": sft.final_model, "student (Switch-KD)": dft.final_model}
     results = {}
     for name, path in models.items():
-        metrics, _ = evaluate_model(VisionLanguageModel.from_pretrained(path), "world", paths["test"].parent,
+        metrics, _ = evaluate_model(VisionLanguageModel.from_pretrained(path), WORLD, paths["test"].parent,
                                     limit=cfg.eval_limit, batch_size=32)
         results[name] = {"world": metrics}
     table = world_table(results)

@@ -2,7 +2,7 @@
 and questions of several kinds (for DFT and evaluation), written in the LLaVA format so they
 travel the same code path as real data.
 
-    from switchkd.data.world import WorldConfig, write_world
+    from switchkd.demo.world import WorldConfig, write_world
     paths = write_world(WorldConfig(seed=0), "runs/world")
 
 Question kinds: colour, shape, count, position, size (short answers), exists (yes/no, balanced
@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from switchkd.evaluation.benchmarks import CHOICE, SHORT  # the world asks with the benchmarks' own suffixes
+
 BACKGROUND = (124, 118, 108)
 SHAPES = ("circle", "square", "triangle", "diamond")
 COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 215), "yellow": (225, 195, 35)}
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 KINDS = ("colour", "shape", "count", "position", "size", "exists", "choice")
-SHORT = "Answer the question using a single word or phrase."
-CHOICE = "Answer with the option's letter from the given choices directly."
 CAPTION_PROMPTS = ("Describe the image briefly.", "What is in the picture?", "Give a short caption of the image.")
 NUMBER = ("0", "1", "2", "3", "4", "5")
 
