@@ -83,6 +83,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
+    return _coerce_scalar(value, tp, key)
+
+
+def _coerce_scalar(value: Any, tp: Any, key: str) -> Any:
+    """bool, int, float and str from YAML or command-line text; any other type passes through."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -155,6 +160,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, raw = item.split("=", 1)
         _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw != "" else None)
     return data
+
+
+def read_config(path: str | Path | None, overrides: list[str] | None = None, *,
+                section: str | None = None) -> dict[str, Any]:
+    """The raw dict every loader starts from: a YAML file (or nothing) with dotted overrides applied.
+    With ``section``, a file that holds only that section's keys is read as that section."""
+    data = load_yaml(path) if path else {}
+    if section is not None and section not in data:
+        data = {section: data} if data else {}
+    return apply_overrides(data, list(overrides or []))
+
+
+def load_model_config(path: str | Path | None, overrides: list[str] | None = None) -> ModelConfig:
+    """A ``ModelConfig`` from a file's ``model:`` section (or a file of only model keys) and
+    ``model.key=value`` overrides (the ``model.`` prefix may be left out)."""
+    overrides = [o if o.startswith("model.") else f"model.{o}" for o in overrides or []]
+    data = read_config(path, overrides, section="model")
+    if "model" not in data:
+        raise ConfigError("give a config file with a `model:` section, or model.* overrides")
+    return from_dict(ModelConfig, data["model"], prefix="model.")
 
 
 def require_folder(source: str | Path, what: str) -> Path:

@@ -44,7 +44,7 @@ def test_bad_override_and_bad_yaml(tmp_path: Path):
 def _run_config(*overrides: str):
     from switchkd.training import load_config
 
-    return load_config(None, ["model.pretrained=/m", "teacher.pretrained=/t", *overrides])
+    return load_config(None, ["model.pretrained=/m", "teacher.pretrained=/t", "data.train=/d.json", *overrides])
 
 
 def test_a_named_section_may_be_given_by_its_name_and_keeps_its_defaults():
@@ -70,7 +70,22 @@ def test_a_named_section_may_be_given_by_its_name_and_keeps_its_defaults():
     ("data.on_error=ignore", r"^data\.on_error: must be one of raise, skip, got 'ignore'"),
     ("data.padding_side=top", r"^data\.padding_side: must be one of left, right"),
     ("teacher.pretrained=null", r"^teacher\.pretrained: give either `pretrained` or both"),
+    ("data.train=null", r"^data\.train: give the training data file"),
 ])
 def test_every_bad_value_is_one_config_error_naming_its_key(override, message):
     with pytest.raises(ConfigError, match=message):
         _run_config(override)
+
+
+def test_model_config_overrides_reach_a_file_with_a_model_section(tmp_path: Path):
+    from switchkd.config import load_model_config
+
+    sectioned, bare = tmp_path / "run.yaml", tmp_path / "model.yaml"
+    sectioned.write_text("model:\n  vision: /v\n  llm: /l\ntrain:\n  lr: 0.1\n")
+    bare.write_text("vision: /v\nllm: /l\n")
+    for path in (sectioned, bare):
+        for override in ("model.projector=ldpv2", "projector=ldpv2"):
+            assert load_model_config(path, [override]).projector == "ldpv2", (path, override)
+    assert load_model_config(None, ["vision=/v", "llm=/l"]).vision == "/v"
+    with pytest.raises(ConfigError, match="model.projektor"):
+        load_model_config(sectioned, ["model.projektor=x"])

@@ -6,14 +6,6 @@ import argparse
 from pathlib import Path
 
 
-def _model_config(path: str | None, overrides: list[str]):
-    from switchkd.config import ModelConfig, apply_overrides, from_dict, load_yaml
-
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, overrides)
-    return from_dict(ModelConfig, data.get("model", data))
-
-
 def add_build(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with a `model:` section (vision, llm, projector, ...)")
     p.add_argument("--out", required=True, help="folder to write the assembled model to")
@@ -21,10 +13,10 @@ def add_build(p: argparse.ArgumentParser) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from switchkd.config import load_model_config
     from switchkd.models import build_vlm
 
-    overrides = [o.removeprefix("model.") for o in args.overrides]
-    model = build_vlm(_model_config(args.config, overrides))
+    model = build_vlm(load_model_config(args.config, args.overrides))
     model.save_pretrained(Path(args.out))
     n_params = sum(p.numel() for p in model.parameters())
     print(f"saved {n_params / 1e6:.1f}M-parameter VLM ({model.num_image_tokens} image tokens) to {args.out}")

@@ -66,7 +66,7 @@ def mean_percent(values) -> float:
 # ---- VQA-style ----------------------------------------------------------------------------------
 
 
-def _load_vqa_style(data_dir: Path, questions: tuple[str, ...], answers_of, image_dirs: tuple[str, ...],
+def _load_vqa_style(data_dir: Path, questions: tuple[str, ...], answers_of, *, image_dirs: tuple[str, ...],
                     suffix: str) -> list[Item]:
     qfile = _first(data_dir, *questions)
     root = _image_root(data_dir, *image_dirs)
@@ -253,15 +253,16 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "vqav2": Benchmark("vqav2", lambda d: _load_vqa_style(d, ("llava_vqav2*.jsonl", "*.jsonl"), _vqav2_answers,
-                                                          ("val2014", "images"), SHORT), _score_vqa),
+                                                          image_dirs=("val2014", "images"), suffix=SHORT), _score_vqa),
     "gqa": Benchmark("gqa", lambda d: _load_vqa_style(d, ("llava_gqa_testdev_balanced.jsonl", "*.jsonl"),
-                                                      _gqa_answers, ("images",), SHORT), _score_gqa),
+                                                      _gqa_answers, image_dirs=("images",), suffix=SHORT), _score_gqa),
     "textvqa": Benchmark("textvqa", lambda d: _load_vqa_style(d, ("llava_textvqa_val_v051_ocr.jsonl", "*.jsonl"),
-                                                              _textvqa_answers, ("train_images", "images"), SHORT),
+                                                              _textvqa_answers, image_dirs=("train_images", "images"),
+                                                              suffix=SHORT),
                          lambda items, preds: _score_vqa(items, preds, full=True)),
     "vizwiz": Benchmark("vizwiz", lambda d: _load_vqa_style(d, ("llava_vizwiz*.jsonl", "llava_test.jsonl", "*.jsonl"),
-                                                            _vizwiz_answers, ("val", "images"),
-                                                            f"{VIZWIZ}\n{SHORT}"), _score_vqa),
+                                                            _vizwiz_answers, image_dirs=("val", "images"),
+                                                            suffix=f"{VIZWIZ}\n{SHORT}"), _score_vqa),
     "scienceqa": Benchmark("scienceqa", _load_scienceqa, _score_choice, 8),
     "mmmu": Benchmark("mmmu", _load_mmmu, _score_mmmu, 64),
     "mmbench": Benchmark("mmbench", lambda d: _load_mmbench(d, cn=False), _score_mmbench, 8),

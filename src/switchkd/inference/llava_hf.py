@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from switchkd.config import ModelConfig, require_folder
+from switchkd.models import build_vlm
 
 # switchkd parameter prefix -> LlavaForConditionalGeneration prefix (transformers v5)
 PREFIXES = (
@@ -95,8 +96,6 @@ def import_llava_hf(folder: str | Path, out_dir: str | Path, chat_template: str 
                     system_prompt: str | None = "You are a helpful assistant."):
     """A switchkd model (saved to ``out_dir``) from a LlavaForConditionalGeneration folder."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
-
-    from switchkd.models import build_vlm
 
     folder = require_folder(folder, "llava-hf model")
     hf = LlavaForConditionalGeneration.from_pretrained(str(folder))

@@ -37,7 +37,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 @torch.no_grad()
-def answer_questions(model, questions: list[Question], batch_size: int = 8, max_new_tokens: int = 32,
+def answer_questions(model, questions: list[Question], *, batch_size: int = 8, max_new_tokens: int = 32,
                      progress: bool = False) -> dict[str, str]:
     """Greedy answers keyed by question id; prompts use the model's own chat template."""
     model.eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ class Selection:
         return cls(k, order[:, :width], valid)
 
 
-def knee_distance(values_desc: torch.Tensor, ranks: torch.Tensor, v_min: torch.Tensor, v_max: torch.Tensor,
+def knee_distance(values_desc: torch.Tensor, ranks: torch.Tensor, *, v_min: torch.Tensor, v_max: torch.Tensor,
                   n: int) -> torch.Tensor:
     """``d = (1 - rank/N) - (v - v_min)/(v_max - v_min)`` in float64. Every knee implementation calls
     this one expression, so a faster search reproduces the sorting knee bit for bit."""
@@ -39,7 +40,7 @@ def knee_distance(values_desc: torch.Tensor, ranks: torch.Tensor, v_min: torch.T
     return (1.0 - ranks.double() / n) - (values_desc.double() - v_min.double()) / span
 
 
-def clamp_k(k: torch.Tensor, constant: torch.Tensor, n: int, k_min: int, k_max: int | None) -> torch.Tensor:
+def clamp_k(k: torch.Tensor, constant: torch.Tensor, *, n: int, k_min: int, k_max: int | None) -> torch.Tensor:
     k = torch.where(constant, torch.full_like(k, k_min), k)
     k = k.clamp(min=k_min, max=n)
     return k if k_max is None else k.clamp(max=max(k_max, k_min))
@@ -63,9 +64,9 @@ def sort_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None) 
     values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
     n = logits.shape[1]
     ranks = torch.arange(1, n + 1, device=logits.device)
-    d = knee_distance(values, ranks, values[:, -1:], values[:, :1], n)
+    d = knee_distance(values, ranks, v_min=values[:, -1:], v_max=values[:, :1], n=n)
     k = d.argmax(dim=-1) + 1  # argmax returns the first maximum: the smallest rank on ties
-    k = clamp_k(k, values[:, 0] == values[:, -1], n, k_min, k_max)
+    k = clamp_k(k, values[:, 0] == values[:, -1], n=n, k_min=k_min, k_max=k_max)
     return Selection.from_order(order, k)
 
 
@@ -146,8 +147,18 @@ def _get_workspace(rows: int, n: int, dtype: torch.dtype, device: torch.device) 
     return work
 
 
-def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Tensor):
-    """Per-row bin index of every element (with row offsets) into ``out``, and the error bound."""
+class BinGrid(NamedTuple):
+    """Per-row bin geometry: value range, values-to-bins scale, position error bound, constant rows."""
+
+    v_min: torch.Tensor
+    v_max: torch.Tensor
+    scale: torch.Tensor
+    eps: torch.Tensor
+    constant: torch.Tensor
+
+
+def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Tensor) -> BinGrid:
+    """Per-row bin index of every element (with row offsets) into ``out``, and the grid it used."""
     rows = x.shape[0]
     v_min, v_max = x.amin(dim=-1), x.amax(dim=-1)  # two vectorised passes beat one aminmax on CPU
     lo64, hi64 = v_min.double(), v_max.double()
@@ -162,20 +173,20 @@ def _bin_positions(x: torch.Tensor, bins: int, pos: torch.Tensor, out: torch.Ten
     unit = torch.finfo(pos.dtype).eps
     magnitude = torch.maximum(lo64.abs(), hi64.abs()) * scale + offset.abs() + bins
     eps = 4 * unit * magnitude + 1e-6
-    return v_min, v_max, scale, eps, constant
+    return BinGrid(v_min, v_max, scale, eps, constant)
 
 
-def _lowest_bin(counts: torch.Tensor, v_min: torch.Tensor, v_max: torch.Tensor, scale: torch.Tensor,
-                eps: torch.Tensor, n: int, k_min: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _lowest_bin(counts: torch.Tensor, grid: BinGrid, *, n: int, k_min: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The lowest bin that may hold the knee (or rank k_min), and how many elements lie at or above it."""
+    v_min, v_max, scale, eps = grid.v_min, grid.v_max, grid.scale, grid.eps
     bins = counts.shape[1]
     at_or_above = counts.flip(-1).cumsum(-1).flip(-1)  # elements in bins >= b
     first_rank = at_or_above - counts + 1  # rank of each bin's largest element
     b = torch.arange(bins, dtype=torch.float64, device=counts.device)
     lo = v_min.double()[:, None] + (b - 0.25 - eps[:, None]) / scale[:, None]
     hi = v_min.double()[:, None] + (b + 0.75 + eps[:, None]) / scale[:, None]
-    upper = knee_distance(lo, first_rank, v_min[:, None], v_max[:, None], n)
-    lower = knee_distance(hi, first_rank, v_min[:, None], v_max[:, None], n)
+    upper = knee_distance(lo, first_rank, v_min=v_min[:, None], v_max=v_max[:, None], n=n)
+    lower = knee_distance(hi, first_rank, v_min=v_min[:, None], v_max=v_max[:, None], n=n)
     occupied = counts > 0
     best_lower = lower.masked_fill(~occupied, float("-inf")).amax(dim=-1, keepdim=True)
     survive = occupied & (upper >= best_lower - 1e-12)
@@ -193,7 +204,7 @@ def _sort_keys_descending(keys: torch.Tensor, numpy: bool) -> torch.Tensor:
     return torch.sort(keys, dim=-1, descending=True).values
 
 
-def _sort_descending(x: torch.Tensor, row: torch.Tensor, col: torch.Tensor, slot: torch.Tensor, width: int):
+def _sort_descending(x: torch.Tensor, row: torch.Tensor, col: torch.Tensor, *, slot: torch.Tensor, width: int):
     """Values ``x[row, col]`` of each row sorted descending, ties by ``col`` ascending, padded to ``width``
     (padding: index 0, value -inf or ``x[:, 0]``; callers mask it by rank). Returns (values, index)."""
     rows, n = x.shape
@@ -228,19 +239,20 @@ def _merge_rows(rows: int, parts: list[tuple[torch.Tensor, Selection]]) -> Selec
 
 
 @torch.no_grad()
-def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work: _Workspace) -> Selection:
+def _fast_chunk(x: torch.Tensor, work: _Workspace, *, k_min: int, k_max: int | None, bins: int) -> Selection:
     rows, n = x.shape
     device = x.device
     pos, flat_bins, mask = work.views(rows)
-    v_min, v_max, scale, eps, constant = _bin_positions(x, bins, pos, flat_bins)
-    coarse = eps >= 0.25  # values too large for the bin arithmetic (a huge offset, a tiny spread)
+    grid = _bin_positions(x, bins, pos, flat_bins)
+    v_min, v_max, constant = grid.v_min, grid.v_max, grid.constant
+    coarse = grid.eps >= 0.25  # values too large for the bin arithmetic (a huge offset, a tiny spread)
     if bool(coarse.any()):  # those rows take the reference, the others the fast path
         parts = [(coarse, sort_select(x[coarse], k_min, k_max))]
         if not bool(coarse.all()):
-            parts.append((~coarse, _fast_chunk(x[~coarse], k_min, k_max, bins, work)))
+            parts.append((~coarse, _fast_chunk(x[~coarse], work, k_min=k_min, k_max=k_max, bins=bins)))
         return _merge_rows(rows, parts)
     counts = torch.bincount(flat_bins.view(-1), minlength=rows * bins).view(rows, bins)  # ascending values
-    lowest, taken = _lowest_bin(counts, v_min, v_max, scale, eps, n, k_min)
+    lowest, taken = _lowest_bin(counts, grid, n=n, k_min=k_min)
     lowest = torch.where(constant, torch.full_like(lowest, bins), lowest)  # constant rows extract nothing
     taken = torch.where(constant, torch.zeros_like(taken), taken)
 
@@ -251,11 +263,11 @@ def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work:
     width = max(int(taken.max()), 1)
     starts = torch.cumsum(taken, 0) - taken
     slot = torch.arange(row.numel(), device=device) - starts[row]
-    values, index = _sort_descending(x, row, col, slot, width)
+    values, index = _sort_descending(x, row, col, slot=slot, width=width)
     ranks = torch.arange(1, width + 1, device=device)
-    d = knee_distance(values, ranks, v_min[:, None], v_max[:, None], n)
+    d = knee_distance(values, ranks, v_min=v_min[:, None], v_max=v_max[:, None], n=n)
     d = d.masked_fill(ranks[None] > taken[:, None], float("-inf"))
-    k = clamp_k(d.argmax(dim=-1) + 1, constant, n, k_min, k_max)
+    k = clamp_k(d.argmax(dim=-1) + 1, constant, n=n, k_min=k_min, k_max=k_max)
     if bool(constant.any()):  # constant rows extracted nothing: their led order is by index
         need = int(k[constant].max())
         if need > width:
@@ -265,7 +277,7 @@ def _fast_chunk(x: torch.Tensor, k_min: int, k_max: int | None, bins: int, work:
 
 
 @torch.no_grad()
-def fast_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, bins: int = 1024,
+def fast_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, *, bins: int = 1024,
                 chunk_rows: int = 16) -> Selection:
     """The same knee and led order as ``sort_select``, without sorting whole rows.
 
@@ -276,7 +288,7 @@ def fast_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, 
     if rows == 0:
         return sort_select(logits, k_min, k_max)
     work = _get_workspace(min(rows, chunk_rows), n, logits.dtype, logits.device)
-    parts = [_fast_chunk(logits[i : i + chunk_rows], k_min, k_max, bins, work) for i in range(0, rows, chunk_rows)]
+    parts = [_fast_chunk(logits[i : i + chunk_rows], work, k_min=k_min, k_max=k_max, bins=bins) for i in range(0, rows, chunk_rows)]
     if len(parts) == 1:
         return parts[0]
     width = max(p.index.shape[1] for p in parts)

@@ -41,9 +41,9 @@ def skipped_everywhere(run: Run) -> Counter:
     return total
 
 
-def save_checkpoint(run: Run) -> Path:
+def save_checkpoint(run: Run) -> TrainState:
     """Write ``checkpoints/step-N`` (collective: every process calls it) and drop the oldest beyond
-    ``save_total_limit``."""
+    ``save_total_limit``. Returns the saved state, whose skip counts are summed over processes."""
     acc, step = run.accelerator, run.state.step
     final = run.output_dir / "checkpoints" / f"step-{step:07d}"
     tmp = final.with_name(f".tmp-{final.name}")
@@ -62,7 +62,7 @@ def save_checkpoint(run: Run) -> Path:
         for old in checkpoints(run.output_dir)[:-keep] if keep is not None else []:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
-    return final
+    return state
 
 
 def restore_latest(run: Run) -> None:

@@ -11,7 +11,7 @@ from typing import Literal
 
 import yaml
 
-from switchkd.config import ConfigError, ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from switchkd.config import ConfigError, ModelConfig, from_dict, read_config, to_dict
 from switchkd.distillation.switch import DistillConfig
 from switchkd.training.stages import PARTS, STAGES
 
@@ -115,13 +115,15 @@ class Config:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:
+        if self.data.train is None:
+            raise ConfigError("give the training data file (LLaVA JSON or JSONL)", key="data.train")
         if STAGES[self.train.stage]["teacher"] and self.teacher is None:
             raise ConfigError(f"train.stage={self.train.stage} distills: give a `teacher:` section", key="teacher")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    data = load_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides or []))
+    """A run config from a YAML file and dotted overrides (``train.lr=2e-5``), validated."""
+    data = read_config(path, overrides)
     if "model" not in data:
         raise ConfigError("config needs a `model:` section")
     return from_dict(Config, data)

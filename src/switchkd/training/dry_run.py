@@ -11,7 +11,7 @@ import json
 import torch
 from transformers import AutoConfig
 
-from switchkd.config import ConfigError, ModelConfig, from_dict, require_folder
+from switchkd.config import ModelConfig, from_dict, require_folder
 from switchkd.data.images import load_image, resolve_image_path
 from switchkd.data.records import load_records, to_messages
 from switchkd.distillation.switch import check_pair
@@ -65,8 +65,6 @@ def dry_run(cfg: Config) -> str:
         vocab = check_pair(student, teacher)
         lines.append(f"teacher: LLM {_params(teacher.llm)}, projector {teacher.config.projector}; pair checks passed "
                      f"(shared vocabulary {vocab:,}); distill {dataclasses.asdict(cfg.distill)}")
-    if cfg.data.train is None:
-        raise ConfigError("data.train: give the training data file")
     records = load_records(cfg.data.train)
     root = cfg.data.resolved_image_root
     with_image = 0

@@ -65,9 +65,8 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
                     save_checkpoint(run)
             else:
                 next_epoch(run)
-    save_checkpoint(run)
-    save_model(run, run.output_dir / "final")
-    skipped = skipped_everywhere(run)
+    skipped = save_checkpoint(run).skipped
+    save_model(run, run.output_dir / "final")  # ends on a barrier: no process leaves while others still talk
     if run.is_main and skipped:
         log.warning("skipped samples: %s", dict(skipped))
     return TrainResult(run.output_dir, run.output_dir / "final", run.state.step, history, skipped)
