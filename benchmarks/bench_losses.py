@@ -155,20 +155,28 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--pair-ks", type=int, nargs="*", default=[64, 512, 4096])
     parser.add_argument("--pair-rows", type=int, default=8)
-    parser.add_argument("--literal-budget-gb", type=float, default=8.0,
-                        help="skip the literal pair matrix when its estimated memory exceeds this")
+    parser.add_argument(
+        "--literal-budget-gb",
+        type=float,
+        default=8.0,
+        help="skip the literal pair matrix when its estimated memory exceeds this",
+    )
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-          f"V = {args.vocab:,}; forward+backward, median of {args.reps}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"V = {args.vocab:,}; forward+backward, median of {args.reps}"
+    )
     for rows in args.rows:
         common = {"rows": rows, "vocab": args.vocab, "reps": args.reps}
         results = [(name, run({"kind": "loss", **common, **extra})) for name, extra in LOSS_ROWS]
-        results += [(f"knee only, {m} (teacher + student)", run({"kind": "knee", "method": m, **common}))
-                    for m in ("fast", "sort")]
+        results += [
+            (f"knee only, {m} (teacher + student)", run({"kind": "knee", "method": m, **common}))
+            for m in ("fast", "sort")
+        ]
         ref = results[0][1]
         print(f"\n### {rows} rows\n")
         print("| loss | time (ms) | × fkl time | peak extra memory (MB) | × fkl memory |")
@@ -177,17 +185,22 @@ def main() -> None:
             if "error" in r:
                 print(f"| {name} | failed: {r['error']} | | | |")
                 continue
-            print(f"| {name} | {r['ms']:.0f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mb']:.0f} | "
-                  f"{r['peak_mb'] / max(ref['peak_mb'], 1):.2f} |")
+            print(
+                f"| {name} | {r['ms']:.0f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mb']:.0f} | "
+                f"{r['peak_mb'] / max(ref['peak_mb'], 1):.2f} |"
+            )
         by = dict(results)
         if "error" not in by["dbild_rkl"] and "error" not in by["knee only, fast (teacher + student)"]:
             share = by["knee only, fast (teacher + student)"]["ms"] / by["dbild_rkl"]["ms"]
-            print(f"\nknee selection's share of dbild_rkl: {100 * share:.0f}% (fast); "
-                  f"full sort alone: {by['knee only, sort (teacher + student)']['ms']:.0f} ms")
+            print(
+                f"\nknee selection's share of dbild_rkl: {100 * share:.0f}% (fast); "
+                f"full sort alone: {by['knee only, sort (teacher + student)']['ms']:.0f} ms"
+            )
 
     if args.pair_ks:
-        print(f"\n### pair terms of both branches (BiLD, k = K on K-wide rows), {args.pair_rows} rows, "
-              "forward+backward\n")
+        print(
+            f"\n### pair terms of both branches (BiLD, k = K on K-wide rows), {args.pair_rows} rows, forward+backward\n"
+        )
         print("| k | O(k) (ms) | O(k) memory (MB) | literal pairs (ms) | literal memory (MB) |")
         print("| ---: | ---: | ---: | ---: | ---: |")
         for k in args.pair_ks:
@@ -197,8 +210,9 @@ def main() -> None:
                 lit_cells = f"skipped (~{est_gb:.0f} GB) | –"
             else:
                 lit = run({"kind": "pair", "impl": "literal", "rows": args.pair_rows, "k": k, "reps": args.reps})
-                lit_cells = (f"failed: {lit['error']} | –" if "error" in lit
-                             else f"{lit['ms']:.1f} | {lit['peak_mb']:.0f}")
+                lit_cells = (
+                    f"failed: {lit['error']} | –" if "error" in lit else f"{lit['ms']:.1f} | {lit['peak_mb']:.0f}"
+                )
             print(f"| {k} | {fast['ms']:.2f} | {fast['peak_mb']:.0f} | {lit_cells} |")
 
 

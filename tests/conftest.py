@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.demo.tokenizer import train_tokenizer
 from switchkd.demo.presets import qwen2_config, vision_config
+from switchkd.demo.tokenizer import train_tokenizer
 
 CORPUS = [
     "what colour is the circle ? the circle is red .",
@@ -36,9 +36,17 @@ def qwen_tokenizer_dir() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
 
 
-def tiny_model_config(tokenizer_dir, vision: str = "clip", projector: str = "mlp2x_gelu", width: int = 32,
-                      layers: int = 2, vision_width: int = 32, image_size: int = 56, vocab: int = 320,
-                      **kwargs) -> ModelConfig:
+def tiny_model_config(
+    tokenizer_dir,
+    vision: str = "clip",
+    projector: str = "mlp2x_gelu",
+    width: int = 32,
+    layers: int = 2,
+    vision_width: int = 32,
+    image_size: int = 56,
+    vocab: int = 320,
+    **kwargs,
+) -> ModelConfig:
     return ModelConfig(
         vision=vision_config(vision, width=vision_width, image_size=image_size),
         llm=qwen2_config(vocab, width=width, layers=layers),

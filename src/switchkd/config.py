@@ -39,7 +39,7 @@ def _is_optional(tp) -> tuple[bool, Any]:
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) < len(typing.get_args(tp)):
-            return True, args[0] if len(args) == 1 else Union[tuple(args)]
+            return True, args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007 (built at run time)
     return False, tp
 
 
@@ -162,8 +162,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def read_config(path: str | Path | None, overrides: list[str] | None = None, *,
-                section: str | None = None) -> dict[str, Any]:
+def read_config(
+    path: str | Path | None, overrides: list[str] | None = None, *, section: str | None = None
+) -> dict[str, Any]:
     """The raw dict every loader starts from: a YAML file (or nothing) with dotted overrides applied.
     With ``section``, a file that holds only that section's keys is read as that section."""
     data = load_yaml(path) if path else {}

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from switchkd.config import ModelConfig
+from switchkd.demo.presets import qwen2_config, vision_config
 from switchkd.demo.tokenizer import train_tokenizer
 from switchkd.demo.world import WorldConfig, corpus, write_world
 from switchkd.models import build_vlm
-from switchkd.demo.presets import qwen2_config, vision_config
 
 
 @dataclass
@@ -28,8 +28,9 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
     import torch
 
     root = tmp_path_factory.mktemp("world")
-    paths = write_world(WorldConfig(seed=0, train_images=48, val_images=8, test_images=14, image_size=32),
-                        root / "world")
+    paths = write_world(
+        WorldConfig(seed=0, train_images=48, val_images=8, test_images=14, image_size=32), root / "world"
+    )
     tok = root / "tok"
     train_tokenizer(corpus(paths), vocab_size=400, out_dir=tok)
     torch.manual_seed(0)

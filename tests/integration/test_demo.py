@@ -26,7 +26,12 @@ def test_quick_demo_end_to_end(tmp_path):
     # The printed chat line works, with the question piped on standard input.
     cmd = summary["chat"].split()
     assert cmd[:2] == ["switchkd", "chat"]
-    out = subprocess.run([sys.executable, "-m", "switchkd", *cmd[1:], "--max-new-tokens", "4"],
-                         input="What colour is the circle?\nexit\n", capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "switchkd", *cmd[1:], "--max-new-tokens", "4"],
+        input="What colour is the circle?\nexit\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("user: ") == 2 and "assistant: " in out.stdout

@@ -26,11 +26,23 @@ def _jsonl(path, rows):
 def make_fixture(name: str, d):
     if name == "vqav2":
         _png(d / "val2014" / "a.jpg")
-        _jsonl(d / "llava_vqav2_mscoco_val.jsonl", [{"question_id": 1, "image": "a.jpg", "text": "What colour?"},
-                                                   {"question_id": 2, "image": "a.jpg", "text": "How many?"}])
-        (d / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": [
-            {"question_id": 1, "answers": [{"answer": "red"}] * 10},
-            {"question_id": 2, "answers": [{"answer": "2"}] * 5 + [{"answer": "two"}] * 5}]}))
+        _jsonl(
+            d / "llava_vqav2_mscoco_val.jsonl",
+            [
+                {"question_id": 1, "image": "a.jpg", "text": "What colour?"},
+                {"question_id": 2, "image": "a.jpg", "text": "How many?"},
+            ],
+        )
+        (d / "v2_mscoco_val2014_annotations.json").write_text(
+            json.dumps(
+                {
+                    "annotations": [
+                        {"question_id": 1, "answers": [{"answer": "red"}] * 10},
+                        {"question_id": 2, "answers": [{"answer": "2"}] * 5 + [{"answer": "two"}] * 5},
+                    ]
+                }
+            )
+        )
         return 2
     if name == "gqa":
         _png(d / "images" / "n1.jpg")
@@ -39,29 +51,56 @@ def make_fixture(name: str, d):
         return 1
     if name == "textvqa":
         _png(d / "train_images" / "t.jpg")
-        _jsonl(d / "llava_textvqa_val_v051_ocr.jsonl", [{"question_id": 7, "image": "t.jpg", "text": "What is written?"}])
+        _jsonl(
+            d / "llava_textvqa_val_v051_ocr.jsonl", [{"question_id": 7, "image": "t.jpg", "text": "What is written?"}]
+        )
         (d / "TextVQA_0.5.1_val.json").write_text(json.dumps({"data": [{"question_id": 7, "answers": ["stop"] * 10}]}))
         return 1
     if name == "vizwiz":
         _png(d / "val" / "VizWiz_val_1.jpg")
         _jsonl(d / "llava_test.jsonl", [{"question_id": "v1", "image": "VizWiz_val_1.jpg", "text": "What is this?"}])
-        (d / "val.json").write_text(json.dumps([{"image": "VizWiz_val_1.jpg", "question": "What is this?",
-                                                 "answers": [{"answer": "unanswerable"}] * 10}]))
+        (d / "val.json").write_text(
+            json.dumps(
+                [
+                    {
+                        "image": "VizWiz_val_1.jpg",
+                        "question": "What is this?",
+                        "answers": [{"answer": "unanswerable"}] * 10,
+                    }
+                ]
+            )
+        )
         return 1
     if name == "scienceqa":
         _png(d / "images" / "test" / "5" / "image.png")
-        (d / "problems.json").write_text(json.dumps({
-            "5": {"question": "Which is a mammal?", "choices": ["whale", "shark"], "answer": 0, "hint": ""},
-            "6": {"question": "Text only?", "choices": ["a", "b"], "answer": 1, "hint": ""}}))
-        (d / "llava_test_CQM-A.json").write_text(json.dumps([
-            {"id": "5", "image": "5/image.png", "conversations": []}, {"id": "6", "conversations": []}]))
+        (d / "problems.json").write_text(
+            json.dumps(
+                {
+                    "5": {"question": "Which is a mammal?", "choices": ["whale", "shark"], "answer": 0, "hint": ""},
+                    "6": {"question": "Text only?", "choices": ["a", "b"], "answer": 1, "hint": ""},
+                }
+            )
+        )
+        (d / "llava_test_CQM-A.json").write_text(
+            json.dumps([{"id": "5", "image": "5/image.png", "conversations": []}, {"id": "6", "conversations": []}])
+        )
         return 1
     if name == "mmmu":
         _png(d / "img" / "m.png")
-        _jsonl(d / "mmmu_dev.jsonl", [
-            {"id": "m1", "question": "Which organ?", "options": ["heart", "lung", "liver", "kidney"], "answer": "B",
-             "question_type": "multiple-choice", "image": "img/m.png"},
-            {"id": "m2", "question": "What is 2+2?", "answer": "4", "question_type": "open", "image": "img/m.png"}])
+        _jsonl(
+            d / "mmmu_dev.jsonl",
+            [
+                {
+                    "id": "m1",
+                    "question": "Which organ?",
+                    "options": ["heart", "lung", "liver", "kidney"],
+                    "answer": "B",
+                    "question_type": "multiple-choice",
+                    "image": "img/m.png",
+                },
+                {"id": "m2", "question": "What is 2+2?", "answer": "4", "question_type": "open", "image": "img/m.png"},
+            ],
+        )
         return 2
     if name in ("mmbench", "mmbench_cn"):
         buf = io.BytesIO()
@@ -75,22 +114,39 @@ def make_fixture(name: str, d):
     if name == "mme":
         root = d / "MME_Benchmark_release_version" / "color"
         _png(root / "000.png")
-        _jsonl(d / "llava_mme.jsonl", [
-            {"question_id": "color/000.png-0", "image": "color/000.png", "text": "Is it red? Please answer yes or no.",
-             "category": "color"},
-            {"question_id": "color/000.png-1", "image": "color/000.png", "text": "Is it blue? Please answer yes or no.",
-             "category": "color"}])
+        _jsonl(
+            d / "llava_mme.jsonl",
+            [
+                {
+                    "question_id": "color/000.png-0",
+                    "image": "color/000.png",
+                    "text": "Is it red? Please answer yes or no.",
+                    "category": "color",
+                },
+                {
+                    "question_id": "color/000.png-1",
+                    "image": "color/000.png",
+                    "text": "Is it blue? Please answer yes or no.",
+                    "category": "color",
+                },
+            ],
+        )
         gt = d / "eval_tool" / "Your_Results"
         gt.mkdir(parents=True)
-        (gt / "color.txt").write_text("000.png\tIs it red? Please answer yes or no.\tYes\n"
-                                      "000.png\tIs it blue? Please answer yes or no.\tNo\n")
+        (gt / "color.txt").write_text(
+            "000.png\tIs it red? Please answer yes or no.\tYes\n000.png\tIs it blue? Please answer yes or no.\tNo\n"
+        )
         return 2
     if name == "pope":
         _png(d / "val2014" / "COCO_1.jpg")
         for split in ("adversarial", "random"):
-            _jsonl(d / "coco" / f"coco_pope_{split}.json", [
-                {"question_id": 1, "image": "COCO_1.jpg", "text": "Is there a dog in the image?", "label": "yes"},
-                {"question_id": 2, "image": "COCO_1.jpg", "text": "Is there a cat in the image?", "label": "no"}])
+            _jsonl(
+                d / "coco" / f"coco_pope_{split}.json",
+                [
+                    {"question_id": 1, "image": "COCO_1.jpg", "text": "Is there a dog in the image?", "label": "yes"},
+                    {"question_id": 2, "image": "COCO_1.jpg", "text": "Is there a cat in the image?", "label": "no"},
+                ],
+            )
         return 4
     if name == "world":
         return None
@@ -117,8 +173,14 @@ def test_each_benchmark_end_to_end(tiny_world, tmp_path, name):
 def test_side_by_side_table_and_files(tiny_world, tmp_path):
     make_fixture("pope", tmp_path / "pope")
     out = tmp_path / "out"
-    results = run_eval([str(tiny_world.student), str(tiny_world.teacher)], ["pope"], tmp_path / "pope", out_dir=out,
-                       names=["student", "teacher"], progress=False)
+    results = run_eval(
+        [str(tiny_world.student), str(tiny_world.teacher)],
+        ["pope"],
+        tmp_path / "pope",
+        out_dir=out,
+        names=["student", "teacher"],
+        progress=False,
+    )
     assert set(results) == {"student", "teacher"}
     table = (out / "results.md").read_text()
     assert "| student |" in table and "| teacher |" in table

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from switchkd.data.images import load_image, preprocess_images
-from switchkd.models.generation import GenerationConfig, generate
 from switchkd.inference.llava_hf import export_llava_hf, import_llava_hf
 from switchkd.inference.predict import build_prompt
 from switchkd.models import VisionLanguageModel
+from switchkd.models.generation import GenerationConfig, generate
 
 
 def _prompt(model, image_path, question="What colour is the circle?"):
@@ -39,9 +39,15 @@ def test_llava_hf_export_matches_logits_tokens_and_processor(tiny_world, tmp_pat
     assert (ours - theirs).abs().max().item() < 1e-5
     mine = generate(model, ids, pixel_values=pixels, cfg=GenerationConfig(max_new_tokens=8, stop_token_ids=[]))
     with torch.no_grad():
-        hf_out = hf.generate(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=8, min_new_tokens=8)
-    assert hf_out[0, ids.shape[1]:].tolist() == mine[0].tolist()
+        hf_out = hf.generate(
+            input_ids=ids,
+            pixel_values=pixels,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=8,
+            min_new_tokens=8,
+        )
+    assert hf_out[0, ids.shape[1] :].tolist() == mine[0].tolist()
     # The exported processor pads to square with the mean colour, like switchkd.
     processor = LlavaProcessor.from_pretrained(tmp_path / "hf")
     odd = Image.new("RGB", (40, 24), (200, 30, 30))
@@ -64,29 +70,54 @@ def test_llava_hf_import_round_trips(tiny_world, tmp_path):
 
 def test_export_refuses_ldpv2(tiny_world, tmp_path):
     from switchkd.config import ModelConfig
-    from switchkd.models import build_vlm
     from switchkd.demo.presets import qwen2_config, vision_config
+    from switchkd.models import build_vlm
 
-    ldp = build_vlm(ModelConfig(vision=vision_config("clip", width=32, image_size=32, patch_size=8),
-                                llm=qwen2_config(400, width=48), projector="ldpv2", projector_kwargs={"grid": 2},
-                                tokenizer=str(tiny_world.tokenizer)))
+    ldp = build_vlm(
+        ModelConfig(
+            vision=vision_config("clip", width=32, image_size=32, patch_size=8),
+            llm=qwen2_config(400, width=48),
+            projector="ldpv2",
+            projector_kwargs={"grid": 2},
+            tokenizer=str(tiny_world.tokenizer),
+        )
+    )
     with pytest.raises(ValueError, match="'ldpv2' cannot be expressed"):
         export_llava_hf(ldp, tmp_path / "x")
 
 
 def _cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-m", "switchkd", *args], input=stdin, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "switchkd", *args], input=stdin, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_chat_with_question_and_interactively(tiny_world):
     image = str(_test_image(tiny_world))
-    one = _cli("chat", "--model", str(tiny_world.student), "--image", image, "--question", "What colour?",
-               "--max-new-tokens", "4")
+    one = _cli(
+        "chat",
+        "--model",
+        str(tiny_world.student),
+        "--image",
+        image,
+        "--question",
+        "What colour?",
+        "--max-new-tokens",
+        "4",
+    )
     assert one.returncode == 0, one.stderr[-1500:]
     lines = "What colour is it?\nHow many shapes?\nexit\nnever read\n"
-    many = _cli("chat", "--model", str(tiny_world.student), "--image", image, "--interactive", "--max-new-tokens",
-                "3", stdin=lines)
+    many = _cli(
+        "chat",
+        "--model",
+        str(tiny_world.student),
+        "--image",
+        image,
+        "--interactive",
+        "--max-new-tokens",
+        "3",
+        stdin=lines,
+    )
     assert many.returncode == 0, many.stderr[-1500:]
     assert many.stdout.count("assistant: ") == 2 and many.stdout.count("user: ") == 3
     eof = _cli("chat", "--model", str(tiny_world.student), "--image", image, "--interactive", stdin="")
@@ -100,11 +131,23 @@ def test_chat_with_question_and_interactively(tiny_world):
 def test_predict_is_resumable(tiny_world, tmp_path):
     rows = [json.loads(line) for line in tiny_world.paths["test"].read_text().splitlines()][:5]
     questions = tmp_path / "q.jsonl"
-    questions.write_text("".join(json.dumps({k: r[k] for k in ("question_id", "image", "text")}) + "\n"
-                                 for r in rows))
+    questions.write_text("".join(json.dumps({k: r[k] for k in ("question_id", "image", "text")}) + "\n" for r in rows))
     out = tmp_path / "a.jsonl"
-    args = ["predict", "--model", str(tiny_world.student), "--questions", str(questions), "--image-root",
-            str(tiny_world.paths["test"].parent), "--out", str(out), "--batch-size", "2", "--max-new-tokens", "4"]
+    args = [
+        "predict",
+        "--model",
+        str(tiny_world.student),
+        "--questions",
+        str(questions),
+        "--image-root",
+        str(tiny_world.paths["test"].parent),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "4",
+    ]
     first = _cli(*args)
     assert first.returncode == 0, first.stderr[-1500:]
     answers = [json.loads(line) for line in out.read_text().splitlines()]
@@ -112,13 +155,26 @@ def test_predict_is_resumable(tiny_world, tmp_path):
     out.write_text("".join(json.dumps(a) + "\n" for a in answers[:2]))  # as if interrupted
     second = _cli(*args)
     assert "3 answered, 2 already present" in second.stdout
-    assert [json.loads(line)["question_id"] for line in out.read_text().splitlines()] == [r["question_id"] for r in rows]
+    assert [json.loads(line)["question_id"] for line in out.read_text().splitlines()] == [
+        r["question_id"] for r in rows
+    ]
 
 
 def test_attention_map_side_by_side(tiny_world, tmp_path):
     out = tmp_path / "map.png"
-    res = _cli("attention", "--model", str(tiny_world.student), "--teacher", str(tiny_world.teacher), "--image",
-               str(_test_image(tiny_world)), "--question", "Where is the circle?", "--out", str(out))
+    res = _cli(
+        "attention",
+        "--model",
+        str(tiny_world.student),
+        "--teacher",
+        str(tiny_world.teacher),
+        "--image",
+        str(_test_image(tiny_world)),
+        "--question",
+        "Where is the circle?",
+        "--out",
+        str(out),
+    )
     assert res.returncode == 0, res.stderr[-1500:]
     img = Image.open(out)
     assert img.size == (512, 256 + 34)

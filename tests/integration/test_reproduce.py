@@ -8,10 +8,24 @@ from switchkd.losses import LOSSES
 
 
 def test_tables_format_mean_and_std():
-    seeds = [{"teacher": 50.0, "PT+SFT": 30.0, "DFT w/o switch": 31.0, "DPT-SFT": 29.0, "DPT-DFT": 32.0,
-              **{f"loss {n}": 30.0 + i for i, n in enumerate(LOSSES)}},
-             {"teacher": 52.0, "PT+SFT": 34.0, "DFT w/o switch": 33.0, "DPT-SFT": 31.0, "DPT-DFT": 30.0,
-              **{f"loss {n}": 32.0 + i for i, n in enumerate(LOSSES)}}]
+    seeds = [
+        {
+            "teacher": 50.0,
+            "PT+SFT": 30.0,
+            "DFT w/o switch": 31.0,
+            "DPT-SFT": 29.0,
+            "DPT-DFT": 32.0,
+            **{f"loss {n}": 30.0 + i for i, n in enumerate(LOSSES)},
+        },
+        {
+            "teacher": 52.0,
+            "PT+SFT": 34.0,
+            "DFT w/o switch": 33.0,
+            "DPT-SFT": 31.0,
+            "DPT-DFT": 30.0,
+            **{f"loss {n}": 32.0 + i for i, n in enumerate(LOSSES)},
+        },
+    ]
     text = tables(seeds)
     assert "| PT+SFT | 32.0 ± 2.8 |" in text
     assert "| DBILD-RKL | 36.0 ± 1.4 |" in text and "teacher: 51.0 ± 1.4" in text

@@ -23,10 +23,21 @@ REPO = Path(__file__).resolve().parents[2]
 def _config(world, out: Path, stage="dft", **train_overrides) -> Path:
     cfg = {
         "model": {"pretrained": str(world.student)},
-        "data": {"train": str(world.paths["dft" if stage in ("dft", "sft") else "pt"]), "num_workers": 0,
-                 "length_grouped": False},
-        "train": {"stage": stage, "lr": 1e-3, "per_device_batch_size": 4, "grad_accum": 1, "max_steps": 3,
-                  "progress": False, "output_dir": str(out), **train_overrides},
+        "data": {
+            "train": str(world.paths["dft" if stage in ("dft", "sft") else "pt"]),
+            "num_workers": 0,
+            "length_grouped": False,
+        },
+        "train": {
+            "stage": stage,
+            "lr": 1e-3,
+            "per_device_batch_size": 4,
+            "grad_accum": 1,
+            "max_steps": 3,
+            "progress": False,
+            "output_dir": str(out),
+            **train_overrides,
+        },
     }
     if stage in ("dft", "dpt"):
         cfg["teacher"] = {"pretrained": str(world.teacher)}
@@ -47,8 +58,21 @@ def _env():
 
 
 def _torchrun(config: Path, *overrides: str, procs: int = 2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs),
-           "--master_port", str(_free_port()), "-m", "switchkd", "train", "--config", str(config), *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(procs),
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "switchkd",
+        "train",
+        "--config",
+        str(config),
+        *overrides,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
 
@@ -104,8 +128,12 @@ def test_killed_run_resumes_exactly(tiny_world, tmp_path):
 
     out = tmp_path / "killed"
     config = _config(tiny_world, out, max_steps=steps, save_every=2)
-    proc = subprocess.Popen([sys.executable, "-m", "switchkd", "train", "--config", str(config)], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "switchkd", "train", "--config", str(config)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while not checkpoints(out) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -135,7 +163,9 @@ def test_skipped_samples_are_counted_across_processes(tiny_world, tmp_path):
     cfg = yaml.safe_load(config.read_text())
     cfg["data"].update(train=str(data), image_root=str(tiny_world.paths["dft"].parent), on_error="skip")
     config.write_text(yaml.safe_dump(cfg))
-    _torchrun(config)  # 2 processes x batch 4 x 2 steps = 16 records: each seen once (uneven sizes get padded by repeats)
+    _torchrun(
+        config
+    )  # 2 processes x batch 4 x 2 steps = 16 records: each seen once (uneven sizes get padded by repeats)
     state = json.loads((checkpoints(tmp_path / "skip")[-1] / "trainer_state.json").read_text())
     assert state["skipped"] == {"bad_image": 3}
 

@@ -6,8 +6,10 @@ from switchkd.config import ConfigError, ModelConfig, apply_overrides, from_dict
 
 
 def test_dotted_overrides_and_number_strings():
-    data = apply_overrides({"vision": "/v", "llm": "/l"}, ["projector=ldpv2", "projector_kwargs.grid=6",
-                                                           "vision_feature_layer=-1", "drop_cls=false"])
+    data = apply_overrides(
+        {"vision": "/v", "llm": "/l"},
+        ["projector=ldpv2", "projector_kwargs.grid=6", "vision_feature_layer=-1", "drop_cls=false"],
+    )
     cfg = from_dict(ModelConfig, data)
     assert cfg.projector == "ldpv2" and cfg.projector_kwargs == {"grid": 6}
     assert cfg.vision_feature_layer == -1 and cfg.drop_cls is False
@@ -54,24 +56,27 @@ def test_a_named_section_may_be_given_by_its_name_and_keeps_its_defaults():
     assert (cfg.distill.loss.name, cfg.distill.loss.k) == ("bild_rkl", 4)
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("distill.loss.name=dbild", r"^distill\.loss\.name: unknown loss 'dbild'; valid: fkl, rkl"),
-    ("distill.loss.temperature=0", r"^distill\.loss\.temperature: must be > 0"),
-    ("distill.loss.k_max=1", r"^distill\.loss\.k_max: must be >= k_min"),
-    ("distill.loss.knee=approx", r"^distill\.loss\.knee: must be one of fast, sort, got 'approx'"),
-    ("distill.lambda_vsd=-1", r"^distill\.lambda_vsd: loss weights must be >= 0"),
-    ("train.stage=rl", r"^train\.stage: must be one of pt, dpt, sft, dft, got 'rl'"),
-    ("train.scheduler=linear", r"^train\.scheduler: must be one of cosine, constant"),
-    ("train.max_steps=0", r"^train\.max_steps: must be >= 1, or null"),
-    ("train.save_every=-2", r"^train\.save_every: must be >= 1, or null"),
-    ("train.save_total_limit=0", r"^train\.save_total_limit: must be >= 1, or null"),
-    ("train.zero_stage=4", r"^train\.zero_stage: must be one of 0, 1, 2, 3"),
-    ("train.grad_accum=0", r"^train\.grad_accum: must be >= 1"),
-    ("data.on_error=ignore", r"^data\.on_error: must be one of raise, skip, got 'ignore'"),
-    ("data.padding_side=top", r"^data\.padding_side: must be one of left, right"),
-    ("teacher.pretrained=null", r"^teacher\.pretrained: give either `pretrained` or both"),
-    ("data.train=null", r"^data\.train: give the training data file"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distill.loss.name=dbild", r"^distill\.loss\.name: unknown loss 'dbild'; valid: fkl, rkl"),
+        ("distill.loss.temperature=0", r"^distill\.loss\.temperature: must be > 0"),
+        ("distill.loss.k_max=1", r"^distill\.loss\.k_max: must be >= k_min"),
+        ("distill.loss.knee=approx", r"^distill\.loss\.knee: must be one of fast, sort, got 'approx'"),
+        ("distill.lambda_vsd=-1", r"^distill\.lambda_vsd: loss weights must be >= 0"),
+        ("train.stage=rl", r"^train\.stage: must be one of pt, dpt, sft, dft, got 'rl'"),
+        ("train.scheduler=linear", r"^train\.scheduler: must be one of cosine, constant"),
+        ("train.max_steps=0", r"^train\.max_steps: must be >= 1, or null"),
+        ("train.save_every=-2", r"^train\.save_every: must be >= 1, or null"),
+        ("train.save_total_limit=0", r"^train\.save_total_limit: must be >= 1, or null"),
+        ("train.zero_stage=4", r"^train\.zero_stage: must be one of 0, 1, 2, 3"),
+        ("train.grad_accum=0", r"^train\.grad_accum: must be >= 1"),
+        ("data.on_error=ignore", r"^data\.on_error: must be one of raise, skip, got 'ignore'"),
+        ("data.padding_side=top", r"^data\.padding_side: must be one of left, right"),
+        ("teacher.pretrained=null", r"^teacher\.pretrained: give either `pretrained` or both"),
+        ("data.train=null", r"^data\.train: give the training data file"),
+    ],
+)
 def test_every_bad_value_is_one_config_error_naming_its_key(override, message):
     with pytest.raises(ConfigError, match=message):
         _run_config(override)

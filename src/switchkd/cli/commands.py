@@ -26,8 +26,11 @@ def run_build(args: argparse.Namespace) -> int:
 def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run YAML (model, teacher, data, train, distill sections)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate the config, data paths and model shapes, then stop (no weights are loaded)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the config, data paths and model shapes, then stop (no weights are loaded)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5 distill.loss=bild_rkl")
 
 
@@ -99,8 +102,12 @@ def run_chat(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model folder not found: {args.model}")
     image = load_image(args.image)
     model = _load_model(args.model, args.device, args.torch_dtype)
-    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
-                           temperature=args.temperature or 1.0, top_p=args.top_p)
+    gen = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.temperature > 0,
+        temperature=args.temperature or 1.0,
+        top_p=args.top_p,
+    )
     session = ChatSession(model, image, gen)
     if args.question is not None:
         session.ask(args.question, on_text=lambda piece: (sys.stdout.write(piece), sys.stdout.flush()))
@@ -134,8 +141,11 @@ def run_predict(args: argparse.Namespace) -> int:
     if out.is_file():
         done = {json.loads(line)["question_id"] for line in out.read_text().splitlines() if line.strip()}
     root = args.image_root or str(Path(args.questions).parent)
-    todo = [Question(r["question_id"], r["text"], str(resolve_image_path(root, r["image"])) if r.get("image") else None)
-            for r in rows if r["question_id"] not in done]
+    todo = [
+        Question(r["question_id"], r["text"], str(resolve_image_path(root, r["image"])) if r.get("image") else None)
+        for r in rows
+        if r["question_id"] not in done
+    ]
     model = _load_model(args.model, args.device, args.torch_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
@@ -146,8 +156,17 @@ def run_predict(args: argparse.Namespace) -> int:
         answers = answer_questions(model, chunk, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
         with out.open("a") as f:  # appended batch by batch: an interrupted run resumes where it stopped
             for q in chunk:
-                f.write(json.dumps({"question_id": q.id, "prompt": q.text, "text": answers[q.id],
-                                    "model_id": Path(args.model).name}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "question_id": q.id,
+                            "prompt": q.text,
+                            "text": answers[q.id],
+                            "model_id": Path(args.model).name,
+                        }
+                    )
+                    + "\n"
+                )
         bar.update(len(chunk))
     bar.close()
     print(f"{len(todo)} answered, {len(done)} already present -> {out}")
@@ -158,8 +177,13 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     from switchkd.evaluation import BENCHMARKS
 
     p.add_argument("--model", required=True, nargs="+", help="one or more saved model folders (side by side)")
-    p.add_argument("--benchmark", required=True, nargs="+", choices=sorted([*BENCHMARKS, "world"]),
-                   help="benchmark names; world is the built-in demo's held-out questions")
+    p.add_argument(
+        "--benchmark",
+        required=True,
+        nargs="+",
+        choices=sorted([*BENCHMARKS, "world"]),
+        help="benchmark names; world is the built-in demo's held-out questions",
+    )
     p.add_argument("--data", required=True, help="the benchmark's local folder (see docs/evaluation.md)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
@@ -171,8 +195,9 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     from switchkd.evaluation import markdown_table, run_eval
 
     benchmarks = [WORLD if name == WORLD.name else name for name in args.benchmark]
-    results = run_eval(args.model, benchmarks, args.data, out_dir=args.out, limit=args.limit,
-                       batch_size=args.batch_size)
+    results = run_eval(
+        args.model, benchmarks, args.data, out_dir=args.out, limit=args.limit, batch_size=args.batch_size
+    )
     print(markdown_table(results))
     return 0
 
@@ -270,17 +295,26 @@ def run_reproduce_cmd(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "reproduce": (add_reproduce, run_reproduce_cmd, "the paper's ablations (Tables 3-5) in miniature, mean ± std "
-                                                    "over seeds, with plots"),
-    "attention": (add_attention, run_attention, "draw the answer's attention over the image (teacher and "
-                                                "student side by side)"),
+    "reproduce": (
+        add_reproduce,
+        run_reproduce_cmd,
+        "the paper's ablations (Tables 3-5) in miniature, mean ± std over seeds, with plots",
+    ),
+    "attention": (
+        add_attention,
+        run_attention,
+        "draw the answer's attention over the image (teacher and student side by side)",
+    ),
     "export": (add_export, run_export, "write a model in the Hugging Face LLaVA format (mlp2x_gelu projector)"),
     "import": (add_import, run_import, "read a Hugging Face LLaVA model into switchkd (e.g. as a teacher)"),
     "demo": (add_demo, run_demo_cmd, "the built-in end-to-end run: world, teacher, Switch-KD student, table"),
     "chat": (add_chat, run_chat, "talk with a model about an image (the released chat.py's options)"),
     "predict": (add_predict, run_predict, "answer a LLaVA-format question file (JSONL in, JSONL out, resumable)"),
     "eval": (add_eval, run_eval_cmd, "score models on benchmarks; several models side by side"),
-    "train": (add_train, run_train, "train a stage (pt, dpt, sft, dft) from a YAML config; works under "
-                                    "torchrun / accelerate launch"),
+    "train": (
+        add_train,
+        run_train,
+        "train a stage (pt, dpt, sft, dft) from a YAML config; works under torchrun / accelerate launch",
+    ),
     "build": (add_build, run_build, "assemble a VLM from local component folders (or config dicts) and save it"),
 }

@@ -24,8 +24,12 @@ from switchkd.data.templates import ChatTemplate
 from switchkd.data.tokenize import NoSupervisedTokens, SampleTooLong, tokenize_conversation
 from switchkd.losses.sequence import IGNORE_INDEX
 
-SKIP_REASONS = {RecordError: "malformed_record", ImageError: "bad_image", SampleTooLong: "too_long",
-                NoSupervisedTokens: "no_supervised_tokens"}
+SKIP_REASONS = {
+    RecordError: "malformed_record",
+    ImageError: "bad_image",
+    SampleTooLong: "too_long",
+    NoSupervisedTokens: "no_supervised_tokens",
+}
 
 
 class SampleError(ValueError):
@@ -37,9 +41,20 @@ class SampleError(ValueError):
 
 
 class LlavaDataset(Dataset):
-    def __init__(self, records: list[dict] | str | Path, image_root: str | Path | None, *, tokenizer,
-                 template: ChatTemplate, image_processor, image_token_id: int, num_image_tokens: int,
-                 max_length: int | None = 2048, on_error: str = "raise", pad_to_square: bool = True):
+    def __init__(
+        self,
+        records: list[dict] | str | Path,
+        image_root: str | Path | None,
+        *,
+        tokenizer,
+        template: ChatTemplate,
+        image_processor,
+        image_token_id: int,
+        num_image_tokens: int,
+        max_length: int | None = 2048,
+        on_error: str = "raise",
+        pad_to_square: bool = True,
+    ):
         self.records = load_records(records) if isinstance(records, (str, Path)) else list(records)
         self.image_root = image_root
         self.tokenizer = tokenizer
@@ -54,9 +69,16 @@ class LlavaDataset(Dataset):
     @classmethod
     def for_model(cls, records, image_root, model, **kwargs) -> LlavaDataset:
         """A dataset whose template, tokens and image processing match ``model``."""
-        return cls(records, image_root, tokenizer=model.tokenizer, template=model.template,
-                   image_processor=model.image_processor, image_token_id=model.image_token_id,
-                   num_image_tokens=model.num_image_tokens, **kwargs)
+        return cls(
+            records,
+            image_root,
+            tokenizer=model.tokenizer,
+            template=model.template,
+            image_processor=model.image_processor,
+            image_token_id=model.image_token_id,
+            num_image_tokens=model.num_image_tokens,
+            **kwargs,
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -78,8 +100,14 @@ class LlavaDataset(Dataset):
             if image is not None:
                 path = resolve_image_path(self.image_root, image)
                 pixel_values = preprocess_images([load_image(path)], self.image_processor, self.pad_to_square)[0]
-            tok = tokenize_conversation(messages, self.tokenizer, self.template, image_token_id=self.image_token_id,
-                                        num_image_tokens=self.num_image_tokens, max_length=self.max_length)
+            tok = tokenize_conversation(
+                messages,
+                self.tokenizer,
+                self.template,
+                image_token_id=self.image_token_id,
+                num_image_tokens=self.num_image_tokens,
+                max_length=self.max_length,
+            )
         except tuple(SKIP_REASONS) as exc:
             reason = next(r for cls, r in SKIP_REASONS.items() if isinstance(exc, cls))
             message = str(exc) if str(exc).startswith("record ") else f"{name}: {exc}"

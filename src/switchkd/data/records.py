@@ -79,8 +79,9 @@ def to_messages(record: Any, index: int) -> tuple[list[dict[str, str]], str | No
     for turn, m in enumerate(body):
         expected = "user" if turn % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise RecordError(f"{name}: turns must alternate human/gpt starting with human (turn {turn} is "
-                              f"{m['role']})")
+            raise RecordError(
+                f"{name}: turns must alternate human/gpt starting with human (turn {turn} is {m['role']})"
+            )
     if not any(m["role"] == "assistant" for m in body):
         raise RecordError(f"{name}: no gpt turn to learn from")
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)

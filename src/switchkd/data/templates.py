@@ -64,8 +64,7 @@ class ChatTemplate:
                 "{%- endif %}"
             )
         return (
-            system
-            + "{%- for message in messages %}"
+            system + "{%- for message in messages %}"
             "{{ " + start + " + message['role'] + '\\n' + message['content'] + " + end + " + " + sep + " }}"
             "{%- endfor %}"
             "{%- if add_generation_prompt %}{{ " + start + " + 'assistant\\n' }}{%- endif %}"

@@ -36,9 +36,16 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def tokenize_conversation(messages: list[dict], tokenizer, template: ChatTemplate, *, image_token_id: int,
-                          num_image_tokens: int, max_length: int | None = None,
-                          add_generation_prompt: bool = False) -> Tokenized:
+def tokenize_conversation(
+    messages: list[dict],
+    tokenizer,
+    template: ChatTemplate,
+    *,
+    image_token_id: int,
+    num_image_tokens: int,
+    max_length: int | None = None,
+    add_generation_prompt: bool = False,
+) -> Tokenized:
     """Ids and labels for ``messages``; the prompt form (no labels needed) with ``add_generation_prompt``."""
     ids: list[int] = []
     labels: list[int] = []
@@ -63,8 +70,15 @@ def tokenize_conversation(messages: list[dict], tokenizer, template: ChatTemplat
     return out
 
 
-def prompt_ids(messages: list[dict], tokenizer, template: ChatTemplate, *, image_token_id: int,
-               num_image_tokens: int) -> list[int]:
+def prompt_ids(
+    messages: list[dict], tokenizer, template: ChatTemplate, *, image_token_id: int, num_image_tokens: int
+) -> list[int]:
     """The ids of a prompt ending with the assistant header, for generation."""
-    return tokenize_conversation(messages, tokenizer, template, image_token_id=image_token_id,
-                                 num_image_tokens=num_image_tokens, add_generation_prompt=True).input_ids
+    return tokenize_conversation(
+        messages,
+        tokenizer,
+        template,
+        image_token_id=image_token_id,
+        num_image_tokens=num_image_tokens,
+        add_generation_prompt=True,
+    ).input_ids

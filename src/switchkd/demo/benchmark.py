@@ -18,9 +18,15 @@ def load_world(data_dir: Path) -> list[Item]:
     qfile = data_dir / "test.jsonl"
     if not qfile.is_file():
         raise FileNotFoundError(f"{qfile} not found: a folder written by the built-in world has one")
-    return [Item(q["question_id"], q["text"], str(data_dir / q["image"]),
-                 {"answer": q["answer"], "type": q["type"], "options": q.get("options", [])})
-            for q in read_jsonl(qfile)]
+    return [
+        Item(
+            q["question_id"],
+            q["text"],
+            str(data_dir / q["image"]),
+            {"answer": q["answer"], "type": q["type"], "options": q.get("options", [])},
+        )
+        for q in read_jsonl(qfile)
+    ]
 
 
 def is_correct(pred: str, item: Item) -> bool:
@@ -39,5 +45,6 @@ def score_world(items: list[Item], preds: dict[str, str]) -> dict:
     return {"accuracy": mean_percent(c for v in by_type.values() for c in v), "per_type": per_type, "n": len(items)}
 
 
-WORLD = Benchmark("world", load_world, score_world, max_new_tokens=12,
-                  description="the built-in world's held-out questions")
+WORLD = Benchmark(
+    "world", load_world, score_world, max_new_tokens=12, description="the built-in world's held-out questions"
+)

@@ -28,6 +28,7 @@ from switchkd.models import VisionLanguageModel
 
 log = logging.getLogger("switchkd.reproduce")
 
+
 def _score(model_dir: Path, test_dir: Path) -> float:
     metrics, _ = evaluate_model(VisionLanguageModel.from_pretrained(model_dir), WORLD, test_dir, batch_size=32)
     return metrics["accuracy"]
@@ -41,8 +42,9 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
     teacher = ModelConfig(pretrained=str(teacher_dir))
     init = ModelConfig(pretrained=str(student_init(cfg, tokenizer, encoder)))
     pt_run = run_stage(cfg, "student_pt", model=init, data=paths["pt"], stage="pt", steps=cfg.pt_steps, lr=cfg.pt_lr)
-    dpt_run = run_stage(cfg, "student_dpt", model=init, data=paths["pt"], stage="dpt", steps=cfg.pt_steps,
-                        lr=cfg.pt_lr, teacher=teacher)
+    dpt_run = run_stage(
+        cfg, "student_dpt", model=init, data=paths["pt"], stage="dpt", steps=cfg.pt_steps, lr=cfg.pt_lr, teacher=teacher
+    )
     pt = ModelConfig(pretrained=str(pt_run.final_model))
     dpt = ModelConfig(pretrained=str(dpt_run.final_model))
     runs = {
@@ -51,13 +53,26 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
         "DPT-SFT": (dpt, "sft", cfg.distill),
         "DPT-DFT": (dpt, "dft", cfg.distill),
     }
-    runs.update({f"loss {name}": (pt, "dft", replace(cfg.distill, loss=replace(cfg.distill.loss, name=name)))
-                 for name in LOSSES})
+    runs.update(
+        {
+            f"loss {name}": (pt, "dft", replace(cfg.distill, loss=replace(cfg.distill.loss, name=name)))
+            for name in LOSSES
+        }
+    )
     scores = {}
     for name, (start, stage, distill) in runs.items():
         folder = name.replace(" ", "_").replace("/", "").replace("+", "_")
-        result = run_stage(cfg, folder, model=start, data=paths["dft"], stage=stage, steps=cfg.student_steps,
-                           lr=cfg.lr, teacher=teacher if stage == "dft" else None, distill=distill)
+        result = run_stage(
+            cfg,
+            folder,
+            model=start,
+            data=paths["dft"],
+            stage=stage,
+            steps=cfg.student_steps,
+            lr=cfg.lr,
+            teacher=teacher if stage == "dft" else None,
+            distill=distill,
+        )
         scores[name] = _score(result.final_model, test_dir)
         log.info("seed %d  %-16s %.1f", cfg.seed, name, scores[name])
     scores["teacher"] = _score(Path(teacher.pretrained), test_dir)
@@ -73,12 +88,22 @@ def _cell(values: list[float]) -> str:
 def tables(per_seed: list[dict[str, float]]) -> str:
     col = {k: [s[k] for s in per_seed] for k in per_seed[0]}
     sections = [
-        ("Table 3: the visual switch", [("PT+SFT", "PT+SFT"), ("DFT without switch", "DFT w/o switch"),
-                                        ("DFT with switch (Switch-KD)", "loss dbild_rkl")]),
-        ("Table 4: the distillation loss (DFT with switch)",
-         [(n.upper().replace("_", "-"), f"loss {n}") for n in LOSSES]),
-        ("Table 5: training schemes", [("PT-SFT", "PT+SFT"), ("DPT-SFT", "DPT-SFT"), ("PT-DFT", "loss dbild_rkl"),
-                                      ("DPT-DFT", "DPT-DFT")]),
+        (
+            "Table 3: the visual switch",
+            [
+                ("PT+SFT", "PT+SFT"),
+                ("DFT without switch", "DFT w/o switch"),
+                ("DFT with switch (Switch-KD)", "loss dbild_rkl"),
+            ],
+        ),
+        (
+            "Table 4: the distillation loss (DFT with switch)",
+            [(n.upper().replace("_", "-"), f"loss {n}") for n in LOSSES],
+        ),
+        (
+            "Table 5: training schemes",
+            [("PT-SFT", "PT+SFT"), ("DPT-SFT", "DPT-SFT"), ("PT-DFT", "loss dbild_rkl"), ("DPT-DFT", "DPT-DFT")],
+        ),
     ]
     out = [f"Held-out accuracy (%) on the built-in world, {len(per_seed)} seed(s); teacher: {_cell(col['teacher'])}\n"]
     for title, rows in sections:
@@ -131,8 +156,9 @@ def plot_knee(teacher_dir: Path, dft_file: Path, png: Path) -> bool:
     ds = LlavaDataset.for_model(dft_file, dft_file.parent, model)
     batch = Collator(model.tokenizer.pad_token_id)([ds[0]])
     positions, _ = supervised_positions(batch["labels"])
-    rows = model(batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"],
-                 logits_at=positions).logits[:, : model.vocab_size]
+    rows = model(
+        batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"], logits_at=positions
+    ).logits[:, : model.vocab_size]
     row = rows[0].float()
     k = int(knee_k(row[None])[0])
     values = row.sort(descending=True).values

@@ -43,8 +43,9 @@ log = logging.getLogger("switchkd.demo")
 class DemoConfig:
     out: str = "runs/demo"
     seed: int = 0
-    world: WorldConfig = field(default_factory=lambda: WorldConfig(train_images=800, val_images=40,
-                                                                  test_images=140, image_size=48))
+    world: WorldConfig = field(
+        default_factory=lambda: WorldConfig(train_images=800, val_images=40, test_images=140, image_size=48)
+    )
     vocab_size: int = 400
     vision_width: int = 64
     vision_layers: int = 3
@@ -67,25 +68,55 @@ class DemoConfig:
     @classmethod
     def quick(cls, out: str) -> DemoConfig:
         """A shortened run for tests (well under a minute)."""
-        return cls(out=out, world=WorldConfig(train_images=48, val_images=4, test_images=14, image_size=48),
-                   teacher_steps=6, pt_steps=3, student_steps=4, batch_size=8, progress=False)
+        return cls(
+            out=out,
+            world=WorldConfig(train_images=48, val_images=4, test_images=14, image_size=48),
+            teacher_steps=6,
+            pt_steps=3,
+            student_steps=4,
+            batch_size=8,
+            progress=False,
+        )
 
 
 def _vision(cfg: DemoConfig) -> dict:
-    return vision_config("clip", width=cfg.vision_width, layers=cfg.vision_layers, image_size=cfg.world.image_size,
-                         patch_size=cfg.patch_size)
+    return vision_config(
+        "clip",
+        width=cfg.vision_width,
+        layers=cfg.vision_layers,
+        image_size=cfg.world.image_size,
+        patch_size=cfg.patch_size,
+    )
 
 
-def run_stage(cfg: DemoConfig, name: str, *, model: ModelConfig, data: Path, stage: str, steps: int, lr: float,
-              teacher: ModelConfig | None = None, distill: DistillConfig | None = None) -> TrainResult:
+def run_stage(
+    cfg: DemoConfig,
+    name: str,
+    *,
+    model: ModelConfig,
+    data: Path,
+    stage: str,
+    steps: int,
+    lr: float,
+    teacher: ModelConfig | None = None,
+    distill: DistillConfig | None = None,
+) -> TrainResult:
     """One ordinary training run of the demo, in ``<out>/<name>``."""
     run = Config(
         model=model,
         teacher=teacher,
         data=DataConfig(train=str(data), num_workers=0, max_length=256),
-        train=TrainConfig(stage=stage, output_dir=str(Path(cfg.out) / name), lr=lr, max_steps=steps,
-                          per_device_batch_size=cfg.batch_size, warmup_ratio=0.05, seed=cfg.seed,
-                          progress=cfg.progress, log_every=10),
+        train=TrainConfig(
+            stage=stage,
+            output_dir=str(Path(cfg.out) / name),
+            lr=lr,
+            max_steps=steps,
+            per_device_batch_size=cfg.batch_size,
+            warmup_ratio=0.05,
+            seed=cfg.seed,
+            progress=cfg.progress,
+            log_every=10,
+        ),
         distill=distill or cfg.distill,
     )
     return train(run)
@@ -107,20 +138,35 @@ def train_teacher(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> tuple[Path, 
     paper's teacher and student share: the student starts from its encoder, while the teacher's own
     copy keeps training in phase 2 (so V^S and V^T differ, and the visual switch has work to do)."""
     torch.manual_seed(cfg.seed)
-    teacher = ModelConfig(vision=_vision(cfg), llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width,
-                                                                layers=cfg.teacher_layers, heads=4, kv_heads=2), tokenizer=str(tokenizer))
+    teacher = ModelConfig(
+        vision=_vision(cfg),
+        llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width, layers=cfg.teacher_layers, heads=4, kv_heads=2),
+        tokenizer=str(tokenizer),
+    )
     first = max(cfg.teacher_steps // 3, 1)
     phase1 = run_stage(cfg, "teacher_phase1", model=teacher, data=mixed, stage="sft", steps=first, lr=cfg.lr)
-    final = run_stage(cfg, "teacher", model=ModelConfig(pretrained=str(phase1.final_model)), data=mixed, stage="sft",
-                      steps=cfg.teacher_steps - first, lr=cfg.lr)
+    final = run_stage(
+        cfg,
+        "teacher",
+        model=ModelConfig(pretrained=str(phase1.final_model)),
+        data=mixed,
+        stage="sft",
+        steps=cfg.teacher_steps - first,
+        lr=cfg.lr,
+    )
     return final.final_model, phase1.final_model
 
 
 def student_init(cfg: DemoConfig, tokenizer: Path, encoder_from: Path) -> Path:
     """The student: the smaller LLM, its vision tower copied from ``encoder_from``."""
     torch.manual_seed(cfg.seed + 1)
-    student = build_vlm(ModelConfig(vision=_vision(cfg), llm=qwen2_config(cfg.vocab_size, width=cfg.student_width,
-                                                                         layers=cfg.student_layers), tokenizer=str(tokenizer)))
+    student = build_vlm(
+        ModelConfig(
+            vision=_vision(cfg),
+            llm=qwen2_config(cfg.vocab_size, width=cfg.student_width, layers=cfg.student_layers),
+            tokenizer=str(tokenizer),
+        )
+    )
     source = VisionLanguageModel.from_pretrained(encoder_from)
     student.vision_tower.load_state_dict(source.vision_tower.state_dict())
     path = Path(cfg.out) / "student_init"
@@ -139,28 +185,47 @@ def run_demo(cfg: DemoConfig) -> dict:
     teacher_dir, encoder = train_teacher(cfg, tokenizer, mixed)
     log.info("[3/6] student PT: projector only (%d steps)", cfg.pt_steps)
     init = student_init(cfg, tokenizer, encoder)
-    pt = run_stage(cfg, "student_pt", model=ModelConfig(pretrained=str(init)), data=paths["pt"], stage="pt",
-                   steps=cfg.pt_steps, lr=cfg.pt_lr)
+    pt = run_stage(
+        cfg,
+        "student_pt",
+        model=ModelConfig(pretrained=str(init)),
+        data=paths["pt"],
+        stage="pt",
+        steps=cfg.pt_steps,
+        lr=cfg.pt_lr,
+    )
     start = ModelConfig(pretrained=str(pt.final_model))
     log.info("[4/6] student SFT baseline (%d steps, no teacher)", cfg.student_steps)
-    sft = run_stage(cfg, "student_sft", model=start, data=paths["dft"], stage="sft", steps=cfg.student_steps,
-                    lr=cfg.lr)
+    sft = run_stage(cfg, "student_sft", model=start, data=paths["dft"], stage="sft", steps=cfg.student_steps, lr=cfg.lr)
     log.info("[5/6] student DFT with Switch-KD (%d steps)", cfg.student_steps)
-    dft = run_stage(cfg, "student_switchkd", model=start, data=paths["dft"], stage="dft", steps=cfg.student_steps,
-                    lr=cfg.lr, teacher=ModelConfig(pretrained=str(teacher_dir)))
+    dft = run_stage(
+        cfg,
+        "student_switchkd",
+        model=start,
+        data=paths["dft"],
+        stage="dft",
+        steps=cfg.student_steps,
+        lr=cfg.lr,
+        teacher=ModelConfig(pretrained=str(teacher_dir)),
+    )
     log.info("[6/6] evaluating on %s", paths["test"])
     models = {"teacher": teacher_dir, "student (PT+SFT)": sft.final_model, "student (Switch-KD)": dft.final_model}
     results = {}
     for name, path in models.items():
-        metrics, _ = evaluate_model(VisionLanguageModel.from_pretrained(path), WORLD, paths["test"].parent,
-                                    limit=cfg.eval_limit, batch_size=32)
+        metrics, _ = evaluate_model(
+            VisionLanguageModel.from_pretrained(path), WORLD, paths["test"].parent, limit=cfg.eval_limit, batch_size=32
+        )
         results[name] = {"world": metrics}
     table = world_table(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(table + "\n\n" + markdown_table(results) + "\n")
-    summary = {"results": results, "table": table, "student": str(dft.final_model),
-               "chat": f"switchkd chat --model {dft.final_model} --image {first_test_image(paths)} --interactive",
-               "seconds": time.perf_counter() - started}
+    summary = {
+        "results": results,
+        "table": table,
+        "student": str(dft.final_model),
+        "chat": f"switchkd chat --model {dft.final_model} --image {first_test_image(paths)} --interactive",
+        "seconds": time.perf_counter() - started,
+    }
     return summary
 
 

@@ -14,8 +14,12 @@ from switchkd.data.templates import get_template
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|image_pad|>"]
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 512, out_dir: str | Path | None = None,
-                    system_prompt: str | None = "You are a helpful assistant.") -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 512,
+    out_dir: str | Path | None = None,
+    system_prompt: str | None = "You are a helpful assistant.",
+) -> PreTrainedTokenizerFast:
     """A BPE tokenizer trained on ``texts``; special tokens get the first ids (0..3)."""
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -160,8 +160,11 @@ def ask(kind: str, objs: list[Obj], rng: random.Random, want_yes: bool | None = 
             absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
             adversarial = [(c, s) for c, s in absent if s in by_shape]
             colour, shape = rng.choice(adversarial if adversarial and rng.random() < 0.5 else absent)
-        return {"kind": kind, "question": _short(f"Is there a {colour} {shape} in the image?"),
-                "answer": "yes" if yes else "no"}
+        return {
+            "kind": kind,
+            "question": _short(f"Is there a {colour} {shape} in the image?"),
+            "answer": "yes" if yes else "no",
+        }
     if kind == "choice":
         o = rng.choice(objs)
         if rng.random() < 0.5:
@@ -171,8 +174,12 @@ def ask(kind: str, objs: list[Obj], rng: random.Random, want_yes: bool | None = 
         options = rng.sample(pool, len(pool))
         letters = "ABCD"
         lines = "\n".join(f"{letters[i]}. {opt}" for i, opt in enumerate(options))
-        return {"kind": kind, "question": f"{stem}\n{lines}\n{CHOICE}", "answer": letters[options.index(truth)],
-                "options": options}
+        return {
+            "kind": kind,
+            "question": f"{stem}\n{lines}\n{CHOICE}",
+            "answer": letters[options.index(truth)],
+            "options": options,
+        }
     raise ValueError(f"unknown question kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
@@ -188,19 +195,30 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
     (out / "images").mkdir(parents=True, exist_ok=True)
     pt, dft, val, test = [], [], [], []
     yes_turn = 0  # alternate yes/no exactly, split by split
-    for split, count, offset in (("train", cfg.train_images, 0), ("val", cfg.val_images, 1),
-                                 ("test", cfg.test_images, 2)):
+    for split, count, offset in (
+        ("train", cfg.train_images, 0),
+        ("val", cfg.val_images, 1),
+        ("test", cfg.test_images, 2),
+    ):
         rng = random.Random(f"{cfg.seed}-{split}-{offset}")
-        kinds = _balanced_kinds(rng, count * (cfg.turns_per_image if split == "train" else
-                                               cfg.questions_per_test_image))
+        kinds = _balanced_kinds(
+            rng, count * (cfg.turns_per_image if split == "train" else cfg.questions_per_test_image)
+        )
         for i in range(count):
             objs = sample_scene(rng, cfg)
             name = f"{split}_{i:05d}.png"
             render(objs, cfg, rng).save(out / "images" / name)
             if split == "train":
-                pt.append({"id": f"pt-{i}", "image": f"images/{name}", "conversations": [
-                    {"from": "human", "value": f"<image>\n{rng.choice(CAPTION_PROMPTS)}"},
-                    {"from": "gpt", "value": caption(objs)}]})
+                pt.append(
+                    {
+                        "id": f"pt-{i}",
+                        "image": f"images/{name}",
+                        "conversations": [
+                            {"from": "human", "value": f"<image>\n{rng.choice(CAPTION_PROMPTS)}"},
+                            {"from": "gpt", "value": caption(objs)},
+                        ],
+                    }
+                )
             per_image = cfg.turns_per_image if split == "train" else cfg.questions_per_test_image
             qas = []
             for j in range(per_image):
@@ -217,13 +235,24 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
                 dft.append({"id": f"dft-{i}", "image": f"images/{name}", "conversations": convs})
             else:
                 for j, qa in enumerate(qas):
-                    row = {"question_id": f"{split}-{i}-{j}", "image": f"images/{name}", "text": qa["question"],
-                           "answer": qa["answer"], "type": qa["kind"]}
+                    row = {
+                        "question_id": f"{split}-{i}-{j}",
+                        "image": f"images/{name}",
+                        "text": qa["question"],
+                        "answer": qa["answer"],
+                        "type": qa["kind"],
+                    }
                     if "options" in qa:
                         row["options"] = qa["options"]
                     (val if split == "val" else test).append(row)
-    paths = {"pt": out / "pt_train.json", "dft": out / "dft_train.json", "val": out / "val.jsonl",
-             "test": out / "test.jsonl", "stats": out / "stats.json", "config": out / "world.json"}
+    paths = {
+        "pt": out / "pt_train.json",
+        "dft": out / "dft_train.json",
+        "val": out / "val.jsonl",
+        "test": out / "test.jsonl",
+        "stats": out / "stats.json",
+        "config": out / "world.json",
+    }
     paths["pt"].write_text(json.dumps(pt, indent=1))
     paths["dft"].write_text(json.dumps(dft, indent=1))
     for key, rows in (("val", val), ("test", test)):
@@ -235,6 +264,7 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
 
 def world_stats(dft: list[dict], test: list[dict]) -> dict:
     """Answer distributions per question kind (train turns and test questions)."""
+
     def dist(pairs):
         table: dict[str, Counter] = {}
         for kind, answer in pairs:
@@ -253,8 +283,14 @@ def _kind_of(question: str) -> str:
     q = question.replace("<image>\n", "")
     if q.endswith(CHOICE):
         return "choice"
-    for prefix, kind in (("What colour", "colour"), ("What shape", "shape"), ("How many", "count"),
-                         ("Where is", "position"), ("What size", "size"), ("Is there", "exists")):
+    for prefix, kind in (
+        ("What colour", "colour"),
+        ("What shape", "shape"),
+        ("How many", "count"),
+        ("Where is", "position"),
+        ("What size", "size"),
+        ("Is there", "exists"),
+    ):
         if q.startswith(prefix):
             return kind
     return "other"

@@ -48,23 +48,33 @@ def check_pair(student, teacher) -> int:
     if s_vocab != t_vocab:
         only_s = len(set(s_vocab) - set(t_vocab))
         only_t = len(set(t_vocab) - set(s_vocab))
-        raise ValueError(f"teacher and student tokenizers differ ({len(s_vocab)} vs {len(t_vocab)} tokens; "
-                         f"{only_s} only in the student, {only_t} only in the teacher): Switch-KD needs one vocabulary")
+        raise ValueError(
+            f"teacher and student tokenizers differ ({len(s_vocab)} vs {len(t_vocab)} tokens; "
+            f"{only_s} only in the student, {only_t} only in the teacher): Switch-KD needs one vocabulary"
+        )
     if student.image_token_id != teacher.image_token_id:
         raise ValueError(f"image token ids differ: student {student.image_token_id}, teacher {teacher.image_token_id}")
     if student.num_image_tokens != teacher.num_image_tokens:
-        raise ValueError(f"image token counts differ: student {student.num_image_tokens}, teacher "
-                         f"{teacher.num_image_tokens}; both pathways must see the same prompt")
+        raise ValueError(
+            f"image token counts differ: student {student.num_image_tokens}, teacher "
+            f"{teacher.num_image_tokens}; both pathways must see the same prompt"
+        )
     if student.vision_tower.hidden_size != teacher.projector.in_dim:
-        raise ValueError(f"visual switch: student vision width {student.vision_tower.hidden_size} != teacher "
-                         f"projector input {teacher.projector.in_dim}")
+        raise ValueError(
+            f"visual switch: student vision width {student.vision_tower.hidden_size} != teacher "
+            f"projector input {teacher.projector.in_dim}"
+        )
     switched = teacher.projector.num_output_tokens(student.vision_tower.num_tokens)
     if switched != teacher.num_image_tokens:
-        raise ValueError(f"visual switch: the teacher projector makes {switched} tokens from the student's "
-                         f"vision features, but the prompt holds {teacher.num_image_tokens}")
+        raise ValueError(
+            f"visual switch: the teacher projector makes {switched} tokens from the student's "
+            f"vision features, but the prompt holds {teacher.num_image_tokens}"
+        )
     if student.vision_tower.image_size != teacher.vision_tower.image_size:
-        raise ValueError(f"image sizes differ: student {student.vision_tower.image_size}, teacher "
-                         f"{teacher.vision_tower.image_size}; both encoders read the same pixels")
+        raise ValueError(
+            f"image sizes differ: student {student.vision_tower.image_size}, teacher "
+            f"{teacher.vision_tower.image_size}; both encoders read the same pixels"
+        )
     # Logit rows may be padded differently (Qwen2.5-7B: 152,064; 0.5B-3B: 151,936): the tokenizer decides.
     return len(student.tokenizer)
 
@@ -126,8 +136,9 @@ class VisualSwitchDistiller(nn.Module):
             out["student"] = student(ids, mask, image_features=image, logits_at=None).last_hidden_state[positions]
         if cfg.lambda_align > 0 or self._uses_switch(features):
             with torch.no_grad():
-                out["teacher"] = teacher(ids, mask, pixel_values=batch.get("pixel_values"),
-                                         logits_at=None).last_hidden_state[positions]
+                out["teacher"] = teacher(
+                    ids, mask, pixel_values=batch.get("pixel_values"), logits_at=None
+                ).last_hidden_state[positions]
         if self._uses_switch(features):
             out["switch"] = self._switch_hidden(features, batch, positions)
         return out
@@ -140,8 +151,9 @@ class VisualSwitchDistiller(nn.Module):
         teacher = self.teacher
 
         def run(feats):
-            out = teacher(batch["input_ids"], batch["attention_mask"], image_features=teacher.projector(feats),
-                          logits_at=None)
+            out = teacher(
+                batch["input_ids"], batch["attention_mask"], image_features=teacher.projector(feats), logits_at=None
+            )
             return out.last_hidden_state[positions]
 
         if self.cfg.teacher_checkpointing:
@@ -169,8 +181,10 @@ class VisualSwitchDistiller(nn.Module):
     def _named_losses(self, sums: dict, num_rows: int, num_items_in_batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         zero = torch.zeros((), device=self.student.device)
-        out = {key: per_token(sums[key], num_rows, num_items_in_batch) if key in sums else zero
-               for key in ("ce", "align", "vsd")}
+        out = {
+            key: per_token(sums[key], num_rows, num_items_in_batch) if key in sums else zero
+            for key in ("ce", "align", "vsd")
+        }
         if num_rows and "k_teacher" in sums:
             out.update({key: sums[key].float() / num_rows for key in ("k_teacher", "k_student")})
         out["total"] = cfg.ce_weight * out["ce"] + cfg.lambda_align * out["align"] + cfg.lambda_vsd * out["vsd"]

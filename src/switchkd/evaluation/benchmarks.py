@@ -66,8 +66,9 @@ def mean_percent(values) -> float:
 # ---- VQA-style ----------------------------------------------------------------------------------
 
 
-def _load_vqa_style(data_dir: Path, questions: tuple[str, ...], answers_of, *, image_dirs: tuple[str, ...],
-                    suffix: str) -> list[Item]:
+def _load_vqa_style(
+    data_dir: Path, questions: tuple[str, ...], answers_of, *, image_dirs: tuple[str, ...], suffix: str
+) -> list[Item]:
     qfile = _first(data_dir, *questions)
     root = _image_root(data_dir, *image_dirs)
     truth = answers_of(data_dir)
@@ -97,8 +98,10 @@ def _vizwiz_answers(data_dir: Path) -> dict:
 
 
 def _score_vqa(items, preds, full=False) -> dict:
-    return {"accuracy": mean_percent(scorers.vqa_accuracy(preds.get(i.id, ""), i.meta["answers"], full) for i in items),
-            "n": len(items)}
+    return {
+        "accuracy": mean_percent(scorers.vqa_accuracy(preds.get(i.id, ""), i.meta["answers"], full) for i in items),
+        "n": len(items),
+    }
 
 
 def _gqa_answers(data_dir: Path) -> dict:
@@ -107,8 +110,10 @@ def _gqa_answers(data_dir: Path) -> dict:
 
 
 def _score_gqa(items, preds) -> dict:
-    return {"accuracy": mean_percent(scorers.exact_match(preds.get(i.id, ""), i.meta["answers"]) for i in items),
-            "n": len(items)}
+    return {
+        "accuracy": mean_percent(scorers.exact_match(preds.get(i.id, ""), i.meta["answers"]) for i in items),
+        "n": len(items),
+    }
 
 
 # ---- multiple choice -----------------------------------------------------------------------------
@@ -131,8 +136,14 @@ def _load_scienceqa(data_dir: Path) -> list[Item]:
             continue  # ScienceQA-IMG: the questions with an image
         options = prob["choices"]
         context = prob.get("hint") or None
-        items.append(Item(str(rec["id"]), _choice_prompt(prob["question"], options, context),
-                          str(root / rec["image"]), {"options": options, "answer": chr(ord("A") + prob["answer"])}))
+        items.append(
+            Item(
+                str(rec["id"]),
+                _choice_prompt(prob["question"], options, context),
+                str(root / rec["image"]),
+                {"options": options, "answer": chr(ord("A") + prob["answer"])},
+            )
+        )
     return items
 
 
@@ -146,11 +157,20 @@ def _load_mmmu(data_dir: Path) -> list[Item]:
     for rec in read_jsonl(_first(data_dir, "mmmu*.jsonl")):
         image = str(data_dir / rec["image"]) if rec.get("image") else None
         if rec.get("question_type", "multiple-choice") == "multiple-choice":
-            items.append(Item(str(rec["id"]), _choice_prompt(rec["question"], rec["options"]), image,
-                              {"options": rec["options"], "answer": rec["answer"], "open": False}))
+            items.append(
+                Item(
+                    str(rec["id"]),
+                    _choice_prompt(rec["question"], rec["options"]),
+                    image,
+                    {"options": rec["options"], "answer": rec["answer"], "open": False},
+                )
+            )
         else:
-            items.append(Item(str(rec["id"]), _with_suffix(rec["question"], SHORT), image,
-                              {"answer": rec["answer"], "open": True}))
+            items.append(
+                Item(
+                    str(rec["id"]), _with_suffix(rec["question"], SHORT), image, {"answer": rec["answer"], "open": True}
+                )
+            )
     return items
 
 
@@ -176,21 +196,34 @@ def _load_mmbench(data_dir: Path, cn: bool) -> list[Item]:
             hint = row.get("hint") if row.get("hint") not in (None, "", "nan") else None
             for shift in range(len(options)):  # circular evaluation: every rotation of the options
                 rotated, answer = scorers.rotate_options(options, row["answer"], shift)
-                items.append(Item(f"{row['index']}-{shift}",
-                                  _choice_prompt(row["question"], rotated, hint, CHOICE_CN if cn else CHOICE),
-                                  image, {"options": rotated, "answer": answer, "question": row["index"],
-                                          "category": row.get("category")}))
+                items.append(
+                    Item(
+                        f"{row['index']}-{shift}",
+                        _choice_prompt(row["question"], rotated, hint, CHOICE_CN if cn else CHOICE),
+                        image,
+                        {
+                            "options": rotated,
+                            "answer": answer,
+                            "question": row["index"],
+                            "category": row.get("category"),
+                        },
+                    )
+                )
     return items
 
 
 def _score_mmbench(items, preds) -> dict:
     results: dict[str, list[bool]] = defaultdict(list)
     for i in items:
-        results[i.meta["question"]].append(scorers.extract_choice(preds.get(i.id, ""), i.meta["options"])
-                                           == i.meta["answer"])
+        results[i.meta["question"]].append(
+            scorers.extract_choice(preds.get(i.id, ""), i.meta["options"]) == i.meta["answer"]
+        )
     single = [r[0] for r in results.values()]
-    return {"accuracy": 100 * scorers.circular_accuracy(results), "accuracy_single_pass": mean_percent(single),
-            "n": len(results)}
+    return {
+        "accuracy": 100 * scorers.circular_accuracy(results),
+        "accuracy_single_pass": mean_percent(single),
+        "n": len(results),
+    }
 
 
 def _load_mme(data_dir: Path) -> list[Item]:
@@ -209,8 +242,14 @@ def _load_mme(data_dir: Path) -> list[Item]:
         answer = truth.get((subtask, image_name, question))
         if answer is None:
             continue
-        items.append(Item(str(q["question_id"]), _with_suffix(q["text"], SHORT), str(root / q["image"]),
-                          {"subtask": subtask, "image": image_name, "answer": answer}))
+        items.append(
+            Item(
+                str(q["question_id"]),
+                _with_suffix(q["text"], SHORT),
+                str(root / q["image"]),
+                {"subtask": subtask, "image": image_name, "answer": answer},
+            )
+        )
     return items
 
 
@@ -225,8 +264,14 @@ def _load_pope(data_dir: Path) -> list[Item]:
     for path in sorted((data_dir / "coco").glob("coco_pope_*.json")) or sorted(data_dir.glob("coco_pope_*.json")):
         split = path.stem.replace("coco_pope_", "")
         for q in read_jsonl(path):
-            items.append(Item(f"{split}-{q['question_id']}", _with_suffix(q["text"], SHORT), str(root / q["image"]),
-                              {"label": q["label"], "split": split}))
+            items.append(
+                Item(
+                    f"{split}-{q['question_id']}",
+                    _with_suffix(q["text"], SHORT),
+                    str(root / q["image"]),
+                    {"label": q["label"], "split": split},
+                )
+            )
     if not items:
         raise FileNotFoundError(f"{data_dir}: no coco/coco_pope_*.json files (see docs/evaluation.md)")
     return items
@@ -252,17 +297,42 @@ class Benchmark:
 
 
 BENCHMARKS: dict[str, Benchmark] = {
-    "vqav2": Benchmark("vqav2", lambda d: _load_vqa_style(d, ("llava_vqav2*.jsonl", "*.jsonl"), _vqav2_answers,
-                                                          image_dirs=("val2014", "images"), suffix=SHORT), _score_vqa),
-    "gqa": Benchmark("gqa", lambda d: _load_vqa_style(d, ("llava_gqa_testdev_balanced.jsonl", "*.jsonl"),
-                                                      _gqa_answers, image_dirs=("images",), suffix=SHORT), _score_gqa),
-    "textvqa": Benchmark("textvqa", lambda d: _load_vqa_style(d, ("llava_textvqa_val_v051_ocr.jsonl", "*.jsonl"),
-                                                              _textvqa_answers, image_dirs=("train_images", "images"),
-                                                              suffix=SHORT),
-                         lambda items, preds: _score_vqa(items, preds, full=True)),
-    "vizwiz": Benchmark("vizwiz", lambda d: _load_vqa_style(d, ("llava_vizwiz*.jsonl", "llava_test.jsonl", "*.jsonl"),
-                                                            _vizwiz_answers, image_dirs=("val", "images"),
-                                                            suffix=f"{VIZWIZ}\n{SHORT}"), _score_vqa),
+    "vqav2": Benchmark(
+        "vqav2",
+        lambda d: _load_vqa_style(
+            d, ("llava_vqav2*.jsonl", "*.jsonl"), _vqav2_answers, image_dirs=("val2014", "images"), suffix=SHORT
+        ),
+        _score_vqa,
+    ),
+    "gqa": Benchmark(
+        "gqa",
+        lambda d: _load_vqa_style(
+            d, ("llava_gqa_testdev_balanced.jsonl", "*.jsonl"), _gqa_answers, image_dirs=("images",), suffix=SHORT
+        ),
+        _score_gqa,
+    ),
+    "textvqa": Benchmark(
+        "textvqa",
+        lambda d: _load_vqa_style(
+            d,
+            ("llava_textvqa_val_v051_ocr.jsonl", "*.jsonl"),
+            _textvqa_answers,
+            image_dirs=("train_images", "images"),
+            suffix=SHORT,
+        ),
+        lambda items, preds: _score_vqa(items, preds, full=True),
+    ),
+    "vizwiz": Benchmark(
+        "vizwiz",
+        lambda d: _load_vqa_style(
+            d,
+            ("llava_vizwiz*.jsonl", "llava_test.jsonl", "*.jsonl"),
+            _vizwiz_answers,
+            image_dirs=("val", "images"),
+            suffix=f"{VIZWIZ}\n{SHORT}",
+        ),
+        _score_vqa,
+    ),
     "scienceqa": Benchmark("scienceqa", _load_scienceqa, _score_choice, 8),
     "mmmu": Benchmark("mmmu", _load_mmmu, _score_mmmu, 64),
     "mmbench": Benchmark("mmbench", lambda d: _load_mmbench(d, cn=False), _score_mmbench, 8),

@@ -14,8 +14,15 @@ from switchkd.inference.predict import Question, answer_questions
 from switchkd.models import VisionLanguageModel
 
 
-def evaluate_model(model, benchmark: str | Benchmark, data_dir: str | Path, *, limit: int | None = None,
-                   batch_size: int = 8, progress: bool = False) -> tuple[dict, dict[str, str]]:
+def evaluate_model(
+    model,
+    benchmark: str | Benchmark,
+    data_dir: str | Path,
+    *,
+    limit: int | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> tuple[dict, dict[str, str]]:
     """Metrics and the raw predictions of one model on one benchmark (a name, or a ``Benchmark``)."""
     bench = get_benchmark(benchmark)
     data_dir = Path(data_dir)
@@ -27,8 +34,9 @@ def evaluate_model(model, benchmark: str | Benchmark, data_dir: str | Path, *, l
     if not items:
         raise ValueError(f"{bench.name}: no scorable questions in {data_dir}")
     questions = [Question(i.id, i.prompt, i.image) for i in items]
-    preds = answer_questions(model, questions, batch_size=batch_size, max_new_tokens=bench.max_new_tokens,
-                             progress=progress)
+    preds = answer_questions(
+        model, questions, batch_size=batch_size, max_new_tokens=bench.max_new_tokens, progress=progress
+    )
     return bench.score(items, preds), preds
 
 
@@ -52,9 +60,17 @@ def markdown_table(results: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def run_eval(model_dirs: list[str], benchmarks: list[str | Benchmark], data_dir: str | Path, *,
-             out_dir: str | Path | None = None, limit: int | None = None, batch_size: int = 8,
-             names: list[str] | None = None, progress: bool = True) -> dict[str, dict[str, dict]]:
+def run_eval(
+    model_dirs: list[str],
+    benchmarks: list[str | Benchmark],
+    data_dir: str | Path,
+    *,
+    out_dir: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    names: list[str] | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, dict]]:
     """Every model on every benchmark; with ``out_dir``, predictions, results.json and results.md."""
     benches = [get_benchmark(b) for b in benchmarks]  # an unknown name fails before any model loads
     results: dict[str, dict[str, dict]] = {}
@@ -63,14 +79,16 @@ def run_eval(model_dirs: list[str], benchmarks: list[str | Benchmark], data_dir:
         model = VisionLanguageModel.from_pretrained(model_dir)
         results[name] = {}
         for bench in benches:
-            metrics, preds = evaluate_model(model, bench, data_dir, limit=limit, batch_size=batch_size,
-                                            progress=progress)
+            metrics, preds = evaluate_model(
+                model, bench, data_dir, limit=limit, batch_size=batch_size, progress=progress
+            )
             results[name][bench.name] = metrics
             if out_dir is not None:
                 out = Path(out_dir)
                 out.mkdir(parents=True, exist_ok=True)
                 (out / f"{name}.{bench.name}.predictions.jsonl").write_text(
-                    "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items()))
+                    "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in preds.items())
+                )
     if out_dir is not None:
         (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2))
         (Path(out_dir) / "results.md").write_text(markdown_table(results) + "\n")

@@ -16,8 +16,8 @@ from PIL import Image, ImageDraw
 
 from switchkd.data.images import expand_to_square, mean_colour
 from switchkd.inference.chat import ChatSession
-from switchkd.models.generation import GenerationConfig
 from switchkd.inference.predict import build_prompt
+from switchkd.models.generation import GenerationConfig
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """A multi-turn chat about one image; the loop (I/O) is separate from generation.
 
-    session = ChatSession(model, image=load_image("cat.jpg"))
-    print(session.ask("What is in the picture?"))
+session = ChatSession(model, image=load_image("cat.jpg"))
+print(session.ask("What is in the picture?"))
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from PIL import Image
 
 from switchkd.data.images import preprocess_images
 from switchkd.data.records import IMAGE_PLACEHOLDER
-from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
 from switchkd.inference.predict import build_prompt
+from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
 
 EXIT_WORDS = {"exit", "quit"}
 
@@ -52,7 +52,7 @@ class ChatSession:
             produced.append(t)
             current = tok.decode(produced, skip_special_tokens=True)
             if on_text is not None and current.startswith(shown) and len(current) > len(shown):
-                on_text(current[len(shown):])
+                on_text(current[len(shown) :])
                 shown = current
 
         pixels = self.pixels if sum(IMAGE_PLACEHOLDER in m["content"] for m in self.messages) else None

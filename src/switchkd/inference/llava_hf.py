@@ -34,7 +34,7 @@ def _rename(state: dict[str, torch.Tensor], forward: bool) -> dict[str, torch.Te
         for ours, theirs in PREFIXES:
             src, dst = (ours, theirs) if forward else (theirs, ours)
             if key.startswith(src):
-                out[dst + key[len(src):]] = value
+                out[dst + key[len(src) :]] = value
                 break
         else:
             raise KeyError(f"no LLaVA mapping for parameter {key!r}")
@@ -47,8 +47,14 @@ def _pil_llava_processor(model):
     p = model.image_processor
     size = model.vision_tower.image_size
     # do_pad: pad to square with the mean colour, as switchkd does before resizing
-    return LlavaImageProcessorPil(do_pad=True, size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                  image_mean=list(p.image_mean), image_std=list(p.image_std), do_center_crop=True)
+    return LlavaImageProcessorPil(
+        do_pad=True,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(p.image_mean),
+        image_std=list(p.image_std),
+        do_center_crop=True,
+    )
 
 
 def export_llava_hf(model, out_dir: str | Path) -> Path:
@@ -57,8 +63,10 @@ def export_llava_hf(model, out_dir: str | Path) -> Path:
     from transformers.initialization import no_init_weights
 
     if model.config.projector != "mlp2x_gelu":
-        raise ValueError(f"the LLaVA format has a two-layer GELU MLP projector only; this model's projector "
-                         f"{model.config.projector!r} cannot be expressed (use the switchkd format)")
+        raise ValueError(
+            f"the LLaVA format has a two-layer GELU MLP projector only; this model's projector "
+            f"{model.config.projector!r} cannot be expressed (use the switchkd format)"
+        )
     tower = model.vision_tower
     llm_cfg = model.llm.config
     config = LlavaConfig(
@@ -83,17 +91,25 @@ def export_llava_hf(model, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     hf.save_pretrained(out)
     token = model.tokenizer.convert_ids_to_tokens(model.image_token_id)
-    processor = LlavaProcessor(image_processor=_pil_llava_processor(model), tokenizer=model.tokenizer,
-                               patch_size=tower.config.patch_size,
-                               vision_feature_select_strategy=config.vision_feature_select_strategy,
-                               chat_template=model.tokenizer.chat_template, image_token=token,
-                               num_additional_image_tokens=int(tower.has_cls))
+    processor = LlavaProcessor(
+        image_processor=_pil_llava_processor(model),
+        tokenizer=model.tokenizer,
+        patch_size=tower.config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        chat_template=model.tokenizer.chat_template,
+        image_token=token,
+        num_additional_image_tokens=int(tower.has_cls),
+    )
     processor.save_pretrained(out)
     return out
 
 
-def import_llava_hf(folder: str | Path, out_dir: str | Path, chat_template: str = "chatml",
-                    system_prompt: str | None = "You are a helpful assistant."):
+def import_llava_hf(
+    folder: str | Path,
+    out_dir: str | Path,
+    chat_template: str = "chatml",
+    system_prompt: str | None = "You are a helpful assistant.",
+):
     """A switchkd model (saved to ``out_dir``) from a LlavaForConditionalGeneration folder."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 

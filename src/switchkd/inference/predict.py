@@ -1,7 +1,7 @@
 """Answer questions about images with a VLM, in batches (evaluation and ``switchkd predict``).
 
-    from switchkd.inference.predict import Question, answer_questions
-    answers = answer_questions(model, [Question("q1", "What colour is it?", "img.png")])
+from switchkd.inference.predict import Question, answer_questions
+answers = answer_questions(model, [Question("q1", "What colour is it?", "img.png")])
 """
 
 from __future__ import annotations
@@ -27,8 +27,13 @@ class Question:
 
 
 def build_prompt(model, messages: list[dict]) -> list[int]:
-    return prompt_ids(messages, model.tokenizer, model.template, image_token_id=model.image_token_id,
-                      num_image_tokens=model.num_image_tokens)
+    return prompt_ids(
+        messages,
+        model.tokenizer,
+        model.template,
+        image_token_id=model.image_token_id,
+        num_image_tokens=model.num_image_tokens,
+    )
 
 
 def _batches(items: list, size: int) -> Iterator[list]:
@@ -37,8 +42,9 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 @torch.no_grad()
-def answer_questions(model, questions: list[Question], *, batch_size: int = 8, max_new_tokens: int = 32,
-                     progress: bool = False) -> dict[str, str]:
+def answer_questions(
+    model, questions: list[Question], *, batch_size: int = 8, max_new_tokens: int = 32, progress: bool = False
+) -> dict[str, str]:
     """Greedy answers keyed by question id; prompts use the model's own chat template."""
     model.eval()
     stops = set(default_stop_ids(model))
@@ -63,11 +69,16 @@ def answer_questions(model, questions: list[Question], *, batch_size: int = 8, m
         input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for i, row in enumerate(ids):  # left padding: every prompt ends at the last column
-            input_ids[i, width - len(row):] = torch.tensor(row)
-            mask[i, width - len(row):] = 1
+            input_ids[i, width - len(row) :] = torch.tensor(row)
+            mask[i, width - len(row) :] = 1
         pixels = preprocess_images(images, model.image_processor).to(device, model.dtype) if images else None
-        new = generate(model, input_ids.to(device), mask.to(device), pixel_values=pixels,
-                       cfg=GenerationConfig(max_new_tokens=max_new_tokens))
+        new = generate(
+            model,
+            input_ids.to(device),
+            mask.to(device),
+            pixel_values=pixels,
+            cfg=GenerationConfig(max_new_tokens=max_new_tokens),
+        )
         for q, tokens in zip(batch, new.tolist()):
             out[q.id] = decode_answer(model, tokens, stops)
         if bar is not None:

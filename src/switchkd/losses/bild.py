@@ -61,15 +61,23 @@ class _BiLDBranches(torch.autograd.Function):
             for rows in row_blocks(*led[0].shape):
                 a, b, valid = _block_values(student, teacher, led, rows, dtype=losses.dtype, options=options)
                 # reverse: P is the student (dKL/dA); forward: Q is the student (dKL/dB)
-                grad_a, grad_b = block_backward(a, b, valid, kl=losses[branch, rows], log_z_q=log_z_q[branch, rows],
-                                                grad=g[rows] / options.temperature, want_p=reverse,
-                                                want_q=not reverse)
+                grad_a, grad_b = block_backward(
+                    a,
+                    b,
+                    valid,
+                    kl=losses[branch, rows],
+                    log_z_q=log_z_q[branch, rows],
+                    grad=g[rows] / options.temperature,
+                    want_p=reverse,
+                    want_q=not reverse,
+                )
                 grad[rows].scatter_add_(1, led[0][rows], (grad_a if reverse else grad_b).to(grad.dtype))
         return grad, None, None, None
 
 
-def _block_values(student, teacher, led: tuple[torch.Tensor, torch.Tensor], rows: slice, *, dtype,
-                  options: PairOptions):
+def _block_values(
+    student, teacher, led: tuple[torch.Tensor, torch.Tensor], rows: slice, *, dtype, options: PairOptions
+):
     """Prepared P and Q values of one block of rows (P is the student for reverse KL) and its 0/1 mask.
     ``led``: the led side's (index (N, K), k (N,))."""
     index, k = led
@@ -80,14 +88,23 @@ def _block_values(student, teacher, led: tuple[torch.Tensor, torch.Tensor], rows
     return (s, t, valid.to(dtype)) if options.kl == "reverse" else (t, s, valid.to(dtype))
 
 
-def bild_rows(student_logits: torch.Tensor, teacher_logits: torch.Tensor, selections: tuple[Selection, Selection],
-              *, temperature: float, kl: str) -> LossRows:
+def bild_rows(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    selections: tuple[Selection, Selection],
+    *,
+    temperature: float,
+    kl: str,
+) -> LossRows:
     """Both branches from given selections (teacher-led, student-led): the per-row loss is their sum."""
     if kl not in KL_DIRECTIONS:
         raise ValueError(f"kl must be one of {KL_DIRECTIONS}, got {kl!r}")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} "
-                         "logits differ in shape; slice both to the shared vocabulary first")
-    teacher_led, student_led = _BiLDBranches.apply(student_logits, teacher_logits.detach(), selections,
-                                                   PairOptions(temperature, kl))
+        raise ValueError(
+            f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_logits.shape)} "
+            "logits differ in shape; slice both to the shared vocabulary first"
+        )
+    teacher_led, student_led = _BiLDBranches.apply(
+        student_logits, teacher_logits.detach(), selections, PairOptions(temperature, kl)
+    )
     return LossRows(teacher_led + student_led, k_teacher=selections[0].k, k_student=selections[1].k)

@@ -31,8 +31,9 @@ class Selection:
         return cls(k, order[:, :width], valid)
 
 
-def knee_distance(values_desc: torch.Tensor, ranks: torch.Tensor, *, v_min: torch.Tensor, v_max: torch.Tensor,
-                  n: int) -> torch.Tensor:
+def knee_distance(
+    values_desc: torch.Tensor, ranks: torch.Tensor, *, v_min: torch.Tensor, v_max: torch.Tensor, n: int
+) -> torch.Tensor:
     """``d = (1 - rank/N) - (v - v_min)/(v_max - v_min)`` in float64. Every knee implementation calls
     this one expression, so a faster search reproduces the sorting knee bit for bit."""
     span = (v_max - v_min).double()
@@ -277,8 +278,9 @@ def _fast_chunk(x: torch.Tensor, work: _Workspace, *, k_min: int, k_max: int | N
 
 
 @torch.no_grad()
-def fast_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, *, bins: int = 1024,
-                chunk_rows: int = 16) -> Selection:
+def fast_select(
+    logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, *, bins: int = 1024, chunk_rows: int = 16
+) -> Selection:
     """The same knee and led order as ``sort_select``, without sorting whole rows.
 
     Rows are processed ``chunk_rows`` at a time to bound temporary memory; logits must be finite.
@@ -288,7 +290,10 @@ def fast_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, 
     if rows == 0:
         return sort_select(logits, k_min, k_max)
     work = _get_workspace(min(rows, chunk_rows), n, logits.dtype, logits.device)
-    parts = [_fast_chunk(logits[i : i + chunk_rows], work, k_min=k_min, k_max=k_max, bins=bins) for i in range(0, rows, chunk_rows)]
+    parts = [
+        _fast_chunk(logits[i : i + chunk_rows], work, k_min=k_min, k_max=k_max, bins=bins)
+        for i in range(0, rows, chunk_rows)
+    ]
     if len(parts) == 1:
         return parts[0]
     width = max(p.index.shape[1] for p in parts)

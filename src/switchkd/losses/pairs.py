@@ -32,7 +32,6 @@ from __future__ import annotations
 import torch
 
 
-
 def prepare(values: torch.Tensor, valid: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
     """``values / tau`` in ``dtype`` with masked entries set to the row's first (valid) value."""
     x = values.to(dtype)
@@ -88,8 +87,17 @@ def block_forward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> tupl
     return kl, q.log_z
 
 
-def block_backward(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, *, kl: torch.Tensor,
-                   log_z_q: torch.Tensor, grad: torch.Tensor, want_p: bool, want_q: bool):
+def block_backward(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    kl: torch.Tensor,
+    log_z_q: torch.Tensor,
+    grad: torch.Tensor,
+    want_p: bool,
+    want_q: bool,
+):
     """Gradients of ``grad · KL`` with respect to the prepared values ``a`` (P) and ``b`` (Q), or None."""
     p, q, u = _sides(a, b, valid, need_q=want_q)  # dA needs only P's side and the saved log Z_Q
     g = grad.to(u.dtype)[:, None]

@@ -79,8 +79,9 @@ class DistillLoss:
             return fixed_select(rows.detach(), self.k)
         return None
 
-    def rows(self, student_rows: torch.Tensor, teacher_rows: torch.Tensor,
-             teacher_sel: Selection | None = None) -> LossRows:
+    def rows(
+        self, student_rows: torch.Tensor, teacher_rows: torch.Tensor, teacher_sel: Selection | None = None
+    ) -> LossRows:
         """The loss of each row; ``teacher_sel`` reuses a teacher selection from ``select``."""
         if self.family == "kl":
             fn = forward_kl if self.kl == "forward" else reverse_kl
@@ -92,8 +93,9 @@ class DistillLoss:
         selections = (teacher_sel, self.select(student_rows))
         return bild_rows(student_rows, teacher_rows, selections, temperature=self.temperature, kl=self.kl)
 
-    def __call__(self, student_rows: torch.Tensor, teacher_rows: torch.Tensor, *,
-                 reduction: str = "mean") -> torch.Tensor:
+    def __call__(
+        self, student_rows: torch.Tensor, teacher_rows: torch.Tensor, *, reduction: str = "mean"
+    ) -> torch.Tensor:
         return reduce_rows(self.rows(student_rows, teacher_rows).loss, reduction)
 
 
@@ -107,9 +109,17 @@ def _named(family: str, kl: str) -> str:
     return f"{family}_{'rkl' if kl == 'reverse' else 'fkl'}"
 
 
-def dbild(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: float = 3.0,
-          kl: str = "reverse", k_min: int = 2, k_max: int | None = None, reduction: str = "mean",
-          knee: str = "fast") -> torch.Tensor:
+def dbild(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    temperature: float = 3.0,
+    kl: str = "reverse",
+    k_min: int = 2,
+    k_max: int | None = None,
+    reduction: str = "mean",
+    knee: str = "fast",
+) -> torch.Tensor:
     """DBiLD: BiLD with k per row at the knee of each led side's sorted logits (paper Eqs. 7-15).
 
     ``knee``: "fast" (exact, histogram-pruned) or "sort" (the reference full sort); same results.
@@ -118,8 +128,15 @@ def dbild(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, tempera
     return loss(student_logits, teacher_logits, reduction=reduction)
 
 
-def bild(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, k: int = 8, temperature: float = 3.0,
-         kl: str = "reverse", reduction: str = "mean") -> torch.Tensor:
+def bild(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    *,
+    k: int = 8,
+    temperature: float = 3.0,
+    kl: str = "reverse",
+    reduction: str = "mean",
+) -> torch.Tensor:
     """BiLD (Li et al. 2024) with a fixed top-k on both branches."""
     loss = DistillLoss(_named("bild", kl), temperature=temperature, k=k)
     return loss(student_logits, teacher_logits, reduction=reduction)

@@ -36,8 +36,11 @@ def tokenizer_source(cfg: ModelConfig) -> str | None:
 
 def processor_source(cfg: ModelConfig) -> str | dict | None:
     """The image processor: as given, else the vision folder's when it has one (None: build a default)."""
-    if cfg.image_processor is None and isinstance(cfg.vision, str) and \
-            (Path(cfg.vision) / "preprocessor_config.json").is_file():
+    if (
+        cfg.image_processor is None
+        and isinstance(cfg.vision, str)
+        and (Path(cfg.vision) / "preprocessor_config.json").is_file()
+    ):
         return cfg.vision
     return cfg.image_processor
 

@@ -1,9 +1,9 @@
 """Batched generation for a ``VisionLanguageModel``: greedy or sampled, with a KV cache.
 
-    new_tokens = model.generate(input_ids, attention_mask, pixel_values=pixels, max_new_tokens=32)
-    # or, with a config object and a streamer:
-    from switchkd.models.generation import GenerationConfig, generate
-    new_tokens = generate(model, input_ids, attention_mask, pixel_values=pixels, cfg=GenerationConfig())
+new_tokens = model.generate(input_ids, attention_mask, pixel_values=pixels, max_new_tokens=32)
+# or, with a config object and a streamer:
+from switchkd.models.generation import GenerationConfig, generate
+new_tokens = generate(model, input_ids, attention_mask, pixel_values=pixels, cfg=GenerationConfig())
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def to_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_i
     mask = torch.zeros_like(attention_mask)
     for row, n in enumerate(lengths.tolist()):
         keep = attention_mask[row].bool()
-        ids[row, width - n:] = input_ids[row, keep]
-        mask[row, width - n:] = 1
+        ids[row, width - n :] = input_ids[row, keep]
+        mask[row, width - n :] = 1
     return ids, mask
 
 
@@ -119,8 +119,9 @@ def generate(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     ids, mask = to_left_padding(input_ids, attention_mask, pad_id)
-    stop = torch.tensor(cfg.stop_token_ids if cfg.stop_token_ids is not None else default_stop_ids(model),
-                        device=ids.device)
+    stop = torch.tensor(
+        cfg.stop_token_ids if cfg.stop_token_ids is not None else default_stop_ids(model), device=ids.device
+    )
     generator = None
     if cfg.do_sample and cfg.seed is not None:
         generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
@@ -129,8 +130,15 @@ def generate(
 
     cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
     positions = position_ids_from_mask(mask)
-    out = model(ids, mask, image_features=image_features, position_ids=positions,
-                past_key_values=cache, use_cache=cfg.use_cache, logits_at=1)
+    out = model(
+        ids,
+        mask,
+        image_features=image_features,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cfg.use_cache,
+        logits_at=1,
+    )
     next_pos = positions[:, -1:] + 1
     seen = ids
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
@@ -147,8 +155,14 @@ def generate(
         seen = torch.cat([seen, token[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if cfg.use_cache:
-            out = model(token[:, None], mask, position_ids=next_pos, past_key_values=out.past_key_values,
-                        use_cache=True, logits_at=1)
+            out = model(
+                token[:, None],
+                mask,
+                position_ids=next_pos,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+                logits_at=1,
+            )
             next_pos = next_pos + 1
         else:
             ids = torch.cat([ids, token[:, None]], dim=1)

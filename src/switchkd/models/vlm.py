@@ -46,8 +46,16 @@ class VisionLanguageModel(nn.Module):
     Jinja form is written into the tokenizer so ``apply_chat_template`` agrees.
     """
 
-    def __init__(self, config: ModelConfig, *, vision_tower: nn.Module, projector: nn.Module, llm: nn.Module,
-                 tokenizer, image_processor):
+    def __init__(
+        self,
+        config: ModelConfig,
+        *,
+        vision_tower: nn.Module,
+        projector: nn.Module,
+        llm: nn.Module,
+        tokenizer,
+        image_processor,
+    ):
         super().__init__()
         self.config = config
         self.vision_tower = vision_tower
@@ -221,12 +229,19 @@ class VisionLanguageModel(nn.Module):
         """Assemble from component folders or config dicts. ``fresh_weights=False`` skips random
         initialisation of weights that are about to be loaded."""
         parts = build_components(cfg, fresh_weights=fresh_weights, dtype=dtype)
-        return cls(cfg, vision_tower=parts.vision_tower, projector=parts.projector, llm=parts.llm,
-                   tokenizer=parts.tokenizer, image_processor=parts.image_processor)
+        return cls(
+            cfg,
+            vision_tower=parts.vision_tower,
+            projector=parts.projector,
+            llm=parts.llm,
+            tokenizer=parts.tokenizer,
+            image_processor=parts.image_processor,
+        )
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None) -> VisionLanguageModel:
+    def from_pretrained(
+        cls, directory: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    ) -> VisionLanguageModel:
         """A folder written by ``save_pretrained``, in eval mode."""
         directory = Path(directory)
         cfg_path = directory / CONFIG_NAME

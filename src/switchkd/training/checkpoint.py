@@ -89,8 +89,9 @@ def save_model(run: Run, directory: Path) -> None:
     if run.is_main:
         tmp = directory.with_name(f".tmp-{directory.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        student.save_pretrained(tmp, state_dict={k.removeprefix("student."): v for k, v in state.items()
-                                                 if k.startswith("student.")})
+        student.save_pretrained(
+            tmp, state_dict={k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+        )
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
     acc.wait_for_everyone()

@@ -40,8 +40,13 @@ def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
         meta = json.loads((folder / "config.json").read_text())
         saved = from_dict(ModelConfig, meta["model"])
         return dataclasses.replace(saved, tokenizer=str(folder), image_processor=str(folder))
-    return dataclasses.replace(cfg, vision=_config_dict(cfg.vision, "vision"), llm=_config_dict(cfg.llm, "llm"),
-                               tokenizer=tokenizer_source(cfg), image_processor=processor_source(cfg))
+    return dataclasses.replace(
+        cfg,
+        vision=_config_dict(cfg.vision, "vision"),
+        llm=_config_dict(cfg.llm, "llm"),
+        tokenizer=tokenizer_source(cfg),
+        image_processor=processor_source(cfg),
+    )
 
 
 def _build_meta(cfg: ModelConfig, what: str):
@@ -56,15 +61,19 @@ def _params(module) -> str:
 def dry_run(cfg: Config) -> str:
     lines = [f"stage {cfg.train.stage}: trainable {trainable_parts(cfg.train.stage, cfg.train.trainable)}"]
     student = _build_meta(cfg.model, "model")
-    lines.append(f"student: vision {_params(student.vision_tower)} ({student.vision_tower.config.model_type}, "
-                 f"{student.vision_tower.num_tokens} tokens of width {student.vision_tower.hidden_size}), projector "
-                 f"{cfg.model.projector} {_params(student.projector)} -> {student.num_image_tokens} image tokens, "
-                 f"LLM {_params(student.llm)}; vocabulary {student.vocab_size:,}")
+    lines.append(
+        f"student: vision {_params(student.vision_tower)} ({student.vision_tower.config.model_type}, "
+        f"{student.vision_tower.num_tokens} tokens of width {student.vision_tower.hidden_size}), projector "
+        f"{cfg.model.projector} {_params(student.projector)} -> {student.num_image_tokens} image tokens, "
+        f"LLM {_params(student.llm)}; vocabulary {student.vocab_size:,}"
+    )
     if STAGES[cfg.train.stage]["teacher"]:
         teacher = _build_meta(cfg.teacher, "teacher")
         vocab = check_pair(student, teacher)
-        lines.append(f"teacher: LLM {_params(teacher.llm)}, projector {teacher.config.projector}; pair checks passed "
-                     f"(shared vocabulary {vocab:,}); distill {dataclasses.asdict(cfg.distill)}")
+        lines.append(
+            f"teacher: LLM {_params(teacher.llm)}, projector {teacher.config.projector}; pair checks passed "
+            f"(shared vocabulary {vocab:,}); distill {dataclasses.asdict(cfg.distill)}"
+        )
     records = load_records(cfg.data.train)
     root = cfg.data.resolved_image_root
     with_image = 0
@@ -73,11 +82,15 @@ def dry_run(cfg: Config) -> str:
         if image is not None and with_image < CHECK_IMAGES:
             load_image(resolve_image_path(root, image))
             with_image += 1
-    lines.append(f"data: {len(records):,} records in {cfg.data.train}; first {min(len(records), CHECK_RECORDS)} "
-                 f"valid, {with_image} images opened under {root}")
+    lines.append(
+        f"data: {len(records):,} records in {cfg.data.train}; first {min(len(records), CHECK_RECORDS)} "
+        f"valid, {with_image} images opened under {root}"
+    )
     t = cfg.train
-    lines.append(f"optimisation: lr {t.lr}, per-device batch {t.per_device_batch_size} x grad_accum {t.grad_accum}, "
-                 f"{t.scheduler} schedule, warm-up {t.warmup_ratio}, {t.distributed}, mixed precision "
-                 f"{t.mixed_precision}; output {t.output_dir}")
+    lines.append(
+        f"optimisation: lr {t.lr}, per-device batch {t.per_device_batch_size} x grad_accum {t.grad_accum}, "
+        f"{t.scheduler} schedule, warm-up {t.warmup_ratio}, {t.distributed}, mixed precision "
+        f"{t.mixed_precision}; output {t.output_dir}"
+    )
     lines.append("dry run passed")
     return "\n".join(lines)

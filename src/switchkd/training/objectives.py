@@ -19,9 +19,12 @@ class LanguageModelingObjective(nn.Module):
 
     def forward(self, batch: dict, num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         positions, targets = supervised_positions(batch["labels"])
-        hidden = self.student(batch["input_ids"], batch["attention_mask"], pixel_values=batch.get("pixel_values"),
-                              logits_at=None).last_hidden_state[positions]  # (M, D)
-        total = sum(cross_entropy_rows(self.student.token_logits(hidden[rows]), targets[rows], reduction="sum")
-                    for rows in row_chunks(targets.numel(), self.chunk_rows))
+        hidden = self.student(
+            batch["input_ids"], batch["attention_mask"], pixel_values=batch.get("pixel_values"), logits_at=None
+        ).last_hidden_state[positions]  # (M, D)
+        total = sum(
+            cross_entropy_rows(self.student.token_logits(hidden[rows]), targets[rows], reduction="sum")
+            for rows in row_chunks(targets.numel(), self.chunk_rows)
+        )
         ce = per_token(total, targets.numel(), num_items_in_batch)
         return {"ce": ce, "total": ce}

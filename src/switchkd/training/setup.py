@@ -47,14 +47,20 @@ def setup(cfg: Config, resume: bool = False) -> Run:
 def make_accelerator(t: TrainConfig) -> Accelerator:
     kwargs = {}
     if t.distributed == "deepspeed":
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(zero_stage=t.zero_stage, gradient_accumulation_steps=t.grad_accum,
-                                                     gradient_clipping=t.max_grad_norm or 0.0)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
+            zero_stage=t.zero_stage, gradient_accumulation_steps=t.grad_accum, gradient_clipping=t.max_grad_norm or 0.0
+        )
     elif t.distributed == "fsdp":
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
     # Without a GPU, accelerate only forms a process group (gloo) when told it runs on CPU.
-    return Accelerator(cpu=not torch.cuda.is_available(), gradient_accumulation_steps=t.grad_accum,
-                       mixed_precision=t.mixed_precision, log_with="tensorboard" if t.tensorboard else None,
-                       project_dir=t.output_dir, **kwargs)
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=t.grad_accum,
+        mixed_precision=t.mixed_precision,
+        log_with="tensorboard" if t.tensorboard else None,
+        project_dir=t.output_dir,
+        **kwargs,
+    )
 
 
 def build_objective(cfg: Config) -> torch.nn.Module:
@@ -73,16 +79,22 @@ def build_objective(cfg: Config) -> torch.nn.Module:
 def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:
     """The training data in the student's format, with a sampler that every process shares."""
     data, t = cfg.data, cfg.train
-    dataset = LlavaDataset.for_model(data.train, data.resolved_image_root, student, max_length=data.max_length,
-                                     on_error=data.on_error)
+    dataset = LlavaDataset.for_model(
+        data.train, data.resolved_image_root, student, max_length=data.max_length, on_error=data.on_error
+    )
     if data.length_grouped:
         lengths = [dataset.approx_length(i) for i in range(len(dataset))]
         sampler = LengthGroupedSampler(lengths, t.per_device_batch_size * world, seed=t.seed)
     else:
         sampler = ShuffleSampler(len(dataset), seed=t.seed)
-    loader = DataLoader(dataset, batch_size=t.per_device_batch_size, sampler=sampler,
-                        collate_fn=Collator(student.tokenizer.pad_token_id, data.padding_side),
-                        num_workers=data.num_workers, persistent_workers=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=t.per_device_batch_size,
+        sampler=sampler,
+        collate_fn=Collator(student.tokenizer.pad_token_id, data.padding_side),
+        num_workers=data.num_workers,
+        persistent_workers=False,
+    )
     return sampler, loader
 
 

@@ -47,6 +47,10 @@ def apply_stage(model, parts: dict[str, bool]) -> dict[str, int]:
             model.vision_tower.encoder.get_parameter(name).requires_grad_(False)
         if unused:
             counts["vision"] = sum(p.numel() for p in model.vision_tower.parameters() if p.requires_grad)
-            log.info("vision: %d parameter tensors past feature layer %d are unused and stay frozen (%s ...)",
-                     len(unused), model.vision_tower.feature_layer, unused[0])
+            log.info(
+                "vision: %d parameter tensors past feature layer %d are unused and stay frozen (%s ...)",
+                len(unused),
+                model.vision_tower.feature_layer,
+                unused[0],
+            )
     return counts

@@ -7,19 +7,24 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
 
 from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, SampleError
 from switchkd.data.images import default_image_processor
 from switchkd.data.records import RecordError, load_records
 from switchkd.data.templates import get_template
-from transformers import AutoTokenizer
 
 N_IMG = 4
 
 
 def _good(i, image="ok.png"):
-    rec = {"id": f"s{i}", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
-                                            {"from": "gpt", "value": "a red circle ."}]}
+    rec = {
+        "id": f"s{i}",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"},
+            {"from": "gpt", "value": "a red circle ."},
+        ],
+    }
     if image:
         rec["image"] = image
     return rec
@@ -40,9 +45,16 @@ def folder(tmp_path):
 
 def _dataset(records, root, tiny_tokenizer_dir, **kw):
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_dir)
-    return LlavaDataset(records, root, tokenizer=tok, template=get_template("chatml"),
-                        image_processor=default_image_processor("clip_vision_model", 28),
-                        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"), num_image_tokens=N_IMG, **kw)
+    return LlavaDataset(
+        records,
+        root,
+        tokenizer=tok,
+        template=get_template("chatml"),
+        image_processor=default_image_processor("clip_vision_model", 28),
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        num_image_tokens=N_IMG,
+        **kw,
+    )
 
 
 BAD = [
@@ -52,13 +64,29 @@ BAD = [
     (_good(3, "../outside.png"), "bad_image", "escapes the image root"),
     ({"id": "nc", "image": "ok.png"}, "malformed_record", "conversations"),
     ({"id": "role", "conversations": [{"from": "robot", "value": "hi"}]}, "malformed_record", "unknown speaker"),
-    ({"id": "order", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]},
-     "malformed_record", "alternate"),
-    ({"id": "two", "image": "ok.png", "conversations": [{"from": "human", "value": "<image> <image>"},
-                                                        {"from": "gpt", "value": "x"}]},
-     "malformed_record", "2 <image> placeholder"),
-    ({"id": "long", "image": "ok.png", "conversations": [{"from": "human", "value": "word " * 150 + "<image>"},
-                                                         {"from": "gpt", "value": "x"}]}, "too_long", "max_length"),
+    (
+        {"id": "order", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]},
+        "malformed_record",
+        "alternate",
+    ),
+    (
+        {
+            "id": "two",
+            "image": "ok.png",
+            "conversations": [{"from": "human", "value": "<image> <image>"}, {"from": "gpt", "value": "x"}],
+        },
+        "malformed_record",
+        "2 <image> placeholder",
+    ),
+    (
+        {
+            "id": "long",
+            "image": "ok.png",
+            "conversations": [{"from": "human", "value": "word " * 150 + "<image>"}, {"from": "gpt", "value": "x"}],
+        },
+        "too_long",
+        "max_length",
+    ),
 ]
 
 
@@ -125,6 +153,7 @@ def test_collator_pads_and_keeps_image_order(folder, tiny_tokenizer_dir, side):
 def test_image_is_padded_to_square_with_mean_colour(folder):
     proc = default_image_processor("clip_vision_model", 28)
     from switchkd.data.images import expand_to_square, mean_colour
+
     img = expand_to_square(Image.open(folder / "ok.png").convert("RGB"), mean_colour(proc))
     assert img.size == (40, 40)
     assert img.getpixel((0, 0)) == mean_colour(proc) and img.getpixel((20, 20)) == (200, 10, 10)
@@ -138,8 +167,10 @@ def test_length_grouped_sampler_is_a_seeded_permutation():
     assert order == list(LengthGroupedSampler(lengths, batch_size=10, seed=1, mega_batch_mult=5))
     s.set_epoch(1)
     assert list(s) != order
-    spread = [max(lengths[i] for i in order[j:j + 10]) - min(lengths[i] for i in order[j:j + 10])
-              for j in range(0, 300, 10)]
+    spread = [
+        max(lengths[i] for i in order[j : j + 10]) - min(lengths[i] for i in order[j : j + 10])
+        for j in range(0, 300, 10)
+    ]
     assert sum(spread) / len(spread) < 20  # random batches would spread ~90
 
 

@@ -64,29 +64,42 @@ def test_rendering_equals_apply_chat_template(qwen):
     assert rendered.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
     ours = tokenize_conversation(messages, tok, template, image_token_id=img, num_image_tokens=N_IMG).input_ids
     assert ours == tok(rendered, add_special_tokens=False)["input_ids"]
-    prompt = tokenize_conversation(messages[:1], tok, template, image_token_id=img, num_image_tokens=N_IMG, add_generation_prompt=True).input_ids
+    prompt = tokenize_conversation(
+        messages[:1], tok, template, image_token_id=img, num_image_tokens=N_IMG, add_generation_prompt=True
+    ).input_ids
     want = tok.apply_chat_template(expanded[:1], tokenize=False, add_generation_prompt=True)
     assert prompt == tok(want, add_special_tokens=False)["input_ids"]
 
 
 def test_image_placeholder_added_when_missing(qwen):
     tok, template, img = qwen
-    record = {"image": "a.png", "conversations": [{"from": "human", "value": "Describe."},
-                                                  {"from": "gpt", "value": "A cat."}]}
+    record = {
+        "image": "a.png",
+        "conversations": [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "A cat."}],
+    }
     messages, _ = to_messages(record, 3)
     assert messages[0]["content"] == "<image>\nDescribe."
-    assert tokenize_conversation(messages, tok, template, image_token_id=img, num_image_tokens=N_IMG).input_ids.count(img) == N_IMG
+    assert (
+        tokenize_conversation(messages, tok, template, image_token_id=img, num_image_tokens=N_IMG).input_ids.count(img)
+        == N_IMG
+    )
 
 
 def test_truncation_keeps_image_and_counts_supervision(qwen):
     tok, template, img = qwen
     messages, _ = to_messages(RECORD, 0)
     full = tokenize_conversation(messages, tok, template, image_token_id=img, num_image_tokens=N_IMG)
-    cut = tokenize_conversation(messages, tok, template, image_token_id=img, num_image_tokens=N_IMG, max_length=len(full.input_ids) - 4)
+    cut = tokenize_conversation(
+        messages, tok, template, image_token_id=img, num_image_tokens=N_IMG, max_length=len(full.input_ids) - 4
+    )
     assert cut.input_ids == full.input_ids[:-4] and cut.labels == full.labels[:-4]
     image_end = max(i for i, t in enumerate(full.input_ids) if t == img) + 1
     with pytest.raises(SampleTooLong, match="image tokens"):
-        tokenize_conversation(messages, tok, template, image_token_id=img, num_image_tokens=N_IMG, max_length=image_end - 1)
+        tokenize_conversation(
+            messages, tok, template, image_token_id=img, num_image_tokens=N_IMG, max_length=image_end - 1
+        )
     first_reply = next(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
     with pytest.raises(NoSupervisedTokens):
-        tokenize_conversation(messages, tok, template, image_token_id=img, num_image_tokens=N_IMG, max_length=first_reply)
+        tokenize_conversation(
+            messages, tok, template, image_token_id=img, num_image_tokens=N_IMG, max_length=first_reply
+        )

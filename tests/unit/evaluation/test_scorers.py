@@ -2,25 +2,37 @@
 
 import pytest
 
-from switchkd.evaluation.scorers import (circular_accuracy, exact_match, extract_choice, mme_scores,
-                                         mmmu_open_correct, normalize_answer, pope_metrics, rotate_options,
-                                         vqa_accuracy, yes_no)
+from switchkd.evaluation.scorers import (
+    circular_accuracy,
+    exact_match,
+    extract_choice,
+    mme_scores,
+    mmmu_open_correct,
+    normalize_answer,
+    pope_metrics,
+    rotate_options,
+    vqa_accuracy,
+    yes_no,
+)
 
 
-@pytest.mark.parametrize("raw,want", [
-    ("Two.", "2"),
-    ("The dog", "dog"),
-    ("an apple", "apple"),
-    ("dont", "don't"),
-    ("isnt it", "isn't it"),
-    ("yes!", "yes"),
-    ("1,000", "1000"),
-    ("3.5", "3.5"),
-    ("red, white", "red white"),
-    ("left-hand", "left hand"),
-    ("  Ten\n", "10"),
-    ("none", "0"),
-])
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        ("Two.", "2"),
+        ("The dog", "dog"),
+        ("an apple", "apple"),
+        ("dont", "don't"),
+        ("isnt it", "isn't it"),
+        ("yes!", "yes"),
+        ("1,000", "1000"),
+        ("3.5", "3.5"),
+        ("red, white", "red white"),
+        ("left-hand", "left hand"),
+        ("  Ten\n", "10"),
+        ("none", "0"),
+    ],
+)
 def test_vqa_normalisation(raw, want):
     assert normalize_answer(raw) == want
 
@@ -47,10 +59,20 @@ def test_gqa_exact_match():
     assert exact_match("Yes.", "yes") and exact_match("the table", "table") and not exact_match("chair", "table")
 
 
-@pytest.mark.parametrize("pred,want", [
-    ("B", "B"), ("(C)", "C"), ("A.", "A"), ("B. blue", "B"), ("The answer is D.", "D"),
-    ("I think it is green", "C"), ("", None), ("no idea", None), ("E", None),
-])
+@pytest.mark.parametrize(
+    "pred,want",
+    [
+        ("B", "B"),
+        ("(C)", "C"),
+        ("A.", "A"),
+        ("B. blue", "B"),
+        ("The answer is D.", "D"),
+        ("I think it is green", "C"),
+        ("", None),
+        ("no idea", None),
+        ("E", None),
+    ],
+)
 def test_choice_extraction(pred, want):
     assert extract_choice(pred, ["red", "blue", "green", "yellow"]) == want
 

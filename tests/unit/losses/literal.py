@@ -55,6 +55,8 @@ def literal_bild(s: torch.Tensor, t: torch.Tensor, tau: float, kl_dir: str, k=No
     for i in range(s.shape[0]):
         kt = k or literal_knee(t[i].tolist(), k_min, k_max)
         ks = k or literal_knee(s[i].detach().tolist(), k_min, k_max)
-        rows.append(literal_branch(t[i], s[i], kt, tau, kl_dir, student_leads=False)
-                    + literal_branch(s[i], t[i], ks, tau, kl_dir, student_leads=True))
+        rows.append(
+            literal_branch(t[i], s[i], kt, tau, kl_dir, student_leads=False)
+            + literal_branch(s[i], t[i], ks, tau, kl_dir, student_leads=True)
+        )
     return torch.stack(rows).mean()

@@ -35,8 +35,16 @@ class _PairKL(torch.autograd.Function):
         grad_q = torch.zeros_like(q_values) if want_q else None
         for rows in row_blocks(*p_values.shape):
             a, b = prepare(p_values[rows], valid[rows], tau, dtype), prepare(q_values[rows], valid[rows], tau, dtype)
-            ga, gb = block_backward(a, b, valid[rows].to(dtype), kl=kl[rows], log_z_q=log_z_q[rows],
-                                    grad=grad_out[rows] / tau, want_p=want_p, want_q=want_q)
+            ga, gb = block_backward(
+                a,
+                b,
+                valid[rows].to(dtype),
+                kl=kl[rows],
+                log_z_q=log_z_q[rows],
+                grad=grad_out[rows] / tau,
+                want_p=want_p,
+                want_q=want_q,
+            )
             if want_p:
                 grad_p[rows] = ga
             if want_q:
@@ -50,8 +58,9 @@ def pair_kl(p_values: torch.Tensor, q_values: torch.Tensor, valid: torch.Tensor,
     ``valid`` (N, K) marks each row's first k entries (k >= 2). Returns (N,).
     """
     if p_values.shape != q_values.shape or p_values.shape != valid.shape:
-        raise ValueError(f"pair_kl: shapes differ: {tuple(p_values.shape)}, {tuple(q_values.shape)}, "
-                         f"{tuple(valid.shape)}")
+        raise ValueError(
+            f"pair_kl: shapes differ: {tuple(p_values.shape)}, {tuple(q_values.shape)}, {tuple(valid.shape)}"
+        )
     if p_values.shape[1] == 0:  # no rows at all (k >= 2 otherwise): keep the graph, return (N,) zeros
         return (p_values + q_values).sum(-1)
     if valid.shape[0] and not bool((valid[:, 0] & (valid[:, 1:] <= valid[:, :-1]).all(-1)).all()):

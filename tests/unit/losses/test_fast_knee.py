@@ -28,8 +28,9 @@ def hard_rows(vocab: int, seed: int) -> torch.Tensor:
         # signed zeros tie with each other (the sort keys must not tell -0.0 from +0.0)
         torch.tensor([-0.0, 0.0, -1.0, 0.5])[torch.randint(0, 4, (vocab,), generator=g)],
         # LLM-like: a bell-shaped bulk and a few confident tokens
-        (torch.randn(vocab, generator=g) * 3).index_add_(0, torch.randint(0, vocab, (8,), generator=g),
-                                                         6 + 4 * torch.rand(8, generator=g)),
+        (torch.randn(vocab, generator=g) * 3).index_add_(
+            0, torch.randint(0, vocab, (8,), generator=g), 6 + 4 * torch.rand(8, generator=g)
+        ),
     ]
     return torch.stack(rows)
 

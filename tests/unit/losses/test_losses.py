@@ -11,8 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from switchkd.losses import (LOSSES, bild, dbild, forward_kl, get_loss, knee_k, reverse_kl, sort_select,
-                             supervised_positions)
+from switchkd.losses import (
+    LOSSES,
+    bild,
+    dbild,
+    forward_kl,
+    get_loss,
+    knee_k,
+    reverse_kl,
+    sort_select,
+    supervised_positions,
+)
 from tests.unit.losses.literal import kl, literal_bild, literal_knee, literal_order, pair_softmax
 from tests.unit.losses.pair_kl import pair_kl
 
@@ -96,9 +105,12 @@ def test_pair_kl_hand_computed():
     zq = 1 / e + 1 + e
     q = [(1 / e) / zq, 1 / zq, e / zq]
     want = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    got = pair_kl(torch.tensor([[2.0, 1.0, 0.0]], dtype=torch.float64),
-                  torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64),
-                  torch.ones(1, 3, dtype=torch.bool), 1.0)
+    got = pair_kl(
+        torch.tensor([[2.0, 1.0, 0.0]], dtype=torch.float64),
+        torch.tensor([[0.0, 1.0, 0.0]], dtype=torch.float64),
+        torch.ones(1, 3, dtype=torch.bool),
+        1.0,
+    )
     assert got.item() == pytest.approx(want, rel=1e-12)
 
 
@@ -186,8 +198,9 @@ def test_bild_values_and_gradients_equal_literal(kl_dir):
 def test_dbild_with_k_max_equals_literal():
     t = varied_rows(6, 300, seed=4)
     s = t.flip(-1) + 0.1
-    assert dbild(s, t, k_max=5, k_min=3).item() == pytest.approx(literal_bild(s, t, 3.0, "reverse", k_min=3,
-                                                                               k_max=5).item(), rel=1e-9)
+    assert dbild(s, t, k_max=5, k_min=3).item() == pytest.approx(
+        literal_bild(s, t, 3.0, "reverse", k_min=3, k_max=5).item(), rel=1e-9
+    )
 
 
 def test_dbild_four_tokens_by_hand():
@@ -226,7 +239,8 @@ def test_reverse_is_kl_of_student_to_teacher_on_pairs():
     tl, sc = pair_softmax(t[0, idx_t], 2.0), pair_softmax(s[0, idx_t], 2.0)
     sl, tc = pair_softmax(s[0, idx_s], 2.0), pair_softmax(t[0, idx_s], 2.0)
     assert bild(s, t, k=3, temperature=2.0, kl="reverse").item() == pytest.approx(
-        (kl(sc, tl) + kl(sl, tc)).item(), rel=1e-12)
+        (kl(sc, tl) + kl(sl, tc)).item(), rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
@@ -295,8 +309,13 @@ def test_row_with_twenty_thousand_knee_runs_in_little_memory():
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print("mb", (after - before) / 1024)
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    ).stdout.split()
     k, mb = int(out[1]), float(out[3])
     assert 19_000 <= k <= 21_000
     assert mb < 200, f"peak memory grew by {mb:.0f} MB"

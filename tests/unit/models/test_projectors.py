@@ -13,8 +13,14 @@ def test_ldpv2_maps_576_clip_tokens_to_144():
 
 def test_ldpv2_weight_names_match_mobilevlm_v2():
     names = {n for n, _ in LDPv2(8, 16).named_parameters()}
-    assert names == {"mlp.mlp.0.weight", "mlp.mlp.0.bias", "mlp.mlp.2.weight", "mlp.mlp.2.bias",
-                     "peg.peg.0.weight", "peg.peg.0.bias"}
+    assert names == {
+        "mlp.mlp.0.weight",
+        "mlp.mlp.0.bias",
+        "mlp.mlp.2.weight",
+        "mlp.mlp.2.bias",
+        "peg.peg.0.weight",
+        "peg.peg.0.bias",
+    }
 
 
 def test_ldpv2_position_injection_is_residual_depthwise_conv():

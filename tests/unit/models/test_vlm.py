@@ -4,14 +4,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (AutoTokenizer, CLIPConfig, CLIPModel, CLIPVisionConfig, CLIPVisionModel, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from switchkd.config import ConfigError, ModelConfig
 from switchkd.data.images import default_image_processor
-from switchkd.models.generation import GenerationConfig, generate
-from switchkd.models import VisionLanguageModel, build_vlm, load_vision_encoder, position_ids_from_mask
 from switchkd.demo.presets import qwen2_config, vision_config
+from switchkd.models import VisionLanguageModel, build_vlm, load_vision_encoder, position_ids_from_mask
+from switchkd.models.generation import GenerationConfig, generate
 from tests.conftest import tiny_model_config
 
 
@@ -25,20 +32,25 @@ def _pixels(model, n=1):
     return torch.randn(n, 3, size, size)
 
 
-@pytest.mark.parametrize("vision,projector,kwargs", [
-    ("clip", "mlp2x_gelu", {}),
-    ("siglip", "mlp2x_gelu", {}),
-    ("clip", "ldpv2", {"grid": 2}),
-])
+@pytest.mark.parametrize(
+    "vision,projector,kwargs",
+    [
+        ("clip", "mlp2x_gelu", {}),
+        ("siglip", "mlp2x_gelu", {}),
+        ("clip", "ldpv2", {"grid": 2}),
+    ],
+)
 def test_config_built_model_saves_and_loads_identically(tmp_path, tiny_tokenizer_dir, vision, projector, kwargs):
-    model = build_vlm(tiny_model_config(tiny_tokenizer_dir, vision=vision, projector=projector,
-                                        projector_kwargs=kwargs)).eval()
+    model = build_vlm(
+        tiny_model_config(tiny_tokenizer_dir, vision=vision, projector=projector, projector_kwargs=kwargs)
+    ).eval()
     model.save_pretrained(tmp_path / "m")
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "m")
     ids, px = _batch(model), _pixels(model)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, pixel_values=px).logits, model(ids, pixel_values=px).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(ids, pixel_values=px).logits, model(ids, pixel_values=px).logits, rtol=0, atol=0
+        )
     assert loaded.num_image_tokens == model.num_image_tokens
     assert loaded.vision_tower.drop_cls == (vision == "clip")
     assert loaded.config.projector == projector
@@ -84,23 +96,29 @@ def test_model_from_component_folders_saves_and_loads_as_one(tmp_path, tiny_toke
     model = build_vlm(ModelConfig(vision=str(tmp_path / "clip"), llm=str(tmp_path / "qwen"))).eval()
     # The real weights were loaded, not fresh ones.
     torch.testing.assert_close(model.llm.model.embed_tokens.weight, llm.model.embed_tokens.weight)
-    torch.testing.assert_close(model.vision_tower.encoder.embeddings.patch_embedding.weight,
-                               vision.embeddings.patch_embedding.weight)
+    torch.testing.assert_close(
+        model.vision_tower.encoder.embeddings.patch_embedding.weight, vision.embeddings.patch_embedding.weight
+    )
     model.save_pretrained(tmp_path / "vlm")
     loaded = VisionLanguageModel.from_pretrained(tmp_path / "vlm")
     ids, px = _batch(model), _pixels(model)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(ids, pixel_values=px).logits, model(ids, pixel_values=px).logits,
-                                   rtol=0, atol=0)
+        torch.testing.assert_close(
+            loaded(ids, pixel_values=px).logits, model(ids, pixel_values=px).logits, rtol=0, atol=0
+        )
     assert loaded.image_processor.crop_size == {"height": 56, "width": 56}
 
 
 def test_full_clip_folder_gives_its_vision_half(tmp_path):
     vcfg = vision_config("clip")
     vcfg.pop("model_type")
-    full = CLIPModel(CLIPConfig(vision_config=vcfg, text_config=dict(hidden_size=32, intermediate_size=64,
-                                                                    num_hidden_layers=1, num_attention_heads=4),
-                                projection_dim=16))
+    full = CLIPModel(
+        CLIPConfig(
+            vision_config=vcfg,
+            text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4),
+            projection_dim=16,
+        )
+    )
     full.save_pretrained(tmp_path / "clip-full")
     enc = load_vision_encoder(str(tmp_path / "clip-full"))
     assert isinstance(enc, CLIPVisionModel)
@@ -173,9 +191,11 @@ def test_padded_batch_matches_samples_run_alone(tiny_tokenizer_dir, side):
     ids, mask = _padded(rows, model.tokenizer.pad_token_id, side)
     with torch.no_grad():
         batch = model(ids, mask, pixel_values=px).logits
-        alone = [model(torch.tensor([rows[0]]), pixel_values=px[:1]).logits[0],
-                 model(torch.tensor([rows[1]])).logits[0],
-                 model(torch.tensor([rows[2]]), pixel_values=px[1:]).logits[0]]
+        alone = [
+            model(torch.tensor([rows[0]]), pixel_values=px[:1]).logits[0],
+            model(torch.tensor([rows[1]])).logits[0],
+            model(torch.tensor([rows[2]]), pixel_values=px[1:]).logits[0],
+        ]
     for b, ref in enumerate(alone):
         got = batch[b][mask[b].bool()]
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
@@ -258,12 +278,18 @@ def test_the_model_owns_one_template_for_data_prompts_and_its_saved_tokenizer(tm
     assert "Be brief." in rendered
     assert model.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True) == rendered
     assert model.tokenizer.decode(build_prompt(model, user)) == rendered
-    record = {"id": "r", "conversations": [{"from": "human", "value": user[0]["content"]},
-                                           {"from": "gpt", "value": "red"}]}
+    record = {
+        "id": "r",
+        "conversations": [{"from": "human", "value": user[0]["content"]}, {"from": "gpt", "value": "red"}],
+    }
     sample = LlavaDataset.for_model([record], None, model)[0]
     assert model.tokenizer.decode(sample["input_ids"]).startswith(rendered.split("<|im_start|>user")[0])
     model.save_pretrained(tmp_path / "m")
     again = VisionLanguageModel.from_pretrained(tmp_path / "m")
     assert again.template == model.template
-    assert AutoTokenizer.from_pretrained(tmp_path / "m").apply_chat_template(
-        user, tokenize=False, add_generation_prompt=True) == rendered
+    assert (
+        AutoTokenizer.from_pretrained(tmp_path / "m").apply_chat_template(
+            user, tokenize=False, add_generation_prompt=True
+        )
+        == rendered
+    )
