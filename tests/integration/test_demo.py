@@ -5,10 +5,13 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from switchkd.demo import DemoConfig, run_demo
 from switchkd.models import VisionLanguageModel
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     summary = run_demo(DemoConfig.quick(str(tmp_path / "demo")))
     results = json.loads((tmp_path / "demo" / "results.json").read_text())

@@ -92,6 +92,7 @@ def _cli(*args, stdin=None):
     )
 
 
+@pytest.mark.slow
 def test_chat_with_question_and_interactively(tiny_world):
     image = str(_test_image(tiny_world))
     one = _cli(

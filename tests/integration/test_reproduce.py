@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from switchkd.demo import DemoConfig, run_reproduce
 from switchkd.demo.reproduce import tables
 from switchkd.losses import LOSSES
@@ -32,6 +34,7 @@ def test_tables_format_mean_and_std():
     assert text.count("### Table") == 3
 
 
+@pytest.mark.slow
 def test_quick_reproduce_runs_every_ablation(tmp_path):
     text = run_reproduce(DemoConfig.quick(str(tmp_path / "r")), seeds=1)
     scores = json.loads((tmp_path / "r" / "scores.json").read_text())[0]

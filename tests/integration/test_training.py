@@ -103,6 +103,7 @@ def test_dft_moves_every_part_except_unused_vision_layers(tiny_world, tmp_path):
     assert {"loss", "ce", "align", "vsd", "k_teacher", "k_student", "lr", "tokens_per_s"} <= set(log[0])
 
 
+@pytest.mark.slow
 def test_two_processes_ddp_and_deepspeed_match_one_process(tiny_world, tmp_path):
     one = tmp_path / "one"
     train(load_config(_config(tiny_world, one, grad_accum=2)))
@@ -121,6 +122,7 @@ def test_two_processes_ddp_and_deepspeed_match_one_process(tiny_world, tmp_path)
     assert _curve(tmp_path / "ds") == pytest.approx(reference, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_exactly(tiny_world, tmp_path):
     steps = 8
     reference = train(load_config(_config(tiny_world, tmp_path / "full", max_steps=steps, save_every=2)))
@@ -153,6 +155,7 @@ def test_killed_run_resumes_exactly(tiny_world, tmp_path):
         torch.testing.assert_close(final[k], want[k], rtol=1e-5, atol=1e-5)  # thread counts differ
 
 
+@pytest.mark.slow
 def test_skipped_samples_are_counted_across_processes(tiny_world, tmp_path):
     records = json.loads(tiny_world.paths["dft"].read_text())[:16]
     for r in records[:3]:
