@@ -23,6 +23,13 @@ class TinyWorld:
     teacher: Path
 
 
+def world_model(tokenizer: Path, *, llm_width: int = 64, vision_width: int = 32, **model_kwargs):
+    """A fresh VLM for the tiny world: a CLIP tower on its 32-pixel images and a Qwen2 LLM."""
+    vision = vision_config("clip", width=vision_width, image_size=32, patch_size=8)
+    llm = qwen2_config(400, width=llm_width, layers=2)
+    return build_vlm(ModelConfig(vision=vision, llm=llm, tokenizer=str(tokenizer), **model_kwargs))
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> TinyWorld:
     import torch
@@ -34,9 +41,8 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
     tok = root / "tok"
     train_tokenizer(corpus(paths), vocab_size=400, out_dir=tok)
     torch.manual_seed(0)
-    vision = vision_config("clip", width=32, image_size=32, patch_size=8)
-    student = build_vlm(ModelConfig(vision=vision, llm=qwen2_config(400, width=48, layers=2), tokenizer=str(tok)))
-    teacher = build_vlm(ModelConfig(vision=vision, llm=qwen2_config(400, width=64, layers=2), tokenizer=str(tok)))
+    student = world_model(tok, llm_width=48)
+    teacher = world_model(tok, llm_width=64)
     student.save_pretrained(root / "student")
     teacher.save_pretrained(root / "teacher")
     return TinyWorld(root, paths, tok, root / "student", root / "teacher")

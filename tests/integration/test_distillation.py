@@ -75,41 +75,19 @@ def test_losses_are_named_and_consistent(tiny_world):
 
 
 def test_mismatched_pairs_are_refused(tiny_world, tmp_path):
-    from switchkd.config import ModelConfig
-    from switchkd.demo.presets import qwen2_config, vision_config
     from switchkd.demo.tokenizer import train_tokenizer
-    from switchkd.models import build_vlm
     from tests.conftest import CORPUS
+    from tests.integration.conftest import world_model
 
     student = VisionLanguageModel.from_pretrained(tiny_world.student)
-    wide = build_vlm(
-        ModelConfig(
-            vision=vision_config("clip", width=48, image_size=32, patch_size=8),
-            llm=qwen2_config(400, width=64),
-            tokenizer=str(tiny_world.tokenizer),
-        )
-    )
+    wide = world_model(tiny_world.tokenizer, vision_width=48)
     with pytest.raises(ValueError, match="student vision width 32 != teacher projector input 48"):
         VisualSwitchDistiller(student, wide, DistillConfig())
     train_tokenizer(CORPUS, vocab_size=300, out_dir=tmp_path / "other")
-    other = build_vlm(
-        ModelConfig(
-            vision=vision_config("clip", width=32, image_size=32, patch_size=8),
-            llm=qwen2_config(400, width=64),
-            tokenizer=str(tmp_path / "other"),
-        )
-    )
+    other = world_model(tmp_path / "other")
     with pytest.raises(ValueError, match="tokenizers differ"):
         VisualSwitchDistiller(student, other, DistillConfig())
-    fewer = build_vlm(
-        ModelConfig(
-            vision=vision_config("clip", width=32, image_size=32, patch_size=8),
-            llm=qwen2_config(400, width=64),
-            projector="ldpv2",
-            projector_kwargs={"grid": 2},
-            tokenizer=str(tiny_world.tokenizer),
-        )
-    )
+    fewer = world_model(tiny_world.tokenizer, projector="ldpv2", projector_kwargs={"grid": 2})
     with pytest.raises(ValueError, match="image token counts differ"):
         VisualSwitchDistiller(student, fewer, DistillConfig())
 

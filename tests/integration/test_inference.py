@@ -69,19 +69,9 @@ def test_llava_hf_import_round_trips(tiny_world, tmp_path):
 
 
 def test_export_refuses_ldpv2(tiny_world, tmp_path):
-    from switchkd.config import ModelConfig
-    from switchkd.demo.presets import qwen2_config, vision_config
-    from switchkd.models import build_vlm
+    from tests.integration.conftest import world_model
 
-    ldp = build_vlm(
-        ModelConfig(
-            vision=vision_config("clip", width=32, image_size=32, patch_size=8),
-            llm=qwen2_config(400, width=48),
-            projector="ldpv2",
-            projector_kwargs={"grid": 2},
-            tokenizer=str(tiny_world.tokenizer),
-        )
-    )
+    ldp = world_model(tiny_world.tokenizer, llm_width=48, projector="ldpv2", projector_kwargs={"grid": 2})
     with pytest.raises(ValueError, match="'ldpv2' cannot be expressed"):
         export_llava_hf(ldp, tmp_path / "x")
 

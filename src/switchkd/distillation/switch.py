@@ -52,13 +52,14 @@ def check_pair(student, teacher) -> int:
             f"teacher and student tokenizers differ ({len(s_vocab)} vs {len(t_vocab)} tokens; "
             f"{only_s} only in the student, {only_t} only in the teacher): Switch-KD needs one vocabulary"
         )
-    if student.image_token_id != teacher.image_token_id:
-        raise ValueError(f"image token ids differ: student {student.image_token_id}, teacher {teacher.image_token_id}")
-    if student.num_image_tokens != teacher.num_image_tokens:
-        raise ValueError(
-            f"image token counts differ: student {student.num_image_tokens}, teacher "
-            f"{teacher.num_image_tokens}; both pathways must see the same prompt"
-        )
+    same = (
+        ("image token ids", student.image_token_id, teacher.image_token_id, "both prompts must mean the same"),
+        ("image token counts", student.num_image_tokens, teacher.num_image_tokens, "both pathways see one prompt"),
+        ("image sizes", student.vision_tower.image_size, teacher.vision_tower.image_size, "both read the same pixels"),
+    )
+    for what, s_value, t_value, why in same:
+        if s_value != t_value:
+            raise ValueError(f"{what} differ: student {s_value}, teacher {t_value}; {why}")
     if student.vision_tower.hidden_size != teacher.projector.in_dim:
         raise ValueError(
             f"visual switch: student vision width {student.vision_tower.hidden_size} != teacher "
@@ -69,11 +70,6 @@ def check_pair(student, teacher) -> int:
         raise ValueError(
             f"visual switch: the teacher projector makes {switched} tokens from the student's "
             f"vision features, but the prompt holds {teacher.num_image_tokens}"
-        )
-    if student.vision_tower.image_size != teacher.vision_tower.image_size:
-        raise ValueError(
-            f"image sizes differ: student {student.vision_tower.image_size}, teacher "
-            f"{teacher.vision_tower.image_size}; both encoders read the same pixels"
         )
     # Logit rows may be padded differently (Qwen2.5-7B: 152,064; 0.5B-3B: 151,936): the tokenizer decides.
     return len(student.tokenizer)

@@ -229,14 +229,7 @@ class VisionLanguageModel(nn.Module):
         """Assemble from component folders or config dicts. ``fresh_weights=False`` skips random
         initialisation of weights that are about to be loaded."""
         parts = build_components(cfg, fresh_weights=fresh_weights, dtype=dtype)
-        return cls(
-            cfg,
-            vision_tower=parts.vision_tower,
-            projector=parts.projector,
-            llm=parts.llm,
-            tokenizer=parts.tokenizer,
-            image_processor=parts.image_processor,
-        )
+        return cls(cfg, **vars(parts))  # the fields of Components are the constructor's keywords
 
     @classmethod
     def from_pretrained(
