@@ -125,25 +125,31 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, ax, *, labels: tuple[str, str, str], png: Path) -> bool:
+    """Axis labels, legend and title (x, y, title), then the figure written to ``png`` and closed."""
+    xlabel, ylabel, title = labels
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.set_title(title)
+    ax.figure.tight_layout()
+    ax.figure.savefig(png, dpi=120)
+    plt.close(ax.figure)
+    return True
+
+
 def plot_curves(run_dir: Path, png: Path) -> bool:
     plt = _pyplot()
     if plt is None:
         return False
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    _, ax = plt.subplots(figsize=(6, 3.5))
     for key in ("loss", "ce", "align", "vsd"):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         if pts:
             ax.plot(*zip(*pts), label=key)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Switch-KD training: loss terms")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return True
+    return _finish(plt, ax, labels=("step", "loss", "Switch-KD training: loss terms"), png=png)
 
 
 @torch.no_grad()
@@ -162,17 +168,10 @@ def plot_knee(teacher_dir: Path, dft_file: Path, png: Path) -> bool:
     row = rows[0].float()
     k = int(knee_k(row[None])[0])
     values = row.sort(descending=True).values
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    _, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(range(1, len(values) + 1), values.numpy(), label="sorted teacher logits")
     ax.axvline(k, color="red", linestyle="--", label=f"knee k = {k}")
-    ax.set_xlabel("rank")
-    ax.set_ylabel("logit")
-    ax.legend()
-    ax.set_title("Dynamic top-k: the knee of the sorted logits")
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return True
+    return _finish(plt, ax, labels=("rank", "logit", "Dynamic top-k: the knee of the sorted logits"), png=png)
 
 
 def run_reproduce(cfg: DemoConfig, seeds: int = 1) -> str:
