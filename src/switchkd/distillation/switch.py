@@ -86,7 +86,7 @@ class VisualSwitchDistiller(nn.Module):
         self._teacher = [teacher]  # a list hides it from nn.Module registration
         self.cfg = cfg
         self.chunk_rows = chunk_rows
-        self.vocab = check_pair(student, teacher)
+        check_pair(student, teacher)  # one vocabulary: both models' token_logits have the same width
         teacher.requires_grad_(False)
         teacher.eval()
 

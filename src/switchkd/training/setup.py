@@ -31,7 +31,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     if accelerator.is_main_process:
         Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
-    objective = build_objective(cfg)
+    objective = build_objective(cfg, verbose=accelerator.is_main_process)
     sampler, loader = make_loader(cfg, objective.student, world=accelerator.num_processes)
     optimizer = torch.optim.AdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
@@ -63,11 +63,14 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
     )
 
 
-def build_objective(cfg: Config) -> torch.nn.Module:
+def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
     """The student with its stage applied, wrapped in the stage's objective (LM, or the distiller)."""
     student = build_vlm(cfg.model)
     counts = apply_stage(student, trainable_parts(cfg.train.stage, cfg.train.trainable))
-    log.info("stage %s: trainable parameters %s", cfg.train.stage, {k: f"{v / 1e6:.2f}M" for k, v in counts.items()})
+    if verbose:
+        log.info(
+            "stage %s: trainable parameters %s", cfg.train.stage, {k: f"{v / 1e6:.2f}M" for k, v in counts.items()}
+        )
     if cfg.train.gradient_checkpointing:
         student.gradient_checkpointing_enable()
     chunk_rows = cfg.train.loss_chunk_rows
