@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,14 +123,31 @@ def test_two_processes_ddp_and_deepspeed_match_one_process(tiny_world, tmp_path)
     assert _curve(tmp_path / "ds") == pytest.approx(reference, rel=1e-5)
 
 
+def _twelve_records(world, tmp_path: Path) -> dict:
+    """12 records at 4 per step: an epoch is 3 steps, so a short run crosses epoch boundaries."""
+    data = tmp_path / "twelve.json"
+    data.write_text(json.dumps(json.loads(world.paths["dft"].read_text())[:12]))
+    return {"train": str(data), "image_root": str(world.paths["dft"].parent)}
+
+
+def _with_data(config: Path, data: dict) -> Path:
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"].update(data)
+    config.write_text(yaml.safe_dump(cfg))
+    return config
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_exactly(tiny_world, tmp_path):
-    steps = 8
-    reference = train(load_config(_config(tiny_world, tmp_path / "full", max_steps=steps, save_every=2)))
+    steps = 8  # across epochs 0, 1 and 2
+    data = _twelve_records(tiny_world, tmp_path)
+    full = _with_data(_config(tiny_world, tmp_path / "full", max_steps=steps, save_every=2), data)
+    reference = train(load_config(full))
     ref_curve = [h["loss"] for h in reference.history]
+    assert reference.history[-1]["epoch"] == 2
 
     out = tmp_path / "killed"
-    config = _config(tiny_world, out, max_steps=steps, save_every=2)
+    config = _with_data(_config(tiny_world, out, max_steps=steps, save_every=2), data)
     proc = subprocess.Popen(
         [sys.executable, "-m", "switchkd", "train", "--config", str(config)],
         env=_env(),
@@ -195,3 +213,49 @@ def test_every_shipped_config_loads():
     for path in configs:
         cfg = load_config(path)
         assert cfg.train.stage in ("pt", "dpt", "sft", "dft"), path
+
+
+def _cut_back_to(out: Path, step: int) -> None:
+    """The folder as a kill right after checkpoint ``step`` leaves it: later checkpoints, the final
+    model and the log lines past that step are gone or never written (the log keeps a stale tail)."""
+    for ckpt in checkpoints(out):
+        if int(ckpt.name.split("-")[1]) > step:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(out / "final")
+    lines = (out / "log.jsonl").read_text().splitlines()
+    torn = lines[step + 1][:10]  # a kill in the middle of writing the next line
+    (out / "log.jsonl").write_text("\n".join(lines[: step + 1]) + "\n" + torn)  # past the checkpoint
+
+
+def test_resume_is_exact_across_epoch_boundaries(tiny_world, tmp_path):
+    """12 records, 4 per step: 3 steps an epoch, 9 steps over 3 epochs. Resuming from any step's
+    checkpoint (mid-epoch and at epoch ends) gives the uninterrupted run's losses and weights."""
+    records = json.loads(tiny_world.paths["dft"].read_text())[:12]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(records))
+    image_root = str(tiny_world.paths["dft"].parent)
+    overrides = [
+        f"data.train={data}",
+        f"data.image_root={image_root}",
+        "train.max_steps=9",
+        "train.save_every=1",
+        "train.save_total_limit=null",
+        "data.length_grouped=true",
+    ]
+    reference = train(load_config(_config(tiny_world, tmp_path / "full", stage="sft"), overrides))
+    assert [h["epoch"] for h in reference.history] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    want = VisionLanguageModel.from_pretrained(reference.final_model).state_dict()
+    for step in (2, 3, 4, 6, 7):
+        out = tmp_path / f"cut{step}"
+        shutil.copytree(tmp_path / "full", out)
+        _cut_back_to(out, step)
+        resumed = train(load_config(_config(tiny_world, out, stage="sft"), overrides), resume=True)
+        assert [h["step"] for h in resumed.history] == list(range(step + 1, 10))
+        assert [h["loss"] for h in resumed.history] == pytest.approx(
+            [h["loss"] for h in reference.history[step:]], rel=1e-6
+        ), step
+        got = VisionLanguageModel.from_pretrained(resumed.final_model).state_dict()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
+        logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+        assert logged == list(range(1, 10)), step  # cut back to the checkpoint, then continued

@@ -74,10 +74,13 @@ def train(cfg: Config, resume: bool = False) -> TrainResult:
 
 def epoch_groups(run: Run) -> Iterator[list[dict]]:
     """The rest of the current epoch, ``grad_accum`` micro-batches at a time (the last group may be short)."""
-    run.sampler.set_epoch(run.state.epoch)
     loader = run.loader
     if run.state.position:
         loader = run.accelerator.skip_first_batches(loader, run.state.position)
+    # accelerate's loaders set the sampler's epoch from their own pass counter, which starts at 0 in a
+    # resumed run and in every skip_first_batches loader: the epoch must come from our state.
+    loader.set_epoch(run.state.epoch)
+    run.sampler.set_epoch(run.state.epoch)
     batches = iter(loader)
     while group := list(itertools.islice(batches, run.cfg.train.grad_accum)):
         yield group
@@ -144,6 +147,14 @@ def step_record(run: Run, sums: Counter, *, tokens: int, samples: int, seconds: 
     return record
 
 
+def _logged_step(line: str) -> float:
+    """The step of a log.jsonl line; a torn line (a kill mid-write) counts as past every step."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class StepLog:
     """Where step records go, on the main process: ``log.jsonl`` (every ``log_every`` steps and the
     last), TensorBoard when enabled, and the progress bar."""
@@ -154,10 +165,15 @@ class StepLog:
         self.progress = None
         if t.tensorboard:
             run.accelerator.init_trackers("switchkd")
-        if run.is_main and fresh and self.path.exists():
-            self.path.unlink()
+        if run.is_main and self.path.exists():
+            self._keep_until(0 if fresh else run.state.step)
         if run.is_main and t.progress:
             self.progress = tqdm(total=run.total_steps, initial=run.state.step, desc=t.stage, dynamic_ncols=True)
+
+    def _keep_until(self, step: int) -> None:
+        """Drop the records after ``step`` (a resumed run writes them again), or all of them."""
+        kept = [line for line in self.path.read_text().splitlines() if _logged_step(line) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
         run, t = self.run, self.run.cfg.train
