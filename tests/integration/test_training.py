@@ -259,3 +259,38 @@ def test_resume_is_exact_across_epoch_boundaries(tiny_world, tmp_path):
             torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
         logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
         assert logged == list(range(1, 10)), step  # cut back to the checkpoint, then continued
+
+
+def test_a_bad_sample_in_a_dataloader_worker_is_one_line_naming_the_record(tiny_world, tmp_path):
+    from switchkd.data.dataset import SampleError
+
+    records = json.loads(tiny_world.paths["dft"].read_text())[:8]
+    records[5]["image"] = "images/missing.png"
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps(records))
+    config = _with_data(
+        _config(tiny_world, tmp_path / "run", stage="sft", max_steps=2),
+        {"train": str(data), "image_root": str(tiny_world.paths["dft"].parent), "num_workers": 2},
+    )
+    with pytest.raises(SampleError) as err:
+        train(load_config(config))
+    assert "\n" not in str(err.value) and "record 5" in str(err.value) and "missing.png" in str(err.value)
+    assert err.value.reason == "bad_image"
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "switchkd",
+            "train",
+            "--config",
+            str(config),
+            "train.output_dir=" + str(tmp_path / "cli"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+    errors = [line for line in cli.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("switchkd train: error: record 5"), cli.stderr[-2000:]

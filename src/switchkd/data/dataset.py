@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from switchkd.data.images import ImageError, load_image, preprocess_images, resolve_image_path
 from switchkd.data.records import RecordError, load_records, record_name, to_messages
@@ -123,9 +123,14 @@ class LlavaDataset(Dataset):
         try:
             return self.load(index)
         except SampleError as exc:
-            if self.on_error != "skip":
-                raise
-            return {"skipped": exc.reason, "id": index}
+            if self.on_error == "skip":
+                return {"skipped": exc.reason, "id": index}
+            if get_worker_info() is not None:
+                # Raised in a DataLoader worker, it would reach the main process as a RuntimeError
+                # holding the whole traceback; the message travels as data and raise_sample_error
+                # raises it there as the one-line SampleError it is.
+                return {"error": str(exc), "reason": exc.reason, "id": index}
+            raise
 
 
 class Collator:
@@ -136,6 +141,9 @@ class Collator:
         self.padding_side = padding_side
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        failed = [s for s in samples if "error" in s]
+        if failed:  # a sample that failed in a worker: the batch carries only its error
+            return {"error": failed[0]["error"], "reason": failed[0]["reason"]}
         skipped = Counter(s["skipped"] for s in samples if "skipped" in s)
         samples = [s for s in samples if "skipped" not in s]
         batch: dict[str, Any] = {"skipped": skipped, "ids": [s["id"] for s in samples]}
@@ -163,6 +171,14 @@ class Collator:
             num_items=int((labels[:, 1:] != IGNORE_INDEX).sum()),
         )
         return batch
+
+
+def raise_sample_error(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch, or the SampleError of a sample that failed in a DataLoader worker (raised here, in
+    the main process, as one line naming the record)."""
+    if "error" in batch:
+        raise SampleError(batch["error"], batch["reason"])
+    return batch
 
 
 class LengthGroupedSampler(Sampler[int]):

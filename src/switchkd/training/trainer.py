@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from switchkd.data.dataset import raise_sample_error
 from switchkd.training.checkpoint import save_checkpoint, save_model, skipped_everywhere
 from switchkd.training.config import Config
 from switchkd.training.run import Run
@@ -81,7 +82,7 @@ def epoch_groups(run: Run) -> Iterator[list[dict]]:
     # resumed run and in every skip_first_batches loader: the epoch must come from our state.
     loader.set_epoch(run.state.epoch)
     run.sampler.set_epoch(run.state.epoch)
-    batches = iter(loader)
+    batches = map(raise_sample_error, loader)
     while group := list(itertools.islice(batches, run.cfg.train.grad_accum)):
         yield group
 
