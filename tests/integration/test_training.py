@@ -294,3 +294,13 @@ def test_a_bad_sample_in_a_dataloader_worker_is_one_line_naming_the_record(tiny_
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
     errors = [line for line in cli.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("switchkd train: error: record 5"), cli.stderr[-2000:]
+
+
+def test_empty_data_is_an_error_in_training_and_in_the_dry_run(tiny_world, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    config = _with_data(_config(tiny_world, tmp_path / "run", stage="sft"), {"train": str(empty)})
+    with pytest.raises(ValueError, match="holds no records"):
+        dry_run(load_config(config))
+    with pytest.raises(ValueError, match="holds no records"):
+        train(load_config(config))

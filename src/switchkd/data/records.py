@@ -23,7 +23,24 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    try:
+        return _parse_records(path, text)
+    except RecursionError:
+        raise RecordError(f"{path}: JSON nested too deeply to be a LLaVA record file") from None
+
+
+def require_records(records: list, path: str | Path) -> list:
+    """``records``, or an error: training on an empty file would have nothing to learn from."""
+    if not records:
+        raise RecordError(f"data.train: {path} holds no records")
+    return records
+
+
+def _parse_records(path: Path, text: str) -> list[dict[str, Any]]:
     if path.suffix == ".jsonl":
         records = []
         for lineno, line in enumerate(text.splitlines(), 1):

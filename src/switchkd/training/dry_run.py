@@ -13,7 +13,7 @@ from transformers import AutoConfig
 
 from switchkd.config import ModelConfig, from_dict, require_folder
 from switchkd.data.images import load_image, resolve_image_path
-from switchkd.data.records import load_records, to_messages
+from switchkd.data.records import load_records, require_records, to_messages
 from switchkd.distillation.switch import check_pair
 from switchkd.models import build_vlm
 from switchkd.models.builders import processor_source, tokenizer_source
@@ -74,7 +74,7 @@ def dry_run(cfg: Config) -> str:
             f"teacher: LLM {_params(teacher.llm)}, projector {teacher.config.projector}; pair checks passed "
             f"(shared vocabulary {vocab:,}); distill {dataclasses.asdict(cfg.distill)}"
         )
-    records = load_records(cfg.data.train)
+    records = require_records(load_records(cfg.data.train), cfg.data.train)
     root = cfg.data.resolved_image_root
     with_image = 0
     for i, rec in enumerate(records[:CHECK_RECORDS]):

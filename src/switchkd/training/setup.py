@@ -13,6 +13,7 @@ from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, se
 from torch.utils.data import DataLoader
 
 from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, ShuffleSampler
+from switchkd.data.records import load_records, require_records
 from switchkd.distillation.switch import VisualSwitchDistiller
 from switchkd.models import build_vlm
 from switchkd.training.checkpoint import restore_latest
@@ -82,8 +83,9 @@ def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
 def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:
     """The training data in the student's format, with a sampler that every process shares."""
     data, t = cfg.data, cfg.train
+    records = require_records(load_records(data.train), data.train)
     dataset = LlavaDataset.for_model(
-        data.train, data.resolved_image_root, student, max_length=data.max_length, on_error=data.on_error
+        records, data.resolved_image_root, student, max_length=data.max_length, on_error=data.on_error
     )
     if data.length_grouped:
         lengths = [dataset.approx_length(i) for i in range(len(dataset))]

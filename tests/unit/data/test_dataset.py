@@ -128,6 +128,30 @@ def test_malformed_files_name_the_position(tmp_path):
         load_records(tmp_path / "none.json")
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("latin1.json", '[{"id": "caf\xe9"}]'.encode("latin-1"), r"latin1\.json: not UTF-8 text \(byte 12"),
+        ("utf16.jsonl", '{"id": 1}\n'.encode("utf-16"), r"utf16\.jsonl: not UTF-8 text \(byte 0"),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, r"deep\.json: JSON nested too deeply"),
+    ],
+)
+def test_undecodable_and_hostile_files_name_the_file(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(RecordError, match=message):
+        load_records(tmp_path / name)
+
+
+@pytest.mark.parametrize("content", ["[]", "", "\n  \n"])
+def test_an_empty_training_file_is_refused(tmp_path, content):
+    from switchkd.data.records import require_records
+
+    path = tmp_path / ("empty.json" if content == "[]" else "empty.jsonl")
+    path.write_text(content)
+    with pytest.raises(RecordError, match=f"data.train: {path} holds no records"):
+        require_records(load_records(path), path)
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_collator_pads_and_keeps_image_order(folder, tiny_tokenizer_dir, side):
     records = [_good(0), _good(1, image=None), _good(2)]
