@@ -187,7 +187,7 @@ def test_skipped_samples_are_counted_across_processes(tiny_world, tmp_path):
     _torchrun(
         config
     )  # 2 processes x batch 4 x 2 steps = 16 records: each seen once (uneven sizes get padded by repeats)
-    state = json.loads((checkpoints(tmp_path / "skip")[-1] / "trainer_state.json").read_text())
+    state = json.loads((checkpoints(tmp_path / "skip")[-1] / "trainer_state.json").read_text())["state"]
     assert state["skipped"] == {"bad_image": 3}
 
 
@@ -304,3 +304,89 @@ def test_empty_data_is_an_error_in_training_and_in_the_dry_run(tiny_world, tmp_p
         dry_run(load_config(config))
     with pytest.raises(ValueError, match="holds no records"):
         train(load_config(config))
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_resume_never_unpickles_and_skips_damaged_checkpoints(tiny_world, tmp_path, caplog):
+    import hashlib
+    import pickle
+
+    overrides = ["train.max_steps=4", "train.save_every=1", "train.save_total_limit=null"]
+    data = _twelve_records(tiny_world, tmp_path)
+    reference = train(load_config(_with_data(_config(tiny_world, tmp_path / "full", stage="sft"), data), overrides))
+    want = VisionLanguageModel.from_pretrained(reference.final_model).state_dict()
+    marker = tmp_path / "executed"
+    evil = pickle.dumps(_Payload(marker))
+
+    def cut(name: str) -> tuple[Path, dict]:
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "full", out)
+        shutil.rmtree(out / "final")
+        steps = {int(p.name.split("-")[1]): p for p in checkpoints(out)}
+        assert sorted(steps) == [1, 2, 3, 4]
+        return out, steps
+
+    def resume(out: Path):
+        return train(load_config(_with_data(_config(tiny_world, out, stage="sft"), data), overrides), resume=True)
+
+    def check_equal(result):
+        got = VisionLanguageModel.from_pretrained(result.final_model).state_dict()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+    # Every file of step 4 replaced by a malicious pickle, and accelerate's pickle files planted too:
+    # step 4 fails its checksums and step 3 is used; nothing is ever unpickled.
+    out, steps = cut("planted")
+    for path in steps[4].rglob("*"):
+        if path.is_file() and path.name != "trainer_state.json":
+            path.write_bytes(evil)
+    for folder in (steps[3], steps[4]):
+        (folder / "state").mkdir(exist_ok=True)
+        for name in ("custom_checkpoint_0.pkl", "random_states_0.pkl", "optimizer.bin", "scheduler.bin"):
+            (folder / "state" / name).write_bytes(evil)
+    with caplog.at_level("WARNING", logger="switchkd.train"):
+        result = resume(out)
+    assert "step-0000004 is damaged (model.safetensors does not match its checksum)" in caplog.text
+    assert [h["step"] for h in result.history] == [4] and not marker.exists()
+    assert result.history[0]["loss"] == pytest.approx(reference.history[3]["loss"], rel=1e-6)
+    check_equal(result)
+
+    # The same with a forged checksum list: one clear error, still nothing executed.
+    out, steps = cut("forged")
+    meta = json.loads((steps[4] / "trainer_state.json").read_text())
+    for name in meta["sha256"]:
+        (steps[4] / name).write_bytes(evil)
+        meta["sha256"][name] = hashlib.sha256(evil).hexdigest()
+    (steps[4] / "trainer_state.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="step-0000004 cannot be loaded"):
+        resume(out)
+    assert not marker.exists()
+
+    # A truncated newest checkpoint and a flipped byte in the one before: back to step 2, exactly.
+    out, steps = cut("corrupt")
+    weights = steps[4] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    optimizer = steps[3] / "optimizer.safetensors"
+    flipped = bytearray(optimizer.read_bytes())
+    flipped[-7] ^= 0x01
+    optimizer.write_bytes(bytes(flipped))
+    result = resume(out)
+    assert [h["step"] for h in result.history] == [3, 4]
+    check_equal(result)
+
+    # No intact checkpoint at all: an error, not a silent restart from step 0.
+    out, steps = cut("none")
+    for folder in steps.values():
+        (folder / "trainer_state.json").write_bytes(evil)
+    with pytest.raises(ValueError, match="no intact checkpoint"):
+        resume(out)
+    assert not marker.exists()

@@ -1,25 +1,42 @@
-"""Step checkpoints (optimizer, scheduler, RNG states, model, ``TrainState``), resume, and the final model.
+"""Step checkpoints, resume, and the final model.
+
+A checkpoint of a single-process or DDP run is safetensors and JSON only, so resume never unpickles
+anything: ``model.safetensors`` (the objective's weights), ``optimizer.safetensors`` +
+``optimizer.json``, ``rng-<rank>.json`` (Python, NumPy, torch and CUDA generators), and
+``trainer_state.json`` (``TrainState``, the scheduler, the grad scaler, and the SHA-256 of every
+other file). FSDP and DeepSpeed shard the optimizer; their checkpoints keep the engines' own files
+(written by accelerate under ``state/``, pickle-based), checksummed like the rest.
 
 Every folder is written under a ``.tmp-`` name and renamed into place only when complete, so a kill
-never leaves a checkpoint that looks finished.
+never leaves a checkpoint that looks finished; resume verifies the checksums and falls back, with a
+warning, to the newest complete and intact checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 from collections import Counter
 from pathlib import Path
 
-from accelerate.utils import gather_object
+import numpy as np
+import torch
+from accelerate.utils import DistributedType, broadcast_object_list, gather_object
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model as load_module_weights
+from safetensors.torch import save_model as save_module_weights
 
 from switchkd.training.run import Run, TrainState
 
 log = logging.getLogger("switchkd.train")
 
 STATE_NAME = "trainer_state.json"
+FORMAT = 1
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:
@@ -41,6 +58,10 @@ def skipped_everywhere(run: Run) -> Counter:
     return total
 
 
+def _sharded(run: Run) -> bool:
+    return run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
 def save_checkpoint(run: Run) -> TrainState:
     """Write ``checkpoints/step-N`` (collective: every process calls it) and drop the oldest beyond
     ``save_total_limit``. Returns the saved state, whose skip counts are summed over processes."""
@@ -52,10 +73,18 @@ def save_checkpoint(run: Run) -> TrainState:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp / "state"))
+    if _sharded(run):
+        acc.save_state(str(tmp / "state"))
+    else:
+        _save_weights_and_optimizer(run, tmp)
+    (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(_rng_state()))
     acc.wait_for_everyone()
     if run.is_main:
-        (tmp / STATE_NAME).write_text(json.dumps(state.to_json()))
+        meta = {"format": FORMAT, "state": state.to_json(), "scheduler": _scheduler_state(run)}
+        if acc.scaler is not None:
+            meta["scaler"] = acc.scaler.state_dict()
+        meta["sha256"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / STATE_NAME).write_text(json.dumps(meta))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         keep = run.cfg.train.save_total_limit
@@ -65,19 +94,135 @@ def save_checkpoint(run: Run) -> TrainState:
     return state
 
 
+def _save_weights_and_optimizer(run: Run, folder: Path) -> None:
+    """Main process: the objective's weights and the optimizer state (replicated under DDP)."""
+    if not run.is_main:
+        return
+    save_module_weights(run.accelerator.unwrap_model(run.objective), str(folder / "model.safetensors"))
+    opt = run.optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in opt["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{name}"] = value
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": opt["param_groups"], "scalars": scalars}))
+
+
+def _scheduler_state(run: Run) -> dict:
+    return {k: v for k, v in run.scheduler.state_dict().items() if k != "lr_lambdas"}
+
+
+def _rng_state() -> dict:
+    version, words, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {
+        "python": [version, list(words), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return out
+
+
+def _set_rng_state(saved: dict) -> None:
+    version, words, gauss = saved["python"]
+    random.setstate((version, tuple(words), gauss))
+    kind, keys, pos, has_gauss, cached = saved["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(saved["torch"], dtype=torch.uint8))
+    if "cuda" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in saved["cuda"]])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damage(folder: Path) -> str | None:
+    """Why ``folder`` cannot be resumed from (unreadable state, a missing file, a checksum that does not
+    match), or None when it is complete and intact."""
+    try:
+        meta = json.loads((folder / STATE_NAME).read_text())
+        sums = meta["sha256"]
+        if meta.get("format") != FORMAT or not isinstance(sums, dict):
+            return f"{STATE_NAME} is not a switchkd checkpoint of format {FORMAT}"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{STATE_NAME} is unreadable ({type(exc).__name__})"
+    for name, want in sums.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != want:
+            return f"{name} does not match its checksum"
+    return None
+
+
 def restore_latest(run: Run) -> None:
-    """Load the newest complete checkpoint of the run's output folder into ``run`` (no-op without one)."""
+    """Load the newest complete and intact checkpoint of the output folder into ``run`` (no-op without
+    one; damaged ones are skipped with a warning). Every process loads the one the main process chose."""
     found = checkpoints(run.output_dir)
-    if not found:
+    choice = [None]
+    if run.is_main:
+        for folder in reversed(found):
+            problem = damage(folder)
+            if problem is None:
+                choice = [str(folder)]
+                break
+            log.warning("checkpoint %s is damaged (%s): trying the one before it", folder, problem)
+    if run.accelerator.num_processes > 1:
+        broadcast_object_list(choice)
+    if choice[0] is None:
+        if found:
+            raise ValueError(f"train.output_dir: no intact checkpoint in {run.output_dir / 'checkpoints'}")
         log.info("no checkpoint in %s: starting from step 0", run.output_dir)
         return
-    latest = found[-1]
-    run.accelerator.load_state(str(latest / "state"))
-    state = TrainState.from_json(json.loads((latest / STATE_NAME).read_text()))
+    try:
+        _load(run, Path(choice[0]))
+    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        # The checksums matched but a file is not what this format writes (e.g. a forged checksum list).
+        raise ValueError(f"checkpoint {choice[0]} cannot be loaded: {type(exc).__name__}: {exc}") from None
+
+
+def _load(run: Run, folder: Path) -> None:
+    acc = run.accelerator
+    meta = json.loads((folder / STATE_NAME).read_text())
+    if _sharded(run):
+        acc.load_state(str(folder / "state"))
+    else:
+        _load_weights_and_optimizer(run, folder)
+    run.scheduler.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(run.scheduler.lr_lambdas)})
+    if acc.scaler is not None and "scaler" in meta:
+        acc.scaler.load_state_dict(meta["scaler"])
+    rng = folder / f"rng-{acc.process_index}.json"
+    _set_rng_state(json.loads(rng.read_text()))
+    state = TrainState.from_json(meta["state"])
     if not run.is_main:
         state.skipped = Counter()  # the stored counts are global: one process carries them on
     run.state = state
-    log.info("resumed from %s (step %d)", latest, state.step)
+    log.info("resumed from %s (step %d)", folder, state.step)
+
+
+def _load_weights_and_optimizer(run: Run, folder: Path) -> None:
+    model = run.accelerator.unwrap_model(run.objective)
+    device = next(model.parameters()).device
+    load_module_weights(model, str(folder / "model.safetensors"), strict=True, device=str(device))
+    saved = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict] = {}
+    for key, value in load_file(str(folder / "optimizer.safetensors")).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    for key, value in saved["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    run.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
 
 
 def save_model(run: Run, directory: Path) -> None:

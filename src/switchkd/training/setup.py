@@ -38,7 +38,6 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     total = total_steps(cfg.train, len(loader))
     scheduler = make_scheduler(optimizer, cfg.train, total)
-    accelerator.register_for_checkpointing(scheduler)
     run = Run(cfg, accelerator, objective, optimizer, scheduler, loader, sampler, total)
     if resume:
         restore_latest(run)
