@@ -355,7 +355,7 @@ def test_resume_never_unpickles_and_skips_damaged_checkpoints(tiny_world, tmp_pa
             (folder / "state" / name).write_bytes(evil)
     with caplog.at_level("WARNING", logger="switchkd.train"):
         result = resume(out)
-    assert "step-0000004 is damaged (model.safetensors does not match its checksum)" in caplog.text
+    assert "step-0000004 is skipped: model.safetensors does not match its checksum" in caplog.text
     assert [h["step"] for h in result.history] == [4] and not marker.exists()
     assert result.history[0]["loss"] == pytest.approx(reference.history[3]["loss"], rel=1e-6)
     check_equal(result)
@@ -390,3 +390,36 @@ def test_resume_never_unpickles_and_skips_damaged_checkpoints(tiny_world, tmp_pa
     with pytest.raises(ValueError, match="no intact checkpoint"):
         resume(out)
     assert not marker.exists()
+
+
+def test_a_run_owns_its_output_folder(tiny_world, tmp_path, caplog):
+    out = tmp_path / "run"
+    data = _twelve_records(tiny_world, tmp_path)
+    config = _with_data(_config(tiny_world, out, stage="sft", save_every=1, save_total_limit=None), data)
+    # Another live process holds the folder: refused, naming it; once it is gone, its lock is stale.
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    out.mkdir(parents=True)
+    (out / ".lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+    with pytest.raises(ValueError, match=f"is in use by another run \\(pid {holder.pid} on"):
+        train(load_config(config))
+    holder.kill()
+    holder.wait()
+    first = train(load_config(config))
+    assert not (out / ".lock").exists()
+    # A second run into the same folder: refused unless it resumes or overwrites.
+    with pytest.raises(ValueError, match="is not empty .*pass --resume to continue that run, or --overwrite"):
+        train(load_config(config))
+    second = train(load_config(config), overwrite=True)
+    assert [p.name for p in checkpoints(out)] == ["step-0000001", "step-0000002", "step-0000003"]
+    assert json.loads((out / "run.json").read_text())["run_id"] != ""
+    assert [h["loss"] for h in second.history] == pytest.approx([h["loss"] for h in first.history], rel=1e-6)
+    # Another run's checkpoint with a higher step lands in the folder: resume ignores it.
+    other = tmp_path / "other"
+    train(load_config(_with_data(_config(tiny_world, other, stage="sft", max_steps=5, save_every=1), data)))
+    shutil.copytree(checkpoints(other)[-1], out / "checkpoints" / "step-0000009")
+    shutil.rmtree(checkpoints(out)[2])  # step 3: resume from our own step 2
+    with caplog.at_level("WARNING", logger="switchkd.train"):
+        resumed = train(load_config(config), resume=True)
+    assert "step-0000009 is skipped: it was written by another run" in caplog.text
+    assert [h["step"] for h in resumed.history] == [3]
+    assert resumed.history[0]["loss"] == pytest.approx(first.history[2]["loss"], rel=1e-6)

@@ -27,6 +27,9 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run YAML (model, teacher, data, train, distill sections)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
     p.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in train.output_dir (its checkpoints too)"
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the config, data paths and model shapes, then stop (no weights are loaded)",
@@ -42,7 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run(cfg))
         return 0
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"trained {result.steps} steps; model saved to {result.final_model}")
     if result.skipped:
         print(f"skipped samples: {dict(result.skipped)}")

@@ -119,7 +119,7 @@ def run_stage(
         ),
         distill=distill or cfg.distill,
     )
-    return train(run)
+    return train(run, overwrite=True)  # the demo's own folders: a re-run starts them over
 
 
 def prepare_world(cfg: DemoConfig) -> tuple[dict, Path, Path]:

@@ -80,7 +80,7 @@ def save_checkpoint(run: Run) -> TrainState:
     (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(_rng_state()))
     acc.wait_for_everyone()
     if run.is_main:
-        meta = {"format": FORMAT, "state": state.to_json(), "scheduler": _scheduler_state(run)}
+        meta = {"format": FORMAT, "run_id": run.run_id, "state": state.to_json(), "scheduler": _scheduler_state(run)}
         if acc.scaler is not None:
             meta["scaler"] = acc.scaler.state_dict()
         meta["sha256"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -146,9 +146,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def damage(folder: Path) -> str | None:
-    """Why ``folder`` cannot be resumed from (unreadable state, a missing file, a checksum that does not
-    match), or None when it is complete and intact."""
+def damage(folder: Path, run_id: str) -> str | None:
+    """Why ``folder`` cannot be resumed by run ``run_id`` (unreadable state, another run's checkpoint, a
+    missing file, a checksum that does not match), or None when it is complete, intact and its own."""
     try:
         meta = json.loads((folder / STATE_NAME).read_text())
         sums = meta["sha256"]
@@ -156,6 +156,8 @@ def damage(folder: Path) -> str | None:
             return f"{STATE_NAME} is not a switchkd checkpoint of format {FORMAT}"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{STATE_NAME} is unreadable ({type(exc).__name__})"
+    if meta.get("run_id") != run_id:
+        return f"it was written by another run ({meta.get('run_id')}, this is {run_id})"
     for name, want in sums.items():
         path = folder / name
         if not path.is_file():
@@ -172,11 +174,11 @@ def restore_latest(run: Run) -> None:
     choice = [None]
     if run.is_main:
         for folder in reversed(found):
-            problem = damage(folder)
+            problem = damage(folder, run.run_id)
             if problem is None:
                 choice = [str(folder)]
                 break
-            log.warning("checkpoint %s is damaged (%s): trying the one before it", folder, problem)
+            log.warning("checkpoint %s is skipped: %s; trying the one before it", folder, problem)
     if run.accelerator.num_processes > 1:
         broadcast_object_list(choice)
     if choice[0] is None:

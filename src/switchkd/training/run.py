@@ -48,6 +48,8 @@ class Run:
     loader: DataLoader
     sampler: Sampler
     total_steps: int
+    run_id: str
+    """Written to the output folder's run.json and into every checkpoint; resume uses only its own."""
     state: TrainState = field(default_factory=TrainState)
 
     @property

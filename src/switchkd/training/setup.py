@@ -19,18 +19,31 @@ from switchkd.models import build_vlm
 from switchkd.training.checkpoint import restore_latest
 from switchkd.training.config import Config, TrainConfig, save_config
 from switchkd.training.objectives import LanguageModelingObjective
+from switchkd.training.outdir import claim, release, run_id_of
 from switchkd.training.run import Run
 from switchkd.training.stages import STAGES, apply_stage, trainable_parts
 
 log = logging.getLogger("switchkd.train")
 
 
-def setup(cfg: Config, resume: bool = False) -> Run:
-    """Build everything a run needs; with ``resume``, restore the newest checkpoint of ``output_dir``."""
+def setup(cfg: Config, resume: bool = False, overwrite: bool = False) -> Run:
+    """Build everything a run needs. The output folder is claimed first (see ``outdir``); with
+    ``resume`` the newest intact checkpoint of this run is restored."""
     accelerator = make_accelerator(cfg.train)
+    out = Path(cfg.train.output_dir)
+    run_id = claim(out, resume=resume, overwrite=overwrite) if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    try:
+        return _build_run(cfg, accelerator, run_id=run_id or run_id_of(out), resume=resume)
+    except BaseException:
+        if accelerator.is_main_process:
+            release(out)
+        raise
+
+
+def _build_run(cfg: Config, accelerator: Accelerator, *, run_id: str, resume: bool) -> Run:
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
-        Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
     objective = build_objective(cfg, verbose=accelerator.is_main_process)
     sampler, loader = make_loader(cfg, objective.student, world=accelerator.num_processes)
@@ -38,7 +51,7 @@ def setup(cfg: Config, resume: bool = False) -> Run:
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     total = total_steps(cfg.train, len(loader))
     scheduler = make_scheduler(optimizer, cfg.train, total)
-    run = Run(cfg, accelerator, objective, optimizer, scheduler, loader, sampler, total)
+    run = Run(cfg, accelerator, objective, optimizer, scheduler, loader, sampler, total, run_id)
     if resume:
         restore_latest(run)
     return run

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from switchkd.data.dataset import raise_sample_error
 from switchkd.training.checkpoint import save_checkpoint, save_model, skipped_everywhere
 from switchkd.training.config import Config
+from switchkd.training.outdir import release
 from switchkd.training.run import Run
 from switchkd.training.setup import setup
 
@@ -51,26 +52,37 @@ class TrainResult:
     skipped: Counter = field(default_factory=Counter)
 
 
-def train(cfg: Config, resume: bool = False) -> TrainResult:
-    """Train one stage from ``cfg``; with ``resume``, continue from the newest checkpoint."""
-    run = setup(cfg, resume)
+def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train one stage from ``cfg``; with ``resume``, continue from the newest checkpoint of this run;
+    with ``overwrite``, replace a run already in ``train.output_dir``."""
+    run = setup(cfg, resume, overwrite)
+    try:
+        history = run_steps(run, fresh=not resume)
+        skipped = save_checkpoint(run).skipped
+        save_model(run, run.output_dir / "final")  # ends on a barrier: no process leaves while others still talk
+    finally:
+        if run.is_main:
+            release(run.output_dir)
+    if run.is_main and skipped:
+        log.warning("skipped samples: %s", dict(skipped))
+    return TrainResult(run.output_dir, run.output_dir / "final", run.state.step, history, skipped)
+
+
+def run_steps(run: Run, fresh: bool) -> list[dict]:
+    """The loop: optimizer steps until the run's last, epoch after epoch, checkpoints on the way."""
     history: list[dict] = []
-    with StepLog(run, fresh=not resume) as step_log:
+    with StepLog(run, fresh=fresh) as step_log:
         while run.state.step < run.total_steps:
             for micro_batches in epoch_groups(run):
                 history.append(train_step(run, micro_batches))
                 step_log.write(history[-1])
                 if run.state.step == run.total_steps:
                     break
-                if cfg.train.save_every and run.state.step % cfg.train.save_every == 0:
+                if run.cfg.train.save_every and run.state.step % run.cfg.train.save_every == 0:
                     save_checkpoint(run)
             else:
                 next_epoch(run)
-    skipped = save_checkpoint(run).skipped
-    save_model(run, run.output_dir / "final")  # ends on a barrier: no process leaves while others still talk
-    if run.is_main and skipped:
-        log.warning("skipped samples: %s", dict(skipped))
-    return TrainResult(run.output_dir, run.output_dir / "final", run.state.step, history, skipped)
+    return history
 
 
 def epoch_groups(run: Run) -> Iterator[list[dict]]:
