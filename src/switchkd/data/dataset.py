@@ -54,6 +54,7 @@ class LlavaDataset(Dataset):
         max_length: int | None = 2048,
         on_error: str = "raise",
         pad_to_square: bool = True,
+        control_tokens: str = "split",
     ):
         self.records = load_records(records) if isinstance(records, (str, Path)) else list(records)
         self.image_root = image_root
@@ -65,6 +66,7 @@ class LlavaDataset(Dataset):
         self.max_length = max_length
         self.on_error = on_error
         self.pad_to_square = pad_to_square
+        self.control_tokens = control_tokens
 
     @classmethod
     def for_model(cls, records, image_root, model, **kwargs) -> LlavaDataset:
@@ -107,6 +109,7 @@ class LlavaDataset(Dataset):
                 image_token_id=self.image_token_id,
                 num_image_tokens=self.num_image_tokens,
                 max_length=self.max_length,
+                control_tokens=self.control_tokens,
             )
         except tuple(SKIP_REASONS) as exc:
             reason = next(r for cls, r in SKIP_REASONS.items() if isinstance(exc, cls))

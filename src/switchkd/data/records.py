@@ -101,6 +101,10 @@ def to_messages(record: Any, index: int) -> tuple[list[dict[str, str]], str | No
             )
     if not any(m["role"] == "assistant" for m in body):
         raise RecordError(f"{name}: no gpt turn to learn from")
+    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    for i, m in enumerate(messages):
+        if i != first_user and IMAGE_PLACEHOLDER in m["content"]:
+            raise RecordError(f"{name}: {IMAGE_PLACEHOLDER} may only appear in the first human turn ({m['role']} turn)")
     placeholders = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
     n_images = 0 if image is None else 1
     if placeholders > n_images:

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 
 ROLES = ("system", "user", "assistant")
+
+
+class Segment(NamedTuple):
+    text: str
+    supervised: bool
+    content: bool
 
 
 @dataclass(frozen=True)
@@ -35,23 +42,23 @@ class ChatTemplate:
             return [{"role": "system", "content": self.system_prompt}, *messages]
         return list(messages)
 
-    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
-        """The rendered conversation as ``(text, supervised)`` pieces whose concatenation is
-        ``render(messages)``. Supervised: each assistant reply and its end-of-turn marker."""
-        out: list[tuple[str, bool]] = []
+    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
+        """The rendered conversation as pieces whose concatenation is ``render(messages)``. Supervised:
+        each assistant reply and its end-of-turn marker. ``content`` marks the messages' own text (never
+        control tokens, whatever it contains); the rest is the template's scaffolding."""
+        out: list[Segment] = []
         for m in self._with_system(messages):
-            if m["role"] == "assistant":
-                out.append((self.header("assistant"), False))
-                out.append((m["content"] + self.turn_end, True))
-                out.append((self.separator, False))
-            else:
-                out.append((self.header(m["role"]) + m["content"] + self.turn_end + self.separator, False))
+            reply = m["role"] == "assistant"
+            out.append(Segment(self.header(m["role"]), False, False))
+            out.append(Segment(m["content"], reply, True))
+            out.append(Segment(self.turn_end, reply, False))
+            out.append(Segment(self.separator, False, False))
         if add_generation_prompt:
-            out.append((self.header("assistant"), False))
-        return out
+            out.append(Segment(self.header("assistant"), False, False))
+        return [s for s in out if s.text]
 
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
-        return "".join(text for text, _ in self.segments(messages, add_generation_prompt))
+        return "".join(s.text for s in self.segments(messages, add_generation_prompt))
 
     def jinja(self) -> str:
         """The same template for ``tokenizer.apply_chat_template``."""

@@ -1,7 +1,8 @@
 """Token ids and labels for one conversation, built per message from token ids.
 
-Each template segment is tokenised on its own; ``<image>`` becomes ``num_image_tokens`` copies of
-the image token id; labels copy the ids of supervised segments (assistant replies with their
+Each template segment is tokenised on its own, message text with control tokens split (so text
+can never end a turn or stand for an image); ``<image>`` in message text becomes ``num_image_tokens``
+copies of the image token id; labels copy the ids of supervised segments (assistant replies with their
 end-of-turn token) and are -100 elsewhere. Nothing is re-split from a rendered string.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from switchkd.data.records import IMAGE_PLACEHOLDER
+from switchkd.data.records import IMAGE_PLACEHOLDER, RecordError
 from switchkd.data.templates import ChatTemplate
 from switchkd.losses.sequence import IGNORE_INDEX
 
@@ -32,8 +33,30 @@ class Tokenized:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+def _encode(tokenizer, text: str, *, literal: bool = False) -> list[int]:
+    """Ids of ``text``; ``literal`` text (what a record or a user wrote) never yields a control token:
+    ``<|im_end|>`` typed in an answer is the characters, not the end of the turn."""
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=literal)["input_ids"] if text else []
+
+
+def control_tokens_in(text: str, tokenizer) -> list[str]:
+    """The tokenizer's special tokens that occur in ``text``."""
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return sorted(t for t in special if t in text)
+
+
+def _content_ids(text: str, tokenizer, *, image: tuple[int, int], control_tokens: str, spans: list) -> list[int]:
+    """Ids of one message's text: ``<image>`` becomes ``image = (token id, count)`` copies, the rest is
+    literal. ``spans`` collects each image's (start, end) relative to this text's ids."""
+    if control_tokens == "reject" and (found := control_tokens_in(text, tokenizer)):
+        raise RecordError(f"the text contains control token(s) {', '.join(found)} (data.control_tokens=reject)")
+    ids: list[int] = []
+    for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if i:
+            spans.append((len(ids), len(ids) + image[1]))
+            ids.extend([image[0]] * image[1])
+        ids.extend(_encode(tokenizer, piece, literal=True))
+    return ids
 
 
 def tokenize_conversation(
@@ -45,19 +68,22 @@ def tokenize_conversation(
     num_image_tokens: int,
     max_length: int | None = None,
     add_generation_prompt: bool = False,
+    control_tokens: str = "split",
 ) -> Tokenized:
-    """Ids and labels for ``messages``; the prompt form (no labels needed) with ``add_generation_prompt``."""
+    """Ids and labels for ``messages``; the prompt form (no labels needed) with ``add_generation_prompt``.
+    ``control_tokens``: control tokens in message text are tokenized as text ("split") or refused
+    with a RecordError ("reject")."""
     ids: list[int] = []
     labels: list[int] = []
     image_spans: list[tuple[int, int]] = []
-    for text, supervised in template.segments(messages, add_generation_prompt):
-        pieces = text.split(IMAGE_PLACEHOLDER)
-        seg: list[int] = []
-        for i, piece in enumerate(pieces):
-            if i:
-                image_spans.append((len(ids) + len(seg), len(ids) + len(seg) + num_image_tokens))
-                seg.extend([image_token_id] * num_image_tokens)
-            seg.extend(_encode(tokenizer, piece))
+    for text, supervised, content in template.segments(messages, add_generation_prompt):
+        if content:
+            spans: list[tuple[int, int]] = []
+            image = (image_token_id, num_image_tokens)
+            seg = _content_ids(text, tokenizer, image=image, control_tokens=control_tokens, spans=spans)
+            image_spans += [(len(ids) + start, len(ids) + end) for start, end in spans]
+        else:
+            seg = _encode(tokenizer, text)
         ids.extend(seg)
         labels.extend(seg if supervised else [IGNORE_INDEX] * len(seg))
     if max_length is not None and len(ids) > max_length:

@@ -32,6 +32,9 @@ class DataConfig:
     """Batch samples of similar length together (less padding)."""
     padding_side: Literal["left", "right"] = "right"
     """Where the collator pads (results are the same either way)."""
+    control_tokens: Literal["split", "reject"] = "split"
+    """Control tokens typed in record text (<|im_end|>, <|image_pad|>): split (tokenized as plain text)
+    or reject (the record is an error, or a skip with on_error=skip)."""
 
     def __post_init__(self) -> None:
         if self.max_length < 1:

@@ -97,7 +97,12 @@ def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler 
     data, t = cfg.data, cfg.train
     records = require_records(load_records(data.train), data.train)
     dataset = LlavaDataset.for_model(
-        records, data.resolved_image_root, student, max_length=data.max_length, on_error=data.on_error
+        records,
+        data.resolved_image_root,
+        student,
+        max_length=data.max_length,
+        on_error=data.on_error,
+        control_tokens=data.control_tokens,
     )
     if data.length_grouped:
         lengths = [dataset.approx_length(i) for i in range(len(dataset))]
