@@ -194,3 +194,21 @@ def test_missing_files_are_named(tmp_path, tiny_world):
         evaluate_model(model, "gqa", tmp_path)
     with pytest.raises(ValueError, match="unknown benchmark"):
         evaluate_model(model, "mmvet", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["vqav2", "pope", "mmmu"])
+def test_benchmark_image_paths_may_not_escape_their_folder(tiny_world, tmp_path, name):
+    from switchkd.data.images import ImageError
+
+    data = tmp_path / "bench"
+    make_fixture(name, data)
+    _png(tmp_path / "private.png")
+    for path in data.rglob("*.json*"):
+        if path.suffix in (".json", ".jsonl") and '"image"' in path.read_text():
+            text = path.read_text()
+            for image in ("a.jpg", "COCO_1.jpg", "img/m.png"):
+                text = text.replace(f'"{image}"', '"../../private.png"')
+            path.write_text(text)
+    model = VisionLanguageModel.from_pretrained(tiny_world.student)
+    with pytest.raises(ImageError, match="escapes the image root"):
+        evaluate_model(model, name, data, batch_size=4)

@@ -4,8 +4,10 @@ PIL-based Hugging Face image processors (no torchvision)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
@@ -50,27 +52,54 @@ def default_image_processor(model_type: str, image_size: int, **overrides):
 
 
 def resolve_image_path(root: str | Path | None, relative: str) -> Path:
-    """``root/relative``, refusing paths that escape ``root`` (``../``, absolute paths, links out)."""
+    """``root/relative``, refusing paths that escape ``root`` (``../``, absolute paths, links out) and
+    paths that cannot name a file (a NUL byte, a symlink loop)."""
+    if "\x00" in relative:
+        raise ImageError(f"image path {relative!r} contains a NUL byte")
     if root is None:
         return Path(relative)
-    root = Path(root).resolve()
-    path = (root / relative).resolve()
+    try:
+        root = Path(root).resolve()
+        path = (root / relative).resolve()
+    except (OSError, RuntimeError) as exc:  # Python < 3.13 reports a symlink loop as RuntimeError
+        raise ImageError(f"image path {relative!r} cannot be resolved: {exc}") from None
     if path != root and root not in path.parents:
         raise ImageError(f"image path {relative!r} escapes the image root {root}")
     return path
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Open, fully decode and convert to RGB; any failure is an ImageError naming the file."""
+    """Open, fully decode and convert to 8-bit RGB; any failure is an ImageError naming the file.
+    Images over PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``, decompression bombs) are refused."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"image not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()  # decode now, so a truncated file fails here and not in a worker later
-            return img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()  # decode now, so a truncated file fails here and not in a worker later
+                return to_rgb(img)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(f"refusing image {path}: {exc}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"cannot read image {path}: {exc}") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB. PIL's own conversion clips 16-bit and float images (16-bit mid-grey 32768 becomes
+    white, float 0.5 black); here 16-bit values are scaled by 255/65535 and float values are read as
+    [0, 1] (as 0-255 when they go beyond 1)."""
+    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
+        return img.convert("RGB")
+    values = np.nan_to_num(np.asarray(img, dtype=np.float64))
+    peak = values.max(initial=0.0)
+    if img.mode == "F":
+        scale = 255.0 if peak <= 1.0 else 1.0
+    else:
+        scale = 255.0 / 65535.0 if img.mode.startswith("I;16") or peak > 255 else 1.0
+    grey = np.clip(np.rint(values * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
 
 
 def expand_to_square(img: Image.Image, fill: tuple[int, int, int]) -> Image.Image:

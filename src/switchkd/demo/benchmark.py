@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from switchkd.data.images import resolve_image_path
 from switchkd.evaluation import scorers
 from switchkd.evaluation.benchmarks import Benchmark, Item, mean_percent, read_jsonl
 
@@ -22,7 +23,7 @@ def load_world(data_dir: Path) -> list[Item]:
         Item(
             q["question_id"],
             q["text"],
-            str(data_dir / q["image"]),
+            str(resolve_image_path(data_dir, q["image"])),
             {"answer": q["answer"], "type": q["type"], "options": q.get("options", [])},
         )
         for q in read_jsonl(qfile)

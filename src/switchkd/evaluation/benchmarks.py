@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from switchkd.data.images import resolve_image_path
 from switchkd.evaluation import scorers
 
 SHORT = "Answer the question using a single word or phrase."
@@ -78,7 +79,11 @@ def _load_vqa_style(
         key = qid if qid in truth else q.get("image")
         if key not in truth:
             continue  # no annotation for this question (e.g. a test split): nothing to score
-        items.append(Item(qid, _with_suffix(q["text"], suffix), str(root / q["image"]), {"answers": truth[key]}))
+        items.append(
+            Item(
+                qid, _with_suffix(q["text"], suffix), str(resolve_image_path(root, q["image"])), {"answers": truth[key]}
+            )
+        )
     return items
 
 
@@ -140,7 +145,7 @@ def _load_scienceqa(data_dir: Path) -> list[Item]:
             Item(
                 str(rec["id"]),
                 _choice_prompt(prob["question"], options, context),
-                str(root / rec["image"]),
+                str(resolve_image_path(root, rec["image"])),
                 {"options": options, "answer": chr(ord("A") + prob["answer"])},
             )
         )
@@ -155,7 +160,7 @@ def _score_choice(items, preds) -> dict:
 def _load_mmmu(data_dir: Path) -> list[Item]:
     items = []
     for rec in read_jsonl(_first(data_dir, "mmmu*.jsonl")):
-        image = str(data_dir / rec["image"]) if rec.get("image") else None
+        image = str(resolve_image_path(data_dir, rec["image"])) if rec.get("image") else None
         if rec.get("question_type", "multiple-choice") == "multiple-choice":
             items.append(
                 Item(
@@ -246,7 +251,7 @@ def _load_mme(data_dir: Path) -> list[Item]:
             Item(
                 str(q["question_id"]),
                 _with_suffix(q["text"], SHORT),
-                str(root / q["image"]),
+                str(resolve_image_path(root, q["image"])),
                 {"subtask": subtask, "image": image_name, "answer": answer},
             )
         )
@@ -268,7 +273,7 @@ def _load_pope(data_dir: Path) -> list[Item]:
                 Item(
                     f"{split}-{q['question_id']}",
                     _with_suffix(q["text"], SHORT),
-                    str(root / q["image"]),
+                    str(resolve_image_path(root, q["image"])),
                     {"label": q["label"], "split": split},
                 )
             )

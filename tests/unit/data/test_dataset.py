@@ -3,6 +3,7 @@
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -40,7 +41,21 @@ def folder(tmp_path):
     Image.new("RGB", (64, 64), (10, 200, 10)).save(good)
     good.write_bytes(good.read_bytes()[:60])
     (root / "notimage.png").write_text("this is not an image")
+    (root / "loop.png").symlink_to(root / "loop.png")  # a symlink to itself
+    (root / "bomb.png").write_bytes(_png_header(20_000, 20_000))  # 400 M pixels claimed: a decompression bomb
     return root
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` 8-bit grey pixels (its data is one empty row)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b"")
 
 
 def _dataset(records, root, tiny_tokenizer_dir, **kw):
@@ -61,6 +76,9 @@ BAD = [
     ({"id": "m", "image": "missing.png", "conversations": _good(0)["conversations"]}, "bad_image", "image not found"),
     (_good(1, "truncated.png"), "bad_image", "cannot read image"),
     (_good(2, "notimage.png"), "bad_image", "cannot read image"),
+    (_good(3, "loop.png"), "bad_image", "cannot be resolved"),
+    (_good(4, "a\x00b.png"), "bad_image", "contains a NUL byte"),
+    (_good(5, "bomb.png"), "bad_image", "refusing image .*bomb.png.*exceeds limit"),
     (_good(3, "../outside.png"), "bad_image", "escapes the image root"),
     ({"id": "nc", "image": "ok.png"}, "malformed_record", "conversations"),
     ({"id": "role", "conversations": [{"from": "robot", "value": "hi"}]}, "malformed_record", "unknown speaker"),
@@ -202,3 +220,24 @@ def test_records_json_roundtrip(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(_good(i)) + "\n" for i in range(3)))
     assert [r["id"] for r in load_records(path)] == ["s0", "s1", "s2"]
+
+
+@pytest.mark.parametrize(
+    ("array", "mode", "want"),
+    [
+        (np.full((4, 6), 32768, dtype=np.uint16), None, 128),  # 16-bit mid-grey (PIL alone: 255)
+        (np.full((4, 6), 65535, dtype=np.uint16), None, 255),
+        (np.full((4, 6), 257, dtype=np.uint16), None, 1),
+        (np.full((4, 6), 0.5, dtype=np.float32), "F", 128),  # float in [0, 1] (PIL alone: 0)
+        (np.full((4, 6), 1.0, dtype=np.float32), "F", 255),
+        (np.full((4, 6), 100.0, dtype=np.float32), "F", 100),  # float already on 0-255
+        (np.full((4, 6), 200, dtype=np.uint8), None, 200),  # 8-bit unchanged
+    ],
+)
+def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path, array, mode, want):
+    from switchkd.data.images import load_image
+
+    path = tmp_path / ("img.tiff" if mode == "F" else "img.png")
+    Image.fromarray(array, mode=mode).save(path)
+    pixels = np.asarray(load_image(path))
+    assert pixels.shape == (4, 6, 3) and (pixels == want).all()
