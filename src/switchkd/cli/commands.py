@@ -134,21 +134,12 @@ def add_predict(p: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     import json
 
-    from switchkd.data.images import resolve_image_path
-    from switchkd.data.records import load_records
-    from switchkd.inference.predict import Question, answer_questions
+    from switchkd.inference.predict import answer_questions, answered_ids, read_questions
 
-    rows = load_records(args.questions)
+    rows = read_questions(args.questions, args.image_root)
     out = Path(args.out)
-    done = set()
-    if out.is_file():
-        done = {json.loads(line)["question_id"] for line in out.read_text().splitlines() if line.strip()}
-    root = args.image_root or str(Path(args.questions).parent)
-    todo = [
-        Question(r["question_id"], r["text"], str(resolve_image_path(root, r["image"])) if r.get("image") else None)
-        for r in rows
-        if r["question_id"] not in done
-    ]
+    done = answered_ids(out)
+    todo = [q for q in rows if q.id not in done]
     model = _load_model(args.model, args.device, args.torch_dtype)
     out.parent.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm

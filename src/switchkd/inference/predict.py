@@ -6,16 +6,21 @@ answers = answer_questions(model, [Question("q1", "What colour is it?", "img.png
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from PIL import Image
 
-from switchkd.data.images import load_image, preprocess_images
+from switchkd.data.images import ImageError, load_image, preprocess_images, resolve_image_path
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.data.tokenize import prompt_ids
 from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
+
+log = logging.getLogger("switchkd.predict")
 
 
 @dataclass
@@ -24,6 +29,73 @@ class Question:
     text: str
     image: str | Image.Image | None = None
     """A path, an already loaded image, or None for a text-only question."""
+
+
+def read_questions(path: str | Path, image_root: str | Path | None = None) -> list[Question]:
+    """The rows of a LLaVA question JSONL (question_id, text, optional image), all checked before any
+    model loads: a problem is one error naming ``file:line``, a repeated question_id names both lines."""
+    path = Path(path)
+    root = Path(image_root) if image_root is not None else path.parent
+    questions, first_line = [], {}
+    for lineno, line in enumerate(_lines(path), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: malformed JSON: {exc.msg}") from None
+        if not isinstance(row, dict) or not isinstance(row.get("question_id"), (str, int)):
+            raise ValueError(f"{where}: a question needs a 'question_id' (string or integer)")
+        if not isinstance(row.get("text"), str):
+            raise ValueError(f"{where}: question {row['question_id']!r} needs a 'text' string")
+        qid, image = row["question_id"], row.get("image")
+        if qid in first_line:
+            raise ValueError(f"{where}: question_id {qid!r} repeats line {first_line[qid]} (ids must be unique)")
+        first_line[qid] = lineno
+        if image is not None and not isinstance(image, str):
+            raise ValueError(f"{where}: 'image' must be a relative path (string)")
+        try:
+            resolved = str(resolve_image_path(root, image)) if image else None
+        except ImageError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+        questions.append(Question(qid, row["text"], resolved))
+    return questions
+
+
+def answered_ids(path: str | Path) -> set:
+    """Question ids already answered in an answers JSONL. A torn last line (an interrupted run wrote it
+    half) is cut from the file with a warning naming it, so its question is answered again; any other
+    bad line is an error naming ``file:line``."""
+    path = Path(path)
+    if not path.is_file():
+        return set()
+    text = "".join(_lines(path, keepends=True))
+    lines = text.splitlines()
+    if text and not text.endswith("\n"):
+        log.warning(
+            "%s:%d: incomplete last line (an interrupted run) dropped; its question is answered again", path, len(lines)
+        )
+        lines = lines[:-1]
+        path.write_text("".join(line + "\n" for line in lines))
+    done = set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            done.add(json.loads(line)["question_id"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ValueError(f"{path}:{lineno}: not an answer row (JSON with a question_id)") from None
+    return done
+
+
+def _lines(path: Path, keepends: bool = False) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8").splitlines(keepends=keepends)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
 
 def build_prompt(model, messages: list[dict]) -> list[int]:
