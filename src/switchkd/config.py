@@ -28,6 +28,10 @@ class ConfigError(ValueError):
         self.key, self.problem = key, message
         super().__init__(f"{key}: {message}" if key else message)
 
+    def under(self, section: str) -> ConfigError:
+        """The same error with its key inside ``section`` (``pretrained`` -> ``teacher.pretrained``)."""
+        return ConfigError(self.problem, key=f"{section}.{self.key}" if self.key else section)
+
 
 # --------------------------------------------------------------------------------------------
 # Generic machinery: dict <-> dataclass, overrides.
@@ -131,7 +135,7 @@ def from_dict(cls, data: dict[str, Any], prefix: str = ""):
     except ConfigError as exc:
         if exc.key is None or not prefix:
             raise
-        raise ConfigError(exc.problem, key=prefix + exc.key) from None
+        raise exc.under(prefix.rstrip(".")) from None
 
 
 def to_dict(cfg) -> dict[str, Any]:
@@ -183,11 +187,11 @@ def load_model_config(path: str | Path | None, overrides: list[str] | None = Non
     return from_dict(ModelConfig, data["model"], prefix="model.")
 
 
-def require_folder(source: str | Path, what: str) -> Path:
-    """A local folder, or a ConfigError: models and data are never downloaded at run time."""
+def require_folder(source: str | Path, key: str) -> Path:
+    """A local folder, or a ConfigError naming ``key``: models and data are never downloaded at run time."""
     path = Path(source)
     if not path.is_dir():
-        raise ConfigError(f"{what}: local folder not found: {source} (models are never downloaded)")
+        raise ConfigError(f"local folder not found: {source} (models are never downloaded)", key=key)
     return path
 
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from switchkd.config import ConfigError
 from switchkd.models import VisionLanguageModel
 from switchkd.training import checkpoints, load_config, train
 from switchkd.training.dry_run import dry_run
@@ -407,9 +408,13 @@ def test_a_run_owns_its_output_folder(tiny_world, tmp_path, caplog):
     first = train(load_config(config))
     assert not (out / ".lock").exists()
     # A second run into the same folder: refused unless it resumes or overwrites.
-    with pytest.raises(ValueError, match="is not empty .*pass --resume to continue that run, or --overwrite"):
+    (out / "notes.txt").write_text("the user's own file")
+    with pytest.raises(
+        ValueError, match=r"holds a run \(checkpoints, final, log.jsonl\): pass --resume .* --overwrite"
+    ):
         train(load_config(config))
     second = train(load_config(config), overwrite=True)
+    assert (out / "notes.txt").read_text() == "the user's own file"  # --overwrite removes only the run's files
     assert [p.name for p in checkpoints(out)] == ["step-0000001", "step-0000002", "step-0000003"]
     assert json.loads((out / "run.json").read_text())["run_id"] != ""
     assert [h["loss"] for h in second.history] == pytest.approx([h["loss"] for h in first.history], rel=1e-6)
@@ -423,3 +428,44 @@ def test_a_run_owns_its_output_folder(tiny_world, tmp_path, caplog):
     assert "step-0000009 is skipped: it was written by another run" in caplog.text
     assert [h["step"] for h in resumed.history] == [3]
     assert resumed.history[0]["loss"] == pytest.approx(first.history[2]["loss"], rel=1e-6)
+
+
+def test_a_missing_teacher_folder_is_named_as_the_teacher(tiny_world, tmp_path):
+    config = _config(tiny_world, tmp_path / "run")
+    for run in (dry_run, train):
+        with pytest.raises(ConfigError, match=r"^teacher\.pretrained: local folder not found: /no/teacher"):
+            run(load_config(config, ["teacher.pretrained=/no/teacher"]))
+        with pytest.raises(ConfigError, match=r"^model\.pretrained: local folder not found: /no/student"):
+            run(load_config(config, ["model.pretrained=/no/student"]))
+
+
+def test_a_run_that_skips_every_sample_is_an_error(tiny_world, tmp_path):
+    records = json.loads(tiny_world.paths["dft"].read_text())[:8]
+    for r in records:
+        r["image"] = "images/missing.png"
+    data = tmp_path / "all_bad.json"
+    data.write_text(json.dumps(records))
+    config = _with_data(
+        _config(tiny_world, tmp_path / "run", stage="sft", max_steps=2),
+        {"train": str(data), "image_root": str(tiny_world.paths["dft"].parent), "on_error": "skip"},
+    )
+    with pytest.raises(ValueError, match=r"every sample was skipped \(\{'bad_image': 8\}\); nothing was trained"):
+        train(load_config(config))
+    assert not (tmp_path / "run" / "final").exists() and not (tmp_path / "run" / ".lock").exists()
+
+
+def test_a_full_disk_is_one_error_naming_the_checkpoint_and_leaves_nothing_half_written(
+    tiny_world, tmp_path, monkeypatch
+):
+    import errno
+
+    import switchkd.training.checkpoint as checkpoint
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    out = tmp_path / "run"
+    with pytest.raises(OSError, match=r"cannot write .*checkpoints/step-0000001: No space left on device$"):
+        train(load_config(_config(tiny_world, out, stage="sft", save_every=1)))
+    assert checkpoints(out) == [] and list((out / "checkpoints").iterdir()) == []

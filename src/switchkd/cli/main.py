@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     _add, run, _help = commands.COMMANDS[args.command]
     try:
         return int(run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        # Configuration and input errors are the user's to fix: one clear line, no traceback.
+    except (ValueError, OSError) as exc:
+        # Configuration, input and file-system errors (a missing file, a full disk) are the user's to
+        # fix: one clear line, no traceback.
         print(f"switchkd {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -84,7 +84,7 @@ def to_messages(record: Any, index: int) -> tuple[list[dict[str, str]], str | No
     for turn, msg in enumerate(convs):
         if not isinstance(msg, dict) or "from" not in msg or "value" not in msg:
             raise RecordError(f"{name}: turn {turn} needs 'from' and 'value'")
-        role = ROLE_OF.get(msg["from"])
+        role = ROLE_OF.get(msg["from"]) if isinstance(msg["from"], str) else None
         if role is None:
             raise RecordError(f"{name}: turn {turn} has unknown speaker {msg['from']!r} (human, gpt or system)")
         if not isinstance(msg["value"], str):

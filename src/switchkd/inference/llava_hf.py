@@ -113,7 +113,7 @@ def import_llava_hf(
     """A switchkd model (saved to ``out_dir``) from a LlavaForConditionalGeneration folder."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    folder = require_folder(folder, "llava-hf model")
+    folder = require_folder(folder, "source")
     hf = LlavaForConditionalGeneration.from_pretrained(str(folder))
     cfg = hf.config
     if cfg.projector_hidden_act != "gelu" or getattr(cfg, "multimodal_projector_bias", True) is False:

@@ -21,11 +21,11 @@ def load_llm(source: str | dict, attn_implementation: str = "sdpa", dtype=None):
         fields = dict(source)
         model_type = fields.pop("model_type", None)
         if model_type is None:
-            raise ConfigError("llm config dict needs a `model_type`, e.g. qwen2")
+            raise ConfigError("a config dict needs a `model_type`, e.g. qwen2", key="llm")
         config = AutoConfig.for_model(model_type, **fields)
         return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
     return AutoModelForCausalLM.from_pretrained(
-        str(require_folder(source, "model.llm")), attn_implementation=attn_implementation, dtype=dtype
+        str(require_folder(source, "llm")), attn_implementation=attn_implementation, dtype=dtype
     )
 
 
@@ -48,8 +48,8 @@ def processor_source(cfg: ModelConfig) -> str | dict | None:
 def load_tokenizer(cfg: ModelConfig):
     source = tokenizer_source(cfg)
     if source is None:
-        raise ConfigError("model.tokenizer: a tokenizer folder is needed when the LLM is built from a config dict")
-    tokenizer = AutoTokenizer.from_pretrained(str(require_folder(source, "model.tokenizer")))
+        raise ConfigError("a tokenizer folder is needed when the LLM is built from a config dict", key="tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(require_folder(source, "tokenizer")))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -58,7 +58,7 @@ def load_tokenizer(cfg: ModelConfig):
 def load_processor(cfg: ModelConfig, encoder):
     source = processor_source(cfg)
     if isinstance(source, str):
-        return load_image_processor(require_folder(source, "model.image_processor"))
+        return load_image_processor(require_folder(source, "image_processor"))
     return default_image_processor(encoder.config.model_type, encoder.config.image_size, **(source or {}))
 
 

@@ -25,7 +25,7 @@ def load_vision_encoder(source: str | dict, attn_implementation: str = "sdpa", d
         config = AutoConfig.for_model(_VISION_OF.get(model_type, model_type), **fields)
         config._attn_implementation = attn_implementation
         return AutoModel.from_config(config, dtype=dtype)
-    source = str(require_folder(source, "model.vision"))
+    source = str(require_folder(source, "vision"))
     config = AutoConfig.from_pretrained(source)
     if config.model_type in _VISION_OF:
         # A full CLIP/SigLIP folder: its vision model class loads the ``vision_model.*`` weights.

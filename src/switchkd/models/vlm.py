@@ -19,7 +19,7 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from switchkd import __version__
-from switchkd.config import ModelConfig, from_dict, require_folder, to_dict
+from switchkd.config import ConfigError, ModelConfig, from_dict, require_folder, to_dict
 from switchkd.data.templates import ChatTemplate, get_template
 from switchkd.models.builders import build_components
 from switchkd.models.generation import GenerationConfig, generate
@@ -256,8 +256,12 @@ class VisionLanguageModel(nn.Module):
         return model.eval()
 
 
-def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None) -> VisionLanguageModel:
-    """A VLM from a ``ModelConfig``: a saved switchkd folder (``pretrained``) or its components."""
-    if cfg.pretrained is not None:
-        return VisionLanguageModel.from_pretrained(require_folder(cfg.pretrained, "model.pretrained"), dtype=dtype)
-    return VisionLanguageModel.from_config(cfg, fresh_weights=fresh_weights, dtype=dtype)
+def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None, *, section: str = "model"):
+    """A VLM from a ``ModelConfig``: a saved switchkd folder (``pretrained``) or its components.
+    ``section`` names the config section in errors (``teacher.pretrained: local folder not found``)."""
+    try:
+        if cfg.pretrained is not None:
+            return VisionLanguageModel.from_pretrained(require_folder(cfg.pretrained, "pretrained"), dtype=dtype)
+        return VisionLanguageModel.from_config(cfg, fresh_weights=fresh_weights, dtype=dtype)
+    except ConfigError as exc:
+        raise exc.under(section) from None

@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -73,18 +74,16 @@ def save_checkpoint(run: Run) -> TrainState:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    if _sharded(run):
-        acc.save_state(str(tmp / "state"))
-    else:
-        _save_weights_and_optimizer(run, tmp)
-    (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(_rng_state()))
+    with _writing(tmp, final):
+        if _sharded(run):
+            acc.save_state(str(tmp / "state"))
+        else:
+            _save_weights_and_optimizer(run, tmp)
+        (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(_rng_state()))
     acc.wait_for_everyone()
     if run.is_main:
-        meta = {"format": FORMAT, "run_id": run.run_id, "state": state.to_json(), "scheduler": _scheduler_state(run)}
-        if acc.scaler is not None:
-            meta["scaler"] = acc.scaler.state_dict()
-        meta["sha256"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        (tmp / STATE_NAME).write_text(json.dumps(meta))
+        with _writing(tmp, final):
+            _write_state(run, tmp, state)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         keep = run.cfg.train.save_total_limit
@@ -92,6 +91,27 @@ def save_checkpoint(run: Run) -> TrainState:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return state
+
+
+def _write_state(run: Run, tmp: Path, state: TrainState) -> None:
+    """trainer_state.json: the step state, scheduler and scaler, and the checksum of every other file."""
+    acc = run.accelerator
+    meta = {"format": FORMAT, "run_id": run.run_id, "state": state.to_json(), "scheduler": _scheduler_state(run)}
+    if acc.scaler is not None:
+        meta["scaler"] = acc.scaler.state_dict()
+    meta["sha256"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    (tmp / STATE_NAME).write_text(json.dumps(meta))
+
+
+@contextmanager
+def _writing(tmp: Path, final: Path):
+    """A failed write (a full disk) is one error naming the folder; the half-written .tmp is removed."""
+    try:
+        yield
+    except (OSError, SafetensorError) as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OSError(f"cannot write {final}: {reason}") from None
 
 
 def _save_weights_and_optimizer(run: Run, folder: Path) -> None:
@@ -236,9 +256,10 @@ def save_model(run: Run, directory: Path) -> None:
     if run.is_main:
         tmp = directory.with_name(f".tmp-{directory.name}")
         shutil.rmtree(tmp, ignore_errors=True)
-        student.save_pretrained(
-            tmp, state_dict={k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-        )
+        with _writing(tmp, directory):
+            student.save_pretrained(
+                tmp, state_dict={k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+            )
         shutil.rmtree(directory, ignore_errors=True)
         os.replace(tmp, directory)
     acc.wait_for_everyone()

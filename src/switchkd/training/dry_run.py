@@ -11,7 +11,7 @@ import json
 import torch
 from transformers import AutoConfig
 
-from switchkd.config import ModelConfig, from_dict, require_folder
+from switchkd.config import ConfigError, ModelConfig, from_dict, require_folder
 from switchkd.data.images import load_image, resolve_image_path
 from switchkd.data.records import load_records, require_records, to_messages
 from switchkd.distillation.switch import check_pair
@@ -36,7 +36,7 @@ def _config_dict(source: str | dict, what: str) -> dict:
 def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
     """The same model with every component given as a config dict (no weights to read)."""
     if cfg.pretrained is not None:
-        folder = require_folder(cfg.pretrained, f"{what}.pretrained")
+        folder = require_folder(cfg.pretrained, "pretrained")
         meta = json.loads((folder / "config.json").read_text())
         saved = from_dict(ModelConfig, meta["model"])
         return dataclasses.replace(saved, tokenizer=str(folder), image_processor=str(folder))
@@ -50,8 +50,13 @@ def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
 
 
 def _build_meta(cfg: ModelConfig, what: str):
+    """The model ``what`` (model or teacher) on the meta device: shapes without weights."""
+    try:
+        meta_cfg = _meta_config(cfg, what)
+    except ConfigError as exc:
+        raise exc.under(what) from None
     with torch.device("meta"):
-        return build_vlm(_meta_config(cfg, what))
+        return build_vlm(meta_cfg, section=what)
 
 
 def _params(module) -> str:

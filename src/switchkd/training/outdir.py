@@ -1,7 +1,8 @@
 """A run owns its output folder: a lock while it writes, and a run id that its checkpoints carry.
 
-A folder that already holds a run is continued only with ``--resume`` and replaced only with
-``--overwrite``; resume uses only checkpoints that carry the folder's run id.
+A folder that already holds a run (its checkpoints, final model or log) is continued only with
+``--resume`` and replaced only with ``--overwrite``, which removes that run's files and nothing else;
+resume uses only checkpoints that carry the folder's run id.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 
 LOCK_NAME = ".lock"
 RUN_NAME = "run.json"
-RUN_FILES = ("checkpoints", "final", "log.jsonl", "config.yaml", RUN_NAME)
+PROGRESS = ("checkpoints", "final", "log.jsonl")
+RUN_FILES = (*PROGRESS, "config.yaml", RUN_NAME)  # what --overwrite removes; nothing else in the folder
 
 
 def claim(output_dir: Path, *, resume: bool, overwrite: bool) -> str:
@@ -82,15 +84,14 @@ def _lock(output_dir: Path) -> None:
 
 def _run_id(output_dir: Path, *, resume: bool, overwrite: bool) -> str:
     run_file = output_dir / RUN_NAME
-    held = sorted(p.name for p in output_dir.iterdir() if p.name != LOCK_NAME)
+    held = [name for name in PROGRESS if (output_dir / name).exists()]  # a run got somewhere here
     if resume and run_file.is_file():
         return run_id_of(output_dir)
     if held and not resume:
         if not overwrite:
             raise ValueError(
-                f"train.output_dir: {output_dir} is not empty ({', '.join(held[:4])}"
-                f"{', ...' if len(held) > 4 else ''}): pass --resume to continue that run, or --overwrite to "
-                "replace it"
+                f"train.output_dir: {output_dir} holds a run ({', '.join(held)}): pass --resume to continue it, "
+                "or --overwrite to replace it"
             )
         for name in RUN_FILES:
             path = output_dir / name

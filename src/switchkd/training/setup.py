@@ -88,7 +88,9 @@ def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
         student.gradient_checkpointing_enable()
     chunk_rows = cfg.train.loss_chunk_rows
     if STAGES[cfg.train.stage]["teacher"]:
-        return VisualSwitchDistiller(student, build_vlm(cfg.teacher), cfg.distill, chunk_rows=chunk_rows)
+        return VisualSwitchDistiller(
+            student, build_vlm(cfg.teacher, section="teacher"), cfg.distill, chunk_rows=chunk_rows
+        )
     return LanguageModelingObjective(student, chunk_rows=chunk_rows)
 
 

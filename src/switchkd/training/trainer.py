@@ -58,6 +58,9 @@ def train(cfg: Config, resume: bool = False, overwrite: bool = False) -> TrainRe
     run = setup(cfg, resume, overwrite)
     try:
         history = run_steps(run, fresh=not resume)
+        if history and not any(h["tokens"] for h in history):
+            counts = dict(skipped_everywhere(run))
+            raise ValueError(f"data.train: every sample was skipped ({counts}); nothing was trained")
         skipped = save_checkpoint(run).skipped
         save_model(run, run.output_dir / "final")  # ends on a barrier: no process leaves while others still talk
     finally:

@@ -163,3 +163,12 @@ def test_image_placeholder_outside_the_first_human_turn_is_an_error(conversation
 
     with pytest.raises(RecordError, match="record 7: <image> may only appear in the first human turn"):
         to_messages({"image": "a.png", "conversations": conversations}, 7)
+
+
+@pytest.mark.parametrize("speaker", [["human"], {"role": "human"}, 1, None])
+def test_a_speaker_that_is_not_a_string_names_the_record(speaker):
+    from switchkd.data.records import RecordError
+
+    record = {"conversations": [{"from": speaker, "value": "Hi"}, {"from": "gpt", "value": "Yes"}]}
+    with pytest.raises(RecordError, match="record 2: turn 0 has unknown speaker"):
+        to_messages(record, 2)
