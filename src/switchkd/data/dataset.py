@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from switchkd.data.images import ImageError, load_image, preprocess_images, resolve_image_path
-from switchkd.data.records import RecordError, load_records, record_name, to_messages
+from switchkd.data.records import RecordError, RecordStore, record_name, to_messages
 from switchkd.data.templates import ChatTemplate
 from switchkd.data.tokenize import NoSupervisedTokens, SampleTooLong, tokenize_conversation
 from switchkd.losses.sequence import IGNORE_INDEX
@@ -56,7 +56,9 @@ class LlavaDataset(Dataset):
         pad_to_square: bool = True,
         control_tokens: str = "split",
     ):
-        self.records = load_records(records) if isinstance(records, (str, Path)) else list(records)
+        if isinstance(records, (str, Path)):
+            records = RecordStore.load(records)
+        self.records = records if isinstance(records, RecordStore) else RecordStore.from_records(records)
         self.image_root = image_root
         self.tokenizer = tokenizer
         self.template = template
@@ -85,12 +87,9 @@ class LlavaDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def approx_length(self, index: int) -> int:
-        """A cheap length estimate (words + image tokens) for length-grouped batching."""
-        rec = self.records[index]
-        convs = rec.get("conversations", []) if isinstance(rec, dict) else []
-        words = sum(len(str(m.get("value", "")).split()) for m in convs if isinstance(m, dict))
-        return words + (self.num_image_tokens if isinstance(rec, dict) and rec.get("image") else 0)
+    def approx_lengths(self) -> list[int]:
+        """A cheap length estimate per sample (words + image tokens) for length-grouped batching."""
+        return (self.records.words + self.records.has_image * self.num_image_tokens).tolist()
 
     def load(self, index: int) -> dict[str, Any]:
         """The sample or a SampleError naming the record."""

@@ -7,8 +7,12 @@ A record is ``{"id": ..., "image": "rel/path.jpg" (optional), "conversations": [
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLE_OF = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -20,6 +24,18 @@ class RecordError(ValueError):
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
     """All records of a LLaVA JSON (a list) or JSONL file; malformed JSON names the line/position."""
+    return [record for _, record in read_records(path)]
+
+
+def require_records(records: Sequence, path: str | Path) -> Sequence:
+    """``records``, or an error: training on an empty file would have nothing to learn from."""
+    if not len(records):
+        raise RecordError(f"data.train: {path} holds no records")
+    return records
+
+
+def read_records(path: str | Path) -> list[tuple[str, Any]]:
+    """``(its JSON text, the record)`` for every record of a JSON list or JSONL file, in order."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -28,36 +44,97 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         raise RecordError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     try:
-        return _parse_records(path, text)
+        return list(_jsonl_items(path, text) if path.suffix == ".jsonl" else _json_list_items(path, text))
     except RecursionError:
         raise RecordError(f"{path}: JSON nested too deeply to be a LLaVA record file") from None
 
 
-def require_records(records: list, path: str | Path) -> list:
-    """``records``, or an error: training on an empty file would have nothing to learn from."""
-    if not records:
-        raise RecordError(f"data.train: {path} holds no records")
-    return records
+def _jsonl_items(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield line, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise RecordError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
 
 
-def _parse_records(path: Path, text: str) -> list[dict[str, Any]]:
-    if path.suffix == ".jsonl":
-        records = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise RecordError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
-        return records
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_list_items(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+    """The elements of a JSON list, each with its own text (one scan, nothing re-encoded)."""
+    decoder = json.JSONDecoder()
     try:
-        data = json.loads(text)
+        at = _SPACE.match(text).end()
+        if text[at : at + 1] != "[":
+            data = json.loads(text)
+            raise RecordError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        at = _SPACE.match(text, at + 1).end()
+        if text[at : at + 1] != "]":
+            while True:
+                record, end = decoder.raw_decode(text, at)
+                yield text[at:end], record
+                at = _SPACE.match(text, end).end()
+                if text[at : at + 1] == "]":
+                    break
+                if text[at : at + 1] != ",":
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, at)
+                at = _SPACE.match(text, at + 1).end()
+        rest = _SPACE.match(text, at + 1).end()
+        if rest != len(text):
+            raise json.JSONDecodeError("Extra data", text, rest)
     except json.JSONDecodeError as exc:
         raise RecordError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    if not isinstance(data, list):
-        raise RecordError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    return data
+
+
+class RecordStore(Sequence):
+    """Records kept as their UTF-8 JSON text in one buffer with an offsets array, decoded on access.
+
+    Two objects whatever the count: forked DataLoader workers share their pages, where a list of
+    665k dicts would be copied page by page into every worker as reference counts change. Per record,
+    ``words`` and ``has_image`` serve the length-grouped sampler without decoding anything.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, Any]]):
+        encoded, words, has_image = [], [], []
+        for text, record in items:
+            encoded.append(text.encode("utf-8"))
+            n, image = _size(record)
+            words.append(n)
+            has_image.append(image)
+        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
+        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self.words = np.asarray(words, dtype=np.int32)
+        self.has_image = np.asarray(has_image, dtype=bool)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RecordStore:
+        return cls(read_records(path))
+
+    @classmethod
+    def from_records(cls, records: Iterable[Any]) -> RecordStore:
+        return cls((json.dumps(r, ensure_ascii=False), r) for r in records)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> Any:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        index %= len(self)
+        return json.loads(self.buffer[self.offsets[index] : self.offsets[index + 1]].tobytes())
+
+
+def _size(record: Any) -> tuple[int, bool]:
+    """Words in the record's turns and whether it names an image (a cheap length estimate)."""
+    if not isinstance(record, dict):
+        return 0, False
+    convs = record.get("conversations")
+    turns = convs if isinstance(convs, list) else []
+    words = sum(len(str(m.get("value", "")).split()) for m in turns if isinstance(m, dict))
+    return words, bool(record.get("image"))
 
 
 def record_name(record: Any, index: int) -> str:

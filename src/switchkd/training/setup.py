@@ -13,7 +13,7 @@ from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, se
 from torch.utils.data import DataLoader
 
 from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, ShuffleSampler
-from switchkd.data.records import load_records, require_records
+from switchkd.data.records import RecordStore, require_records
 from switchkd.distillation.switch import VisualSwitchDistiller
 from switchkd.models import build_vlm
 from switchkd.training.checkpoint import restore_latest
@@ -97,7 +97,7 @@ def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
 def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:
     """The training data in the student's format, with a sampler that every process shares."""
     data, t = cfg.data, cfg.train
-    records = require_records(load_records(data.train), data.train)
+    records = require_records(RecordStore.load(data.train), data.train)
     dataset = LlavaDataset.for_model(
         records,
         data.resolved_image_root,
@@ -107,8 +107,7 @@ def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler 
         control_tokens=data.control_tokens,
     )
     if data.length_grouped:
-        lengths = [dataset.approx_length(i) for i in range(len(dataset))]
-        sampler = LengthGroupedSampler(lengths, t.per_device_batch_size * world, seed=t.seed)
+        sampler = LengthGroupedSampler(dataset.approx_lengths(), t.per_device_batch_size * world, seed=t.seed)
     else:
         sampler = ShuffleSampler(len(dataset), seed=t.seed)
     loader = DataLoader(
