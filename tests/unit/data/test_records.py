@@ -33,7 +33,8 @@ def test_the_store_returns_exactly_what_json_loads_reads(tmp_path, layout):
     assert len(store) == len(RECORDS) and [store[i] for i in range(len(store))] == RECORDS
     assert store[-1] == RECORDS[-1] and load_records(path) == RECORDS
     assert [json.loads(text) for text, _ in read_records(path)] == RECORDS
-    assert store.words.tolist() == [4, 6, 0, 0, 0] and store.has_image.tolist() == [True, False, False, False, False]
+    assert store.sizes.tolist() == [len(text.encode()) for text, _ in read_records(path)]
+    assert store.has_image.tolist() == [True, False, False, False, False]
     with pytest.raises(IndexError):
         store[len(RECORDS)]
 
@@ -61,6 +62,17 @@ def test_empty_lists_give_an_empty_store(tmp_path, text):
     path = tmp_path / "empty.json"
     path.write_text(text)
     assert len(RecordStore.load(path)) == 0
+
+
+def test_non_ascii_files_and_crlf_lines_round_trip(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(("\r\n".join(json.dumps(r, ensure_ascii=False) for r in RECORDS) + "\r\n").encode())
+    store = RecordStore.load(path)
+    assert [store[i] for i in range(len(store))] == RECORDS
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": 1}\n\n{"id": \n')
+    with pytest.raises(RecordError, match=r"bad\.jsonl:3: malformed JSON"):
+        RecordStore.load(bad)
 
 
 def test_a_store_from_python_records_round_trips():
