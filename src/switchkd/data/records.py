@@ -25,7 +25,8 @@ class RecordError(ValueError):
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
     """All records of a LLaVA JSON (a list) or JSONL file; malformed JSON names the line/position."""
-    return [record for _, record in read_records(path)]
+    path, text = _read_text(path)
+    return [record for _, _, record in _spans(path, text)]
 
 
 def require_records(records: Sequence, path: str | Path) -> Sequence:
@@ -33,12 +34,6 @@ def require_records(records: Sequence, path: str | Path) -> Sequence:
     if not len(records):
         raise RecordError(f"data.train: {path} holds no records")
     return records
-
-
-def read_records(path: str | Path) -> list[tuple[str, Any]]:
-    """``(its JSON text, the record)`` for every record of a JSON list or JSONL file, in order."""
-    path, text = _read_text(path)
-    return [(text[start:end], record) for start, end, record in _spans(path, text)]
 
 
 def _read_text(path: str | Path) -> tuple[Path, str]:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from switchkd.data.records import RecordError, RecordStore, load_records, read_records
+from switchkd.data.records import RecordError, RecordStore, _read_text, _spans, load_records
 
 RECORDS = [
     {"id": "a", "image": "x/1.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}]},
@@ -32,8 +32,10 @@ def test_the_store_returns_exactly_what_json_loads_reads(tmp_path, layout):
     store = RecordStore.load(path)
     assert len(store) == len(RECORDS) and [store[i] for i in range(len(store))] == RECORDS
     assert store[-1] == RECORDS[-1] and load_records(path) == RECORDS
-    assert [json.loads(text) for text, _ in read_records(path)] == RECORDS
-    assert store.sizes.tolist() == [len(text.encode()) for text, _ in read_records(path)]
+    path, text = _read_text(path)
+    spans = list(_spans(path, text))
+    assert [json.loads(text[a:b]) for a, b, _ in spans] == RECORDS  # each span is its record's own text
+    assert store.sizes.tolist() == [len(text[a:b].encode()) for a, b, _ in spans]
     assert store.has_image.tolist() == [True, False, False, False, False]
     with pytest.raises(IndexError):
         store[len(RECORDS)]
