@@ -41,6 +41,10 @@ def test_bad_override_and_bad_yaml(tmp_path: Path):
         load_yaml(bad)
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "missing.yaml")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("model:\n  system_prompt: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text \(byte 27"):
+        load_yaml(latin)
 
 
 def _run_config(*overrides: str):

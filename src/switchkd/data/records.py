@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from switchkd.config import read_utf8
+
 IMAGE_PLACEHOLDER = "<image>"
 ROLE_OF = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -40,10 +42,7 @@ def _read_text(path: str | Path) -> tuple[Path, str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
-    try:
-        return path, path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecordError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
+    return path, read_utf8(path, RecordError)
 
 
 def _spans(path: Path, text: str) -> Iterator[tuple[int, int, Any]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from switchkd.config import read_utf8
 from switchkd.data.images import ImageError, load_image, preprocess_images, resolve_image_path
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.data.tokenize import prompt_ids
@@ -92,10 +93,7 @@ def answered_ids(path: str | Path) -> set:
 def _lines(path: Path, keepends: bool = False) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    try:
-        return path.read_text(encoding="utf-8").splitlines(keepends=keepends)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    return read_utf8(path, ValueError).splitlines(keepends=keepends)
 
 
 def build_prompt(model, messages: list[dict]) -> list[int]:
