@@ -475,43 +475,22 @@ def test_a_full_disk_is_one_error_naming_the_checkpoint_and_leaves_nothing_half_
 def test_two_process_resume_is_exact_across_epochs(tiny_world, tmp_path):
     """DDP wraps the sampler in accelerate's BatchSamplerShard: the resumed epoch must still be ours."""
     data = _twelve_records(tiny_world, tmp_path)  # 2 processes x 2 per process: 3 steps an epoch
-    full = _with_data(
-        _config(
-            tiny_world,
-            tmp_path / "full",
-            stage="sft",
-            max_steps=7,
-            save_every=1,
-            save_total_limit=None,
-            per_device_batch_size=2,
-        ),
-        data,
-    )
-    _torchrun(full)
+
+    def config(out: Path) -> Path:
+        overrides = dict(max_steps=7, save_every=1, save_total_limit=None, per_device_batch_size=2)
+        return _with_data(_config(tiny_world, out, stage="sft", **overrides), data)
+
+    _torchrun(config(tmp_path / "full"))
     reference = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in reference] == [0, 0, 0, 1, 1, 1, 2]
     for step in (2, 4):
         out = tmp_path / f"cut{step}"
         shutil.copytree(tmp_path / "full", out)
         _cut_back_to(out, step)
-        _torchrun(
-            _with_data(
-                _config(
-                    tiny_world,
-                    out,
-                    stage="sft",
-                    max_steps=7,
-                    save_every=1,
-                    save_total_limit=None,
-                    per_device_batch_size=2,
-                ),
-                data,
-            ),
-            "--resume",
-        )
-        resumed = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in resumed] == list(range(1, 8))
-        assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in reference], rel=1e-6), step
+        _torchrun(config(out), "--resume")
+        resumed = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+        assert resumed == list(range(1, 8))
+        assert _curve(out) == pytest.approx(_curve(tmp_path / "full"), rel=1e-6), step
         want = VisionLanguageModel.from_pretrained(tmp_path / "full" / "final").state_dict()
         got = VisionLanguageModel.from_pretrained(out / "final").state_dict()
         for k in want:

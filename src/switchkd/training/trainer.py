@@ -94,7 +94,9 @@ def epoch_groups(run: Run) -> Iterator[list[dict]]:
     if run.state.position:
         loader = run.accelerator.skip_first_batches(loader, run.state.position)
     # accelerate's loaders set the sampler's epoch from their own pass counter, which starts at 0 in a
-    # resumed run and in every skip_first_batches loader: the epoch must come from our state.
+    # resumed run and in every skip_first_batches loader: the epoch must come from our state. Both
+    # calls are needed: under DDP a skip_first_batches loader nests our sampler deeper than its
+    # set_epoch reaches (the two-process resume test fails without the second).
     loader.set_epoch(run.state.epoch)
     run.sampler.set_epoch(run.state.epoch)
     batches = map(raise_sample_error, loader)
