@@ -1,7 +1,9 @@
 """Entry point of the ``switchkd`` command.
 
-switchkd --help
-switchkd build --config configs/model.yaml model.projector=ldpv2 --out runs/vlm
+Usage:
+
+    switchkd --help
+    switchkd build --config configs/model.yaml model.projector=ldpv2 --out runs/vlm
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """A multi-turn chat about one image; the loop (I/O) is separate from generation.
 
-session = ChatSession(model, image=load_image("cat.jpg"))
-print(session.ask("What is in the picture?"))
+Usage:
+
+    session = ChatSession(model, image=load_image("cat.jpg"))
+    print(session.ask("What is in the picture?"))
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Answer questions about images with a VLM, in batches (evaluation and ``switchkd predict``).
 
-from switchkd.inference.predict import Question, answer_questions
-answers = answer_questions(model, [Question("q1", "What colour is it?", "img.png")])
+Usage:
+
+    from switchkd.inference.predict import Question, answer_questions
+    answers = answer_questions(model, [Question("q1", "What colour is it?", "img.png")])
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """Distillation losses: pure functions over logit rows (N, V), and one entry point by name.
 
-from switchkd.losses import DistillLoss, dbild
-loss = dbild(student_rows, teacher_rows, temperature=3.0, kl="reverse")
-fn = DistillLoss("dbild_rkl", temperature=3.0)     # the paper's Table 4 as one config value
-rows = fn.rows(student_rows, teacher_rows)         # LossRows, the same type for every loss
+Usage:
+
+    from switchkd.losses import DistillLoss, dbild
+    loss = dbild(student_rows, teacher_rows, temperature=3.0, kl="reverse")
+    fn = DistillLoss("dbild_rkl", temperature=3.0)     # the paper's Table 4 as one config value
+    rows = fn.rows(student_rows, teacher_rows)         # LossRows, the same type for every loss
 """
 
 from switchkd.losses.bild import bild_rows

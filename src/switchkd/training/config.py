@@ -1,6 +1,8 @@
 """The run configuration: model, teacher, data, training and distillation sections.
 
-cfg = load_config("configs/paper/dft_siglip_qwen2.5-0.5b_from_3b.yaml", ["train.lr=1e-5"])
+Usage:
+
+    cfg = load_config("configs/paper/dft_siglip_qwen2.5-0.5b_from_3b.yaml", ["train.lr=1e-5"])
 """
 
 from __future__ import annotations
