@@ -73,7 +73,7 @@ def answered_ids(path: str | Path) -> set:
     path = Path(path)
     if not path.is_file():
         return set()
-    text = "".join(_lines(path, keepends=True))
+    text = read_utf8(path, ValueError)
     lines = text.splitlines()
     if text and not text.endswith("\n"):
         log.warning(
@@ -92,10 +92,10 @@ def answered_ids(path: str | Path) -> set:
     return done
 
 
-def _lines(path: Path, keepends: bool = False) -> list[str]:
+def _lines(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"file not found: {path}")
-    return read_utf8(path, ValueError).splitlines(keepends=keepends)
+    return read_utf8(path, ValueError).splitlines()
 
 
 def build_prompt(model, messages: list[dict]) -> list[int]:
