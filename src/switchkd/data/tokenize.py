@@ -45,15 +45,14 @@ def control_tokens_in(text: str, tokenizer) -> list[str]:
     return sorted(t for t in special if t in text)
 
 
-def _content_ids(text: str, tokenizer, *, image: tuple[int, int], control_tokens: str, spans: list) -> list[int]:
+def _content_ids(text: str, tokenizer, *, image: tuple[int, int], control_tokens: str) -> list[int]:
     """Ids of one message's text: ``<image>`` becomes ``image = (token id, count)`` copies, the rest is
-    literal. ``spans`` collects each image's (start, end) relative to this text's ids."""
+    literal (so the image token id comes from ``<image>`` and nowhere else)."""
     if control_tokens == "reject" and (found := control_tokens_in(text, tokenizer)):
         raise RecordError(f"the text contains control token(s) {', '.join(found)} (data.control_tokens=reject)")
     ids: list[int] = []
     for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
         if i:
-            spans.append((len(ids), len(ids) + image[1]))
             ids.extend([image[0]] * image[1])
         ids.extend(_encode(tokenizer, piece, literal=True))
     return ids
@@ -75,19 +74,16 @@ def tokenize_conversation(
     with a RecordError ("reject")."""
     ids: list[int] = []
     labels: list[int] = []
-    image_spans: list[tuple[int, int]] = []
+    image = (image_token_id, num_image_tokens)
     for text, supervised, content in template.segments(messages, add_generation_prompt):
         if content:
-            spans: list[tuple[int, int]] = []
-            image = (image_token_id, num_image_tokens)
-            seg = _content_ids(text, tokenizer, image=image, control_tokens=control_tokens, spans=spans)
-            image_spans += [(len(ids) + start, len(ids) + end) for start, end in spans]
+            seg = _content_ids(text, tokenizer, image=image, control_tokens=control_tokens)
         else:
             seg = _encode(tokenizer, text)
         ids.extend(seg)
         labels.extend(seg if supervised else [IGNORE_INDEX] * len(seg))
     if max_length is not None and len(ids) > max_length:
-        if any(end > max_length for _, end in image_spans):
+        if image_token_id in ids[max_length:]:  # the cut would go through the image's tokens
             raise SampleTooLong(f"{len(ids)} tokens, and the image tokens end past max_length={max_length}")
         ids, labels = ids[:max_length], labels[:max_length]
     out = Tokenized(ids, labels)

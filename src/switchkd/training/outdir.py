@@ -38,7 +38,7 @@ def run_id_of(output_dir: Path) -> str:
 def release(output_dir: Path) -> None:
     """Remove the lock if this process holds it."""
     path = output_dir / LOCK_NAME
-    if _holder(path).get("pid") == os.getpid() and _holder(path).get("host") == socket.gethostname():
+    if _holder(path) == {"pid": os.getpid(), "host": socket.gethostname()}:
         path.unlink(missing_ok=True)
 
 
