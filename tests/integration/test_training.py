@@ -1,5 +1,6 @@
 """Training on real files and real processes: stages, multi-process equality, resume after a kill."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -106,22 +108,44 @@ def test_dft_moves_every_part_except_unused_vision_layers(tiny_world, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_ddp_and_deepspeed_match_one_process(tiny_world, tmp_path):
+def test_two_processes_match_one_process(tiny_world, tmp_path):
     one = tmp_path / "one"
     train(load_config(_config(tiny_world, one, grad_accum=2)))
-    reference = _curve(one)
     _torchrun(_config(tiny_world, tmp_path / "ddp"))
-    assert _curve(tmp_path / "ddp") == pytest.approx(reference, rel=1e-5)
-    _torchrun(_config(tiny_world, tmp_path / "fsdp", distributed="fsdp"))
-    assert _curve(tmp_path / "fsdp") == pytest.approx(reference, rel=1e-5)
+    assert _curve(tmp_path / "ddp") == pytest.approx(_curve(one), rel=1e-5)
     want = VisionLanguageModel.from_pretrained(one / "final").state_dict()
-    for run in ("ddp", "fsdp"):
-        got = VisionLanguageModel.from_pretrained(tmp_path / run / "final").state_dict()
-        for k in want:
-            torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
-    pytest.importorskip("deepspeed")
-    _torchrun(_config(tiny_world, tmp_path / "ds", distributed="deepspeed"))
-    assert _curve(tmp_path / "ds") == pytest.approx(reference, rel=1e-5)
+    got = VisionLanguageModel.from_pretrained(tmp_path / "ddp" / "final").state_dict()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_sharding_that_accelerate_cannot_do_here_is_an_error_not_quiet_ddp(tiny_world, tmp_path):
+    # accelerate runs FSDP and DeepSpeed on GPUs only; on CPU it used to fall back to DDP unasked.
+    if torch.cuda.device_count() >= 2:
+        pytest.skip("with GPUs these run for real (test_fsdp_and_deepspeed_match_one_process)")
+    for kind in ("fsdp", "deepspeed"):
+        with pytest.raises(AssertionError) as failed:
+            _torchrun(_config(tiny_world, tmp_path / kind, distributed=kind))
+        assert f"train.distributed: {kind}: accelerate runs {kind} on GPUs only" in str(failed.value)
+        assert not (tmp_path / kind / "log.jsonl").exists()
+
+
+@pytest.mark.gpu
+def test_fsdp_and_deepspeed_match_one_process(tiny_world, tmp_path):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("FSDP and DeepSpeed through accelerate need two GPUs")
+    one = tmp_path / "one"
+    train(load_config(_config(tiny_world, one, grad_accum=2)))
+    kinds = ["fsdp"] + (["deepspeed"] if importlib.util.find_spec("deepspeed") else [])
+    for kind in kinds:
+        _torchrun(_config(tiny_world, tmp_path / kind, distributed=kind, save_every=1))
+        assert _curve(tmp_path / kind) == pytest.approx(_curve(one), rel=1e-3)
+        resumed = tmp_path / f"{kind}-resumed"
+        shutil.copytree(tmp_path / kind, resumed)
+        shutil.rmtree(resumed / "checkpoints" / "step-0000003")
+        _torchrun(_config(tiny_world, resumed, distributed=kind, save_every=1), "--resume")
+        assert _curve(resumed) == pytest.approx(_curve(tmp_path / kind), rel=1e-5)
 
 
 def _twelve_records(world, tmp_path: Path) -> dict:
@@ -469,6 +493,47 @@ def test_a_full_disk_is_one_error_naming_the_checkpoint_and_leaves_nothing_half_
     with pytest.raises(OSError, match=r"cannot write .*checkpoints/step-0000001: No space left on device$"):
         train(load_config(_config(tiny_world, out, stage="sft", save_every=1)))
     assert checkpoints(out) == [] and list((out / "checkpoints").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["checkpoint", "final"])
+def test_a_write_failing_on_one_process_fails_every_process_instead_of_hanging(tiny_world, tmp_path, where):
+    # One process's disk is full: process 1's for a checkpoint (its RNG file), process 0's for the final model.
+    rank, target = {
+        "checkpoint": ("1", "checkpoint._rng_state"),
+        "final": ("0", "VisionLanguageModel.save_pretrained"),
+    }[where]
+    script = tmp_path / "full_disk.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import errno, os, sys
+        import switchkd.training.checkpoint as checkpoint
+        from switchkd.models import VisionLanguageModel
+
+        def full(*args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        if os.environ["RANK"] == "{rank}":
+            {target} = full
+        from switchkd.cli.main import main
+        sys.exit(main())
+        """)
+    )
+    out = tmp_path / "run"
+    config = _config(tiny_world, out, stage="sft", max_steps=2, save_every=2 if where == "checkpoint" else None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    cmd += [str(script), "train", "--config", str(config)]
+    started = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode != 0 and time.monotonic() - started < 240
+    name = "checkpoints/step-0000002" if where == "checkpoint" else "final"
+    errors = [line for line in done.stderr.splitlines() if line.startswith("switchkd train: error:")]
+    assert len(errors) == 2, done.stderr[-3000:]  # one line from each process, the same line
+    assert all(line.endswith(f"cannot write {out / name}: No space left on device") for line in errors), errors
+    # Nothing half-written is listed; a failed final model leaves its checkpoint to resume from.
+    assert [c.name for c in checkpoints(out)] == ([] if where == "checkpoint" else ["step-0000002"])
+    assert not (out / "final").exists() and not (out / ".lock").exists()
+    assert [p.name for p in out.rglob(".tmp-*")] == []
 
 
 @pytest.mark.slow

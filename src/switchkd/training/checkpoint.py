@@ -4,8 +4,11 @@ A checkpoint of a single-process or DDP run is safetensors and JSON only, so res
 anything: ``model.safetensors`` (the objective's weights), ``optimizer.safetensors`` +
 ``optimizer.json``, ``rng-<rank>.json`` (Python, NumPy, torch and CUDA generators), and
 ``trainer_state.json`` (``TrainState``, the scheduler, the grad scaler, and the SHA-256 of every
-other file). FSDP and DeepSpeed shard the optimizer; their checkpoints keep the engines' own files
-(written by accelerate under ``state/``, pickle-based), checksummed like the rest.
+other file). FSDP and DeepSpeed (GPU runs) shard the optimizer; their checkpoints keep the engines' own
+files (written by accelerate under ``state/``), checksummed like the rest. Those are pickles, and
+DeepSpeed unpickles its own without restriction: before any engine loads them, every one must load
+under torch's weights-only unpickler (tensors, containers and the three DeepSpeed classes its ZeRO
+files hold), and a checkpoint holding anything else is refused like a damaged one.
 
 Every folder is written under a ``.tmp-`` name and renamed into place only when complete, so a kill
 never leaves a checkpoint that looks finished; resume verifies the checksums and falls back, with a
@@ -15,13 +18,14 @@ warning, to the newest complete and intact checkpoint.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import random
 import shutil
+import zipfile
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -70,27 +74,58 @@ def save_checkpoint(run: Run) -> TrainState:
     final = run.output_dir / "checkpoints" / f"step-{step:07d}"
     tmp = final.with_name(f".tmp-{final.name}")
     state = TrainState(step, run.state.epoch, run.state.position, skipped_everywhere(run))
-    if run.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    with _writing(tmp, final):
+
+    def prepare():
+        if run.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+
+    def write():
         if _sharded(run):
             acc.save_state(str(tmp / "state"))
         else:
             _save_weights_and_optimizer(run, tmp)
         (tmp / f"rng-{acc.process_index}.json").write_text(json.dumps(_rng_state()))
-    acc.wait_for_everyone()
-    if run.is_main:
-        with _writing(tmp, final):
+
+    def publish():
+        if run.is_main:
             _write_state(run, tmp, state)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+
+    for part in (prepare, write, publish):
+        _together(run, tmp, final, part)
+    if run.is_main:
         keep = run.cfg.train.save_total_limit
         for old in checkpoints(run.output_dir)[:-keep] if keep is not None else []:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
     return state
+
+
+def _together(run: Run, tmp: Path, final: Path, part) -> None:
+    """Run one part of a collective write on every process, then agree: a part that failed on any
+    process (a full disk on one node) fails on all of them, so none is left waiting at a barrier. A
+    failed write is one error naming the folder, and the half-written ``.tmp`` folder is removed."""
+    error = None
+    try:
+        part()
+    except (OSError, SafetensorError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        error = OSError(f"cannot write {final}: {reason}")
+    except Exception as exc:  # noqa: BLE001 - told to the other processes, then raised here as it is
+        error = exc
+    if run.accelerator.num_processes > 1:
+        told = gather_object([None if error is None else (isinstance(error, OSError), str(error))])
+        failed = [(rank, f) for rank, f in enumerate(told) if f is not None]
+        if error is None and failed:
+            rank, (disk, message) = failed[0]
+            error = OSError(message) if disk else RuntimeError(f"process {rank} failed to write {final}: {message}")
+    if error is None:
+        return
+    if run.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    raise error from None
 
 
 def _write_state(run: Run, tmp: Path, state: TrainState) -> None:
@@ -101,17 +136,6 @@ def _write_state(run: Run, tmp: Path, state: TrainState) -> None:
         meta["scaler"] = acc.scaler.state_dict()
     meta["sha256"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / STATE_NAME).write_text(json.dumps(meta))
-
-
-@contextmanager
-def _writing(tmp: Path, final: Path):
-    """A failed write (a full disk) is one error naming the folder; the half-written .tmp is removed."""
-    try:
-        yield
-    except (OSError, SafetensorError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise OSError(f"cannot write {final}: {reason}") from None
 
 
 def _save_weights_and_optimizer(run: Run, folder: Path) -> None:
@@ -166,9 +190,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def damage(folder: Path, run_id: str) -> str | None:
+def damage(folder: Path, run_id: str, *, engine: bool = False) -> str | None:
     """Why ``folder`` cannot be resumed by run ``run_id`` (unreadable state, another run's checkpoint, a
-    missing file, a checksum that does not match), or None when it is complete, intact and its own."""
+    missing file, a checksum that does not match, with ``engine`` an engine file that is more than
+    tensor data), or None when it is complete, intact and its own."""
     try:
         meta = json.loads((folder / STATE_NAME).read_text())
         sums = meta["sha256"]
@@ -184,7 +209,40 @@ def damage(folder: Path, run_id: str) -> str | None:
             return f"{name} is missing"
         if _sha256(path) != want:
             return f"{name} does not match its checksum"
+    return unsafe_engine_file(folder / "state") if engine else None
+
+
+def unsafe_engine_file(state: Path) -> str | None:
+    """The first file under an engine's ``state`` folder that is a pickle holding more than tensor data
+    (it must load under torch's weights-only unpickler), or a pickle that cannot be checked; None when
+    all are safe. Text files (DeepSpeed's ``latest`` tag, its ``zero_to_fp32.py``) are never loaded."""
+    with torch.serialization.safe_globals(_engine_classes()):
+        for path in sorted(p for p in state.rglob("*") if p.is_file()):
+            if zipfile.is_zipfile(path):
+                try:
+                    torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except Exception as exc:  # noqa: BLE001 - any refusal of the restricted unpickler
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    return f"{path.relative_to(state.parent)} holds more than tensor data ({first[:160]})"
+            elif path.suffix in (".pkl", ".pt", ".bin", ".pth") or _first_byte(path) == b"\x80":
+                return f"{path.relative_to(state.parent)} is a raw pickle, which cannot be checked"
     return None
+
+
+def _first_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(1)
+
+
+def _engine_classes() -> list:
+    """The non-torch classes DeepSpeed's ZeRO checkpoints hold (found by reading its ZeRO-2 files)."""
+    if importlib.util.find_spec("deepspeed") is None:
+        return []
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 def restore_latest(run: Run) -> None:
@@ -194,7 +252,7 @@ def restore_latest(run: Run) -> None:
     choice = [None]
     if run.is_main:
         for folder in reversed(found):
-            problem = damage(folder, run.run_id)
+            problem = damage(folder, run.run_id, engine=_sharded(run))
             if problem is None:
                 choice = [str(folder)]
                 break
@@ -253,13 +311,14 @@ def save_model(run: Run, directory: Path) -> None:
     acc.wait_for_everyone()
     student = acc.unwrap_model(run.objective).student
     state = acc.get_state_dict(run.objective)
-    if run.is_main:
-        tmp = directory.with_name(f".tmp-{directory.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with _writing(tmp, directory):
-            student.save_pretrained(
-                tmp, state_dict={k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
-            )
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
-    acc.wait_for_everyone()
+    tmp = directory.with_name(f".tmp-{directory.name}")
+
+    def write():
+        if run.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            own = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
+            student.save_pretrained(tmp, state_dict=own)
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(tmp, directory)
+
+    _together(run, tmp, directory, write)

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin, set_seed
+from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, set_seed
 from torch.utils.data import DataLoader
 
+from switchkd.config import ConfigError
 from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, ShuffleSampler
 from switchkd.data.records import RecordStore, require_records
 from switchkd.distillation.switch import VisualSwitchDistiller
@@ -66,7 +67,7 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
     elif t.distributed == "fsdp":
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
     # Without a GPU, accelerate only forms a process group (gloo) when told it runs on CPU.
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         gradient_accumulation_steps=t.grad_accum,
         mixed_precision=t.mixed_precision,
@@ -74,6 +75,26 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
         project_dir=t.output_dir,
         **kwargs,
     )
+    _check_sharding(t.distributed, accelerator)
+    return accelerator
+
+
+_SHARDED = {"fsdp": DistributedType.FSDP, "deepspeed": DistributedType.DEEPSPEED}
+
+
+def _check_sharding(wanted: str, accelerator: Accelerator) -> None:
+    """accelerate runs FSDP and DeepSpeed on GPUs only: elsewhere it quietly falls back to DDP, which
+    would train with a memory plan the user did not ask for. Several processes: an error; one: a note."""
+    if wanted not in _SHARDED or accelerator.distributed_type == _SHARDED[wanted]:
+        return
+    got = "DDP" if accelerator.num_processes > 1 else "a single process"
+    message = (
+        f"{wanted}: accelerate runs {wanted} on GPUs only, and this run ({accelerator.num_processes} "
+        f"process(es) on {accelerator.device.type}) would be {got}; set train.distributed=ddp"
+    )
+    if accelerator.num_processes > 1:
+        raise ConfigError(message, key="train.distributed")
+    log.warning("train.distributed: %s", message)
 
 
 def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
