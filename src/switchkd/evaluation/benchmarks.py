@@ -102,11 +102,8 @@ def _vizwiz_answers(data_dir: Path) -> dict:
     return {d["image"]: [a["answer"] for a in d["answers"]] for d in data}
 
 
-def _score_vqa(items, preds, full=False) -> dict:
-    return {
-        "accuracy": mean_percent(scorers.vqa_accuracy(preds.get(i.id, ""), i.meta["answers"], full) for i in items),
-        "n": len(items),
-    }
+def _score_vqa(items, preds, accuracy=scorers.vqa_accuracy) -> dict:
+    return {"accuracy": mean_percent(accuracy(preds.get(i.id, ""), i.meta["answers"]) for i in items), "n": len(items)}
 
 
 def _gqa_answers(data_dir: Path) -> dict:
@@ -116,7 +113,7 @@ def _gqa_answers(data_dir: Path) -> dict:
 
 def _score_gqa(items, preds) -> dict:
     return {
-        "accuracy": mean_percent(scorers.exact_match(preds.get(i.id, ""), i.meta["answers"]) for i in items),
+        "accuracy": mean_percent(scorers.gqa_correct(preds.get(i.id, ""), i.meta["answers"]) for i in items),
         "n": len(items),
     }
 
@@ -325,7 +322,7 @@ BENCHMARKS: dict[str, Benchmark] = {
             image_dirs=("train_images", "images"),
             suffix=SHORT,
         ),
-        lambda items, preds: _score_vqa(items, preds, full=True),
+        lambda items, preds: _score_vqa(items, preds, scorers.textvqa_accuracy),
     ),
     "vizwiz": Benchmark(
         "vizwiz",

@@ -1,9 +1,14 @@
-"""Model-free scorers for the paper's benchmarks; each takes plain strings.
+"""Model-free scorers for the paper's benchmarks; each takes plain strings and agrees, case for case,
+with the official code of its benchmark as LLaVA-1.5's evaluation reaches it (docs/evaluation.md).
 
-VQA accuracy follows the official VQA evaluation (vqaEval.py): the prediction is normalised
-(punctuation, number words, articles, contractions); human answers get the punctuation step only
-when they disagree; accuracy is ``min(#matching humans / 3, 1)`` averaged over the ten
-leave-one-out subsets. TextVQA (m4c / EvalAI) normalises every human answer fully.
+- VQAv2 / VizWiz: the prediction goes through LLaVA's submission step (m4c's ``EvalAIAnswerProcessor``),
+  then the official ``vqaEval.py`` after its 2021 fix: when the human answers disagree, both they and
+  the prediction get punctuation, number-word, article and contraction normalisation; when they agree,
+  none. Accuracy is ``min(#matching humans / 3, 1)`` averaged over the leave-one-out subsets.
+- TextVQA: m4c's ``TextVQAAccuracyEvaluator``: the EvalAI processor on the prediction and every answer.
+- GQA: LLaVA's conversion (trailing periods stripped, lower case), then the official exact match.
+- Multiple choice (ScienceQA, MMMU, MMBench): VLMEvalKit's exact matching, with explicit answer
+  phrasings read first and option text matched on word boundaries (``extract_choice``).
 """
 
 from __future__ import annotations
@@ -170,57 +175,106 @@ def process_digit_article(text: str) -> str:
 
 
 def normalize_answer(text: str) -> str:
-    """The official normalisation of a predicted answer."""
+    """``vqaEval.py``'s normalisation (whitespace, punctuation, number words, articles, contractions)."""
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return process_digit_article(process_punctuation(text))
 
 
-def vqa_accuracy(prediction: str, answers: list[str], full_gt_normalisation: bool = False) -> float:
-    """Official VQA accuracy of one prediction against the (usually ten) human answers."""
-    if not answers:
-        raise ValueError("vqa_accuracy needs at least one human answer")
-    pred = normalize_answer(prediction)
-    gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
-    if full_gt_normalisation:
-        gts = [normalize_answer(a) for a in gts]
-    elif len(set(gts)) > 1:
-        gts = [process_punctuation(a) for a in gts]
-    scores = []
-    for i in range(len(gts)):
-        matches = sum(1 for j, g in enumerate(gts) if j != i and g == pred)
-        scores.append(min(1.0, matches / 3))
+def evalai_answer(text: str) -> str:
+    """m4c's ``EvalAIAnswerProcessor``: lower case, every "," and "?" deleted, "'s" -> " 's", then the
+    same normalisation as ``normalize_answer``. LLaVA's VQAv2/VizWiz submissions and TextVQA use it."""
+    text = text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+    return normalize_answer(text)
+
+
+def _leave_one_out(prediction: str, answers: list[str]) -> float:
+    scores = [
+        min(1.0, sum(1 for j, g in enumerate(answers) if j != i and g == prediction) / 3) for i in range(len(answers))
+    ]
     return sum(scores) / len(scores)
 
 
+def vqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """VQAv2 / VizWiz accuracy of one raw prediction against the (usually ten) human answers."""
+    if not answers:
+        raise ValueError("vqa_accuracy needs at least one human answer")
+    pred = evalai_answer(prediction)  # LLaVA's convert_*_for_submission.py
+    gts = [a.replace("\n", " ").replace("\t", " ").strip() for a in answers]
+    if len(set(gts)) > 1:  # vqaEval.py: normalise only when the humans disagree
+        gts = [normalize_answer(a) for a in gts]
+        pred = normalize_answer(pred)
+    return _leave_one_out(pred, gts)
+
+
+def textvqa_accuracy(prediction: str, answers: list[str]) -> float:
+    """TextVQA accuracy (m4c): the EvalAI processor on the prediction and on every human answer."""
+    if not answers:
+        raise ValueError("textvqa_accuracy needs at least one human answer")
+    return _leave_one_out(evalai_answer(prediction), [evalai_answer(a) for a in answers])
+
+
+def gqa_correct(prediction: str, answer: str) -> bool:
+    """GQA: LLaVA's ``convert_gqa_for_eval.py`` (trailing periods stripped, lower case), then the
+    official ``eval.py``'s exact comparison with the gold answer."""
+    return prediction.rstrip(".").lower() == answer
+
+
 def exact_match(prediction: str, answer: str) -> bool:
-    """GQA: exact match after the same normalisation of both sides."""
+    """Exact match after ``normalize_answer`` on both sides (the built-in world's short answers)."""
     return normalize_answer(prediction) == normalize_answer(answer)
 
 
 # ---- multiple choice -------------------------------------------------------------------------------
 
+_REFUSALS = (
+    "Sorry, I can't help with images of people yet.",
+    "I can't process this file.",
+    "I'm sorry, but without the image provided",
+    "Cannot determine the answer",
+)
+_SEPARATORS = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
+_LONE_LETTER = re.compile(r"\(?([A-Z])\)?[.:)]?")
+_LEADING_LETTER = re.compile(r"\(?([A-Z])[.:)]\s")
+_STATED_LETTER = re.compile(r"\banswer(?:\s+is|\s*:)\s*[(*\[]*([A-Z])[)*\]]*(?=[\s.,;:!]|$)", re.IGNORECASE)
 
-def extract_choice(prediction: str, options: list[str], letters: str = "ABCDEFGHIJ") -> str | None:
-    """The chosen letter: a bare letter, "A.", "(A)", "The answer is A", else the option whose text
-    appears (longest first); None when nothing can be read."""
-    letters = letters[: len(options)]
+
+def extract_choice(prediction: str, options: list[str]) -> str | None:
+    """The option letter an answer chooses, or None when it cannot be read.
+
+    In order: an answer that is only a letter (``B``, ``(B)``, ``B.``), starts with one (``B. dog``) or
+    states one (``The answer is B``, ``Answer: (B)``); then VLMEvalKit's exact matching: separators
+    ``.()[],:;!*#{}`` become spaces and exactly one option letter must stand as a word (with its
+    guard: a standing ``A`` among more than three words may be the article, so no letter is read);
+    then the option whose text stands in the answer as whole words (case-insensitive; an option whose
+    text lies inside another matched option's text yields to it). Letters are upper-case; a letter
+    beyond the options is never read, and stating one ends the reading.
+    """
+    letters = [chr(ord("A") + i) for i in range(len(options))]
     text = prediction.strip()
-    if not text:
+    if not text or any(refusal in text for refusal in _REFUSALS):
         return None
-    m = re.fullmatch(r"\(?([A-Z])\)?[.:]?", text)
-    if m and m.group(1) in letters:
-        return m.group(1)
-    m = re.match(r"^\(?([A-Z])[).:]\s", text + " ")
-    if m and m.group(1) in letters:
-        return m.group(1)
-    m = re.search(r"answer is:?\s*\(?([A-Z])\)?\b", text, flags=re.IGNORECASE)
-    if m and m.group(1).upper() in letters:
-        return m.group(1).upper()
+    for match in (_LONE_LETTER.fullmatch(text), _LEADING_LETTER.match(text + " ")):
+        if match:
+            return match.group(1) if match.group(1) in letters else None
+    stated = _STATED_LETTER.search(text)
+    if stated and stated.group(1).isupper():
+        return stated.group(1) if stated.group(1) in letters else None
+    words = text.translate(_SEPARATORS).split()
+    standing = [letter for letter in letters if letter in words]
+    if len(standing) == 1 and not ("A" in words and len(words) > 3):
+        return standing[0]
+    return _choice_by_text(text, options, letters)
+
+
+def _choice_by_text(text: str, options: list[str], letters: list[str]) -> str | None:
     lowered = text.lower()
-    hits = [(len(opt), letters[i]) for i, opt in enumerate(options) if opt and opt.lower() in lowered]
-    if hits:
-        return max(hits)[1]
-    return None
+    found = {
+        letter: opt.strip().lower()
+        for letter, opt in zip(letters, options)
+        if opt.strip() and re.search(rf"(?<!\w){re.escape(opt.strip().lower())}(?!\w)", lowered)
+    }
+    kept = [k for k, v in found.items() if not any(v != w and v in w for w in found.values())]
+    return kept[0] if len(kept) == 1 else None
 
 
 def multiple_choice_accuracy(predictions: list[str], options: list[list[str]], answers: list[str]) -> float:
