@@ -52,32 +52,24 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+def add_placement(p: argparse.ArgumentParser) -> None:
+    """--device and --torch-dtype, the same for every command that runs a model."""
+    p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--torch-dtype",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="auto: bf16 on a GPU, fp32 on the CPU",
+    )
 
 
-def resolve_device_dtype(device: str | None, dtype: str):
-    """Device and dtype chosen once, at the entry point, with the reason logged."""
-    import logging
-
-    import torch
-
-    log = logging.getLogger("switchkd")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        log.info("device %s (%s)", device, "CUDA is available" if device == "cuda" else "no CUDA device")
-    torch_dtype = getattr(torch, DTYPES[dtype])
-    if device == "cpu" and torch_dtype == torch.float16:
-        log.warning("fp16 matmuls are slow or missing on CPU: using fp32")
-        torch_dtype = torch.float32
-    return device, torch_dtype
-
-
-def _load_model(path: str, device: str | None, dtype: str):
+def _load_model(path: str, device: str, dtype: str):
     from switchkd.models import VisionLanguageModel
+    from switchkd.models.placement import placement
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model folder not found: {path}")
-    device, torch_dtype = resolve_device_dtype(device, dtype)
+    device, torch_dtype = placement(device, dtype)
     return VisionLanguageModel.from_pretrained(path, dtype=torch_dtype, device=device)
 
 
@@ -88,8 +80,7 @@ def add_chat(p: argparse.ArgumentParser) -> None:
     how.add_argument("--question", help="ask one question and print the answer")
     how.add_argument("--interactive", action="store_true", help="multi-turn chat on standard input ('exit' ends)")
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--torch-dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_placement(p)
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding")
     p.add_argument("--top-p", type=float, default=1.0)
 
@@ -127,8 +118,7 @@ def add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="answers JSONL; ids already in it are skipped (resume)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--torch-dtype", choices=sorted(DTYPES), default="fp32")
-    p.add_argument("--device", default=None)
+    add_placement(p)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -181,18 +171,29 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="the benchmark's local folder (see docs/evaluation.md)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--out", default=None, help="folder for predictions, results.json and results.md")
+    p.add_argument("--out", default=None, help="folder for predictions (resumable), results.json and results.md")
+    add_placement(p)
 
 
 def run_eval_cmd(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from switchkd.demo import WORLD
     from switchkd.evaluation import markdown_table, run_eval
 
     benchmarks = [WORLD if name == WORLD.name else name for name in args.benchmark]
     results = run_eval(
-        args.model, benchmarks, args.data, out_dir=args.out, limit=args.limit, batch_size=args.batch_size
+        args.model,
+        benchmarks,
+        args.data,
+        out_dir=args.out,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.torch_dtype,
     )
-    print(markdown_table(results))
+    if PartialState().is_main_process:
+        print(markdown_table(results))
     return 0
 
 
@@ -254,12 +255,12 @@ def add_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True)
     p.add_argument("--question", required=True)
     p.add_argument("--out", required=True, help="PNG to write")
+    add_placement(p)
 
 
 def run_attention(args: argparse.Namespace) -> int:
     from switchkd.data.images import load_image
     from switchkd.inference.attention import attention_figure
-    from switchkd.models import VisionLanguageModel
 
     for path in [args.model] + ([args.teacher] if args.teacher else []):
         if not Path(path).is_dir():
@@ -267,8 +268,8 @@ def run_attention(args: argparse.Namespace) -> int:
     image = load_image(args.image)
     models = {}
     if args.teacher:
-        models["teacher"] = VisionLanguageModel.from_pretrained(args.teacher)
-    models["student" if args.teacher else "model"] = VisionLanguageModel.from_pretrained(args.model)
+        models["teacher"] = _load_model(args.teacher, args.device, args.torch_dtype)
+    models["student" if args.teacher else "model"] = _load_model(args.model, args.device, args.torch_dtype)
     print(f"wrote {attention_figure(models, image, args.question, args.out)}")
     return 0
 
