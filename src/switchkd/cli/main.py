@@ -39,12 +39,25 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _add, run, _help = commands.COMMANDS[args.command]
     try:
-        return int(run(args) or 0)
+        code = int(run(args) or 0)
+        _leave_process_group()
+        return code
     except (ValueError, OSError) as exc:
         # Configuration, input and file-system errors (a missing file, a full disk) are the user's to
         # fix: one clear line, no traceback.
         print(f"switchkd {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _leave_process_group() -> None:
+    """Under torchrun/accelerate launch, tear the process group down before the interpreter exits: left
+    to exit-time destructors, gloo's threads can abort a finished run ("terminate called without an
+    active exception", SIGABRT) after every process has written its results."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
