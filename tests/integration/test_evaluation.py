@@ -336,3 +336,18 @@ def test_a_killed_eval_resumes_to_the_same_results_without_answering_twice(tiny_
     for name in ("student.world.predictions.jsonl", "results.json"):
         assert (out / name).read_text() == (tmp_path / "full" / name).read_text(), name
     assert not list(out.glob("*.part-*"))
+
+
+@pytest.mark.slow
+def test_a_bad_answers_file_is_one_error_in_every_process_not_a_hang(tiny_world, tmp_path):
+    out = tmp_path / "bad"
+    out.mkdir()
+    (out / "student.world.predictions.jsonl").write_text('{"question_id": "1", "text": "red"}\n{"text": "no id"}\n')
+    started = time.monotonic()
+    done = _eval_cli(tiny_world, out, procs=2, timeout=240)
+    assert done.returncode != 0 and time.monotonic() - started < 200
+    errors = [line for line in done.stderr.splitlines() if line.startswith("switchkd eval: error:")]
+    assert len(errors) == 2, done.stderr[-3000:]
+    assert all(
+        line.endswith("predictions.jsonl:2: not an answer row (JSON with question_id and text)") for line in errors
+    )

@@ -67,8 +67,6 @@ def _load_model(path: str, device: str, dtype: str):
     from switchkd.models import VisionLanguageModel
     from switchkd.models.placement import placement
 
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"model folder not found: {path}")
     device, torch_dtype = placement(device, dtype)
     return VisionLanguageModel.from_pretrained(path, dtype=torch_dtype, device=device)
 

@@ -21,7 +21,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from switchkd.evaluation.benchmarks import Benchmark, Item, get_benchmark
-from switchkd.inference.predict import Question, answer_questions
+from switchkd.inference.predict import Question, answer_questions, read_answers
 from switchkd.models import VisionLanguageModel
 from switchkd.models.placement import placement
 
@@ -50,7 +50,10 @@ def evaluate_model(
     done = _consolidate(answers_file, state) if answers_file is not None else {}
     todo = [i for i in items if i.id not in done]
     mine = todo[state.process_index :: state.num_processes]
-    fresh = _answer(model, bench, mine, batch_size, progress and state.is_main_process, answers_file, state)
+    progress = progress and state.is_main_process
+    fresh = _answer(
+        model, bench, mine, batch_size=batch_size, progress=progress, answers_file=answers_file, state=state
+    )
     if state.num_processes > 1:
         fresh = {k: v for part in gather_object([fresh]) for k, v in part.items()}
     preds = {i.id: done.get(i.id, fresh.get(i.id)) for i in items}
@@ -84,7 +87,7 @@ def _items(bench: Benchmark, data_dir: Path, limit: int | None) -> list[Item]:
     return items
 
 
-def _answer(model, bench, items: list[Item], batch_size, progress, answers_file, state) -> dict[str, str]:
+def _answer(model, bench, items: list[Item], *, batch_size, progress, answers_file, state) -> dict[str, str]:
     """This process's answers, appended to its part file (flushed) batch by batch when there is one."""
     part = _part(answers_file, state.process_index) if answers_file is not None else None
     out: dict[str, str] = {}
@@ -101,7 +104,7 @@ def _answer(model, bench, items: list[Item], batch_size, progress, answers_file,
         out.update(answers)
         if part is not None:
             with part.open("a", encoding="utf-8") as f:
-                f.write("".join(json.dumps({"question_id": q.id, "text": answers[q.id]}) + "\n" for q in questions))
+                f.write(_answer_lines(answers))
                 f.flush()
                 os.fsync(f.fileno())
         if bar is not None:
@@ -116,46 +119,32 @@ def _part(answers_file: Path, rank: int) -> Path:
 
 
 def _consolidate(answers_file: Path, state) -> dict[str, str]:
-    """Answers of earlier runs: the main process folds the part files of a killed run (whatever its
-    number of processes) into the answers file, then every process reads that one file."""
-    if state.is_main_process:
-        answers_file.parent.mkdir(parents=True, exist_ok=True)
-        parts = sorted(answers_file.parent.glob(f"{answers_file.name}.part-*"))
-        found = read_answers(answers_file)
-        for part in parts:
-            found.update(read_answers(part))
-        if parts:
-            log.info("resuming %s: %d answers kept from an interrupted run", answers_file, len(found))
-            _write_answers(answers_file, found)
-            for part in parts:
-                part.unlink()
-    state.wait_for_everyone()
-    return read_answers(answers_file)
-
-
-def read_answers(path: Path) -> dict[str, str]:
-    """``question_id -> text`` from an answers JSONL. A torn last line (a kill mid-write) is dropped
-    with a warning, so its question is answered again; any other bad line is an error naming it."""
-    if not path.is_file():
-        return {}
-    text = path.read_text(encoding="utf-8", errors="strict")
-    lines = text.splitlines()
-    if text and not text.endswith("\n"):
-        log.warning("%s:%d: incomplete last line (an interrupted run) dropped", path, len(lines))
-        lines = lines[:-1]
+    """Answers of earlier runs, from the answers file and the part files of a killed run (whatever its
+    number of processes). Every process reads them (a bad line is the same error in all of them, not
+    one error and a hang); then the main process folds the parts into the answers file."""
+    answers_file.parent.mkdir(parents=True, exist_ok=True)
+    parts = sorted(answers_file.parent.glob(f"{answers_file.name}.part-*"))
     found = {}
-    for lineno, line in enumerate(lines, 1):
-        try:
-            row = json.loads(line)
-            found[str(row["question_id"])] = str(row["text"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{lineno}: not an answer row (JSON with question_id and text)") from None
+    for path in [answers_file, *parts]:
+        rows = read_answers(path, ("question_id", "text"))
+        found.update({str(qid): str(row["text"]) for qid, row in rows.items()})
+    state.wait_for_everyone()  # nobody rewrites a file another process is still reading
+    if state.is_main_process and parts:
+        log.info("resuming %s: %d answers kept from an interrupted run", answers_file, len(found))
+        _write_answers(answers_file, found)
+        for part in parts:
+            part.unlink()
+    state.wait_for_everyone()
     return found
+
+
+def _answer_lines(answers: dict[str, str]) -> str:
+    return "".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in answers.items())
 
 
 def _write_answers(path: Path, answers: dict[str, str]) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text("".join(json.dumps({"question_id": k, "text": v}) + "\n" for k, v in answers.items()))
+    tmp.write_text(_answer_lines(answers))
     os.replace(tmp, path)
 
 
@@ -203,8 +192,6 @@ def run_eval(
     results: dict[str, dict[str, dict]] = {}
     for i, model_dir in enumerate(model_dirs):
         name = names[i] if names else Path(model_dir).name
-        if not Path(model_dir).is_dir():
-            raise FileNotFoundError(f"model folder not found: {model_dir}")
         model = VisionLanguageModel.from_pretrained(model_dir, dtype=torch_dtype, device=device)
         results[name] = {}
         for bench in benches:

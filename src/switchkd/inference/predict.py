@@ -66,13 +66,14 @@ def read_questions(path: str | Path, image_root: str | Path | None = None) -> li
     return questions
 
 
-def answered_ids(path: str | Path) -> set:
-    """Question ids already answered in an answers JSONL. A torn last line (an interrupted run wrote it
-    half) is cut from the file with a warning naming it, so its question is answered again; any other
-    bad line is an error naming ``file:line``."""
+def read_answers(path: str | Path, keys: tuple[str, ...] = ("question_id",), *, cut_torn: bool = False) -> dict:
+    """The rows of an answers JSONL by question_id, each holding ``keys``. A torn last line (an
+    interrupted run wrote it half) is dropped with a warning naming it, so its question is answered
+    again, and with ``cut_torn`` cut from the file (before more answers are appended to it); blank lines
+    are passed over; any other bad line is an error naming ``file:line``."""
     path = Path(path)
     if not path.is_file():
-        return set()
+        return {}
     text = read_utf8(path, ValueError)
     lines = text.splitlines()
     if text and not text.endswith("\n"):
@@ -80,16 +81,25 @@ def answered_ids(path: str | Path) -> set:
             "%s:%d: incomplete last line (an interrupted run) dropped; its question is answered again", path, len(lines)
         )
         lines = lines[:-1]
-        path.write_text("".join(line + "\n" for line in lines))
-    done = set()
+        if cut_torn:
+            path.write_text("".join(line + "\n" for line in lines))
+    rows = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            done.add(json.loads(line)["question_id"])
+            row = json.loads(line)
+            if not all(key in row for key in keys):
+                raise KeyError(keys)
         except (json.JSONDecodeError, KeyError, TypeError):
-            raise ValueError(f"{path}:{lineno}: not an answer row (JSON with a question_id)") from None
-    return done
+            raise ValueError(f"{path}:{lineno}: not an answer row (JSON with {' and '.join(keys)})") from None
+        rows[row["question_id"]] = row
+    return rows
+
+
+def answered_ids(path: str | Path) -> set:
+    """Question ids already answered in an answers JSONL (a torn last line is cut, see ``read_answers``)."""
+    return set(read_answers(path, cut_torn=True))
 
 
 def _lines(path: Path) -> list[str]:

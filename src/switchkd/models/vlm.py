@@ -237,6 +237,8 @@ class VisionLanguageModel(nn.Module):
     ) -> VisionLanguageModel:
         """A folder written by ``save_pretrained``, in eval mode."""
         directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model folder not found: {directory}")
         cfg_path = directory / CONFIG_NAME
         if not cfg_path.is_file():
             raise FileNotFoundError(f"{directory} is not a switchkd model folder (no {CONFIG_NAME})")
