@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader
 
 from switchkd.data.dataset import Collator, LlavaDataset
 from switchkd.distillation import DistillConfig, VisualSwitchDistiller
-from switchkd.losses import DistillLoss
+from switchkd.losses import LOSSES, DistillLoss
 from switchkd.models import VisionLanguageModel
 
 
@@ -127,15 +127,59 @@ def test_chunked_equals_plain_and_all_ignored_is_zero(tiny_world, loss):
     assert distiller(ignored)["total"].item() == 0.0
 
 
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, True), (1.0, 0.5, 2.0, False), (0.0, 0.0, 1.0, True)])
+def test_fused_head_equals_the_plain_graph_through_real_models(tiny_world, loss, weights):
+    """The distiller as training runs it (fused head, chunks of 3 rows) against the plain autograd graph
+    over all rows at once, in float64: every named value and the gradient of every student parameter
+    (the vision tower's through the switch pathway, the tied LM head / embeddings included)."""
+    ce_weight, lambda_align, lambda_vsd, switch = weights
+    distiller, student, _, batch = _setup(
+        tiny_world,
+        loss=loss,
+        ce_weight=ce_weight,
+        lambda_align=lambda_align,
+        lambda_vsd=lambda_vsd,
+        visual_switch=switch,
+    )
+    distiller.double()
+    batch = _float64_batch(batch)
+    outs, grads = [], []
+    for fused, chunk_rows in ((False, None), (True, 3)):
+        distiller.fused, distiller.chunk_rows = fused, chunk_rows
+        distiller.zero_grad()
+        out = distiller(batch, num_items_in_batch=50)
+        (4.0 * out["total"]).backward()
+        outs.append({k: v.detach() for k, v in out.items()})
+        grads.append({n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None})
+    plain, fused = outs
+    assert set(fused) == set(plain)
+    for key, value in plain.items():
+        assert fused[key].item() == pytest.approx(value.item(), rel=1e-10, abs=1e-14), key
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-9, atol=1e-12, msg=name)
+    if lambda_vsd and switch:
+        assert any(n.startswith("vision_tower") for n in grads[1])
+
+
 def test_lm_objective_chunked_equals_plain(tiny_world):
     from switchkd.training.objectives import LanguageModelingObjective
 
     _, student, _, batch = _setup(tiny_world)
     objective = LanguageModelingObjective(student.double())
     batch = _float64_batch(batch)
+    objective.fused = False
     plain = objective(batch)["ce"]
-    objective.chunk_rows = 2
-    assert objective(batch)["ce"].item() == pytest.approx(plain.item(), rel=1e-12)
+    plain.backward()
+    expected = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+    student.zero_grad()
+    objective.fused, objective.chunk_rows = True, 2
+    fused = objective(batch)["ce"]
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-12)
+    fused.backward()
+    for name, g in expected.items():
+        torch.testing.assert_close(student.get_parameter(name).grad, g, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_moving_the_distiller_moves_and_casts_its_teacher(tiny_world):

@@ -107,6 +107,41 @@ def test_dft_moves_every_part_except_unused_vision_layers(tiny_world, tmp_path):
     assert {"loss", "ce", "align", "vsd", "k_teacher", "k_student", "lr", "tokens_per_s"} <= set(log[0])
 
 
+def test_bf16_dft_casts_the_teacher_once_and_trains_like_float32(tiny_world, tmp_path):
+    """Under bf16 mixed precision the frozen teacher is built in bf16 (teacher_dtype=compute) while the
+    student keeps float32 weights; the step's losses stay close to the float32 run and to the plain head."""
+    from switchkd.training.setup import build_objective
+
+    cfg = load_config(_config(tiny_world, tmp_path / "probe"), ["train.mixed_precision=bf16"])
+    objective = build_objective(cfg, verbose=False)
+    assert {p.dtype for p in objective.teacher.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in objective.student.parameters()} == {torch.float32}
+    kept = build_objective(
+        load_config(
+            _config(tiny_world, tmp_path / "probe"), ["train.teacher_dtype=float32", "train.mixed_precision=bf16"]
+        ),
+        verbose=False,
+    )
+    assert {p.dtype for p in kept.teacher.parameters()} == {torch.float32}
+
+    curves = {}
+    for name, extra in {
+        "fp32": [],
+        "bf16": ["train.mixed_precision=bf16"],
+        "bf16_plain": ["train.mixed_precision=bf16", "train.loss_head=plain"],
+    }.items():
+        out = tmp_path / name  # one process each: accelerate fixes the precision once per process
+        cmd = [sys.executable, "-m", "switchkd", "train", "--config", str(_config(tiny_world, out, max_steps=2))]
+        done = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=_env(), timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        curves[name] = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for key in ("loss", "ce", "align", "vsd"):
+        assert curves["bf16"][0][key] == pytest.approx(curves["fp32"][0][key], rel=0.05), key
+        assert curves["bf16"][0][key] == pytest.approx(curves["bf16_plain"][0][key], rel=0.02), key
+    assert all(record["vsd"] > 0 for record in curves["bf16"])
+    assert curves["bf16"][0]["loss"] != curves["fp32"][0]["loss"]  # bf16 did run
+
+
 @pytest.mark.slow
 def test_two_processes_match_one_process(tiny_world, tmp_path):
     one = tmp_path / "one"

@@ -10,13 +10,14 @@ Logits are computed only at supervised positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from switchkd.config import ConfigError
-from switchkd.losses import DistillLoss, LossRows, cross_entropy_rows, per_token, row_chunks, supervised_positions
+from switchkd.losses import DistillLoss, LossRows, cross_entropy_rows, loss_head, per_token, supervised_positions
 
 
 @dataclass
@@ -80,12 +81,13 @@ class VisualSwitchDistiller(nn.Module):
     wrapped by DDP/FSDP/DeepSpeed, never in the state dict). Moving or casting the distiller
     (``.to(device)``, ``.bfloat16()``) moves and casts the teacher with it."""
 
-    def __init__(self, student, teacher, cfg: DistillConfig, chunk_rows: int | None = None):
+    def __init__(self, student, teacher, cfg: DistillConfig, chunk_rows: int | None = None, fused: bool = True):
         super().__init__()
         self.student = student
         self._teacher = [teacher]  # a list hides it from nn.Module registration
         self.cfg = cfg
         self.chunk_rows = chunk_rows
+        self.fused = fused
         check_pair(student, teacher)  # one vocabulary: both models' token_logits have the same width
         teacher.requires_grad_(False)
         teacher.eval()
@@ -109,18 +111,27 @@ class VisualSwitchDistiller(nn.Module):
         ``num_items_in_batch``, default this batch's count) and diagnostics ``k_teacher``, ``k_student``.
 
         A term whose weight is 0 is not computed (and reported as 0): with only L_VSD on, the student's
-        own projector and LLM do not even run, so they get no gradient at all. Logits exist only for
-        one chunk of supervised rows at a time (``chunk_rows``; all rows when None).
+        own projector and LLM do not even run, so they get no gradient at all. The loss head
+        (``losses/head.py``) turns the pathways' hidden states into loss sums one chunk of rows at a time;
+        with ``fused`` (the default) only ``total`` carries a gradient, and no logits outlive their chunk.
         """
         positions, targets = supervised_positions(batch["labels"])
         pixels = batch.get("pixel_values")
         features = self.student.vision_tower(pixels) if pixels is not None else None  # V^S(x), both paths
         hidden = self._hidden_states(batch, positions, features)
-        sums: dict[str, torch.Tensor] = {}
-        for rows in row_chunks(targets.numel(), self.chunk_rows):
-            for key, value in self._chunk_sums(hidden, targets, rows).items():
-                sums[key] = sums[key] + value if key in sums else value
-        return self._named_losses(sums, targets.numel(), num_items_in_batch)
+        heads = {"student": self.student.lm_head, "teacher": self.teacher.lm_head, "switch": self.teacher.lm_head}
+        cfg = self.cfg
+        if not hidden:  # every term is off
+            return self._named_losses(torch.zeros((), device=self.student.device), {}, targets.numel(), None)
+        total, sums = loss_head(
+            {name: (h, heads[name]) for name, h in hidden.items()},
+            partial(self._chunk_sums, targets),
+            {"ce": cfg.ce_weight, "align": cfg.lambda_align, "vsd": cfg.lambda_vsd},
+            vocab=self.student.vocab_size,
+            chunk_rows=self.chunk_rows,
+            fused=self.fused,
+        )
+        return self._named_losses(total, sums, targets.numel(), num_items_in_batch)
 
     def _hidden_states(self, batch: dict, positions: torch.Tensor, features) -> dict[str, torch.Tensor]:
         """Final hidden states (M, H) at the supervised positions of each pathway that a term needs."""
@@ -156,26 +167,23 @@ class VisualSwitchDistiller(nn.Module):
             return checkpoint(run, features, use_reentrant=False)
         return run(features)
 
-    def _chunk_sums(self, hidden: dict, targets: torch.Tensor, rows: slice) -> dict[str, torch.Tensor]:
-        """Loss sums over one chunk of rows; the teacher's selection is shared by Align and VSD."""
-        loss, student, teacher = self.cfg.loss, self.student, self.teacher
-        out = {}
-        if "student" in hidden:
-            s_rows = student.token_logits(hidden["student"][rows])  # (m, V)
-            out["ce"] = cross_entropy_rows(s_rows, targets[rows], reduction="sum")
-        if "teacher" in hidden:
-            with torch.no_grad():
-                t_rows = teacher.token_logits(hidden["teacher"][rows])
+    def _chunk_sums(self, targets: torch.Tensor, logits: dict, rows: slice) -> dict[str, torch.Tensor]:
+        """Loss sums over one chunk of rows, from its logits ``{pathway: (m, V)}``; the teacher's
+        selection is shared by Align and VSD."""
+        loss, out = self.cfg.loss, {}
+        if "student" in logits:
+            out["ce"] = cross_entropy_rows(logits["student"], targets[rows], reduction="sum")
+        if "teacher" in logits:
+            t_rows = logits["teacher"].detach()
             t_sel = loss.select(t_rows)
             if self.cfg.lambda_align > 0:
-                out |= _sums("align", loss.rows(s_rows, t_rows, t_sel), with_k=True)
-            if "switch" in hidden:
-                switch = loss.rows(teacher.token_logits(hidden["switch"][rows]), t_rows, t_sel)
+                out |= _sums("align", loss.rows(logits["student"], t_rows, t_sel), with_k=True)
+            if "switch" in logits:
+                switch = loss.rows(logits["switch"], t_rows, t_sel)
                 out |= _sums("vsd", switch, with_k="k_teacher" not in out)
         return out
 
-    def _named_losses(self, sums: dict, num_rows: int, num_items_in_batch) -> dict[str, torch.Tensor]:
-        cfg = self.cfg
+    def _named_losses(self, total, sums: dict, num_rows: int, num_items_in_batch) -> dict[str, torch.Tensor]:
         zero = torch.zeros((), device=self.student.device)
         out = {
             key: per_token(sums[key], num_rows, num_items_in_batch) if key in sums else zero
@@ -183,7 +191,7 @@ class VisualSwitchDistiller(nn.Module):
         }
         if num_rows and "k_teacher" in sums:
             out.update({key: sums[key].float() / num_rows for key in ("k_teacher", "k_student")})
-        out["total"] = cfg.ce_weight * out["ce"] + cfg.lambda_align * out["align"] + cfg.lambda_vsd * out["vsd"]
+        out["total"] = per_token(total, num_rows, num_items_in_batch)
         return out
 
 

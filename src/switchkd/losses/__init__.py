@@ -9,6 +9,7 @@ Usage:
 """
 
 from switchkd.losses.bild import bild_rows
+from switchkd.losses.head import auto_chunk_rows, loss_head
 from switchkd.losses.kl import forward_kl, reverse_kl
 from switchkd.losses.knee import Selection, fast_select, fixed_select, knee_k, knee_select, sort_select
 from switchkd.losses.registry import LOSSES, DistillLoss, bild, dbild, get_loss
@@ -21,6 +22,7 @@ __all__ = [
     "DistillLoss",
     "LossRows",
     "Selection",
+    "auto_chunk_rows",
     "bild",
     "bild_rows",
     "compute_dtype",
@@ -32,6 +34,7 @@ __all__ = [
     "get_loss",
     "knee_k",
     "knee_select",
+    "loss_head",
     "per_token",
     "reduce_rows",
     "reverse_kl",

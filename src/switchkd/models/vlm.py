@@ -248,11 +248,11 @@ class VisionLanguageModel(nn.Module):
         config = from_dict(ModelConfig, meta["model"])
         config.tokenizer = str(directory)
         config.image_processor = str(directory)
-        model = cls.from_config(config, fresh_weights=False)
+        model = cls.from_config(config, fresh_weights=False, dtype=dtype)  # built in dtype: no float32 copy first
         load_model(model, str(directory / WEIGHTS_NAME), strict=True)
         model.config.tokenizer = model.config.image_processor = None
         if dtype is not None:
-            model.to(dtype)
+            model.to(dtype)  # what the builders left in float32 (buffers, a projector's norm)
         if device is not None:
             model.to(device)
         return model.eval()

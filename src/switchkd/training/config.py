@@ -88,8 +88,16 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
     """Show a progress bar."""
+    loss_head: Literal["fused", "plain"] = "fused"
+    """fused: each chunk of rows' logits, loss terms and gradients are computed and dropped before the
+    next (no M x V tensor ever exists); plain: the autograd graph keeps every chunk's logits until
+    backward. Same values and gradients (losses/head.py)."""
     loss_chunk_rows: int | None = None
-    """Supervised rows whose logits the loss head computes at once (null: all); same result, lower peak."""
+    """Supervised rows per loss-head chunk (null: chosen per device for the fused head, all rows at once
+    for the plain one); the result does not depend on it."""
+    teacher_dtype: Literal["compute", "float32"] = "compute"
+    """The frozen teacher's weights under bf16/fp16 mixed precision: compute (cast once to that dtype: it
+    has no master weights to keep, half the memory) or float32. Without mixed precision: float32."""
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

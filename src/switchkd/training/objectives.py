@@ -5,26 +5,31 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from switchkd.losses import cross_entropy_rows, per_token, row_chunks, supervised_positions
+from switchkd.losses import cross_entropy_rows, loss_head, per_token, supervised_positions
 
 
 class LanguageModelingObjective(nn.Module):
-    """CE of the student's next-token logits, computed one chunk of supervised rows at a time
-    (``chunk_rows``; all at once when None) and normalised like the distiller's terms."""
+    """CE of the student's next-token logits through the loss head (``losses/head.py``: one chunk of
+    ``chunk_rows`` supervised rows at a time, fused by default), normalised like the distiller's terms."""
 
-    def __init__(self, student, chunk_rows: int | None = None):
+    def __init__(self, student, chunk_rows: int | None = None, fused: bool = True):
         super().__init__()
         self.student = student
         self.chunk_rows = chunk_rows
+        self.fused = fused
 
     def forward(self, batch: dict, num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         positions, targets = supervised_positions(batch["labels"])
         hidden = self.student(
             batch["input_ids"], batch["attention_mask"], pixel_values=batch.get("pixel_values"), logits_at=None
         ).last_hidden_state[positions]  # (M, D)
-        total = sum(
-            cross_entropy_rows(self.student.token_logits(hidden[rows]), targets[rows], reduction="sum")
-            for rows in row_chunks(targets.numel(), self.chunk_rows)
+        total, _ = loss_head(
+            {"student": (hidden, self.student.lm_head)},
+            lambda logits, rows: {"ce": cross_entropy_rows(logits["student"], targets[rows], reduction="sum")},
+            {"ce": 1.0},
+            vocab=self.student.vocab_size,
+            chunk_rows=self.chunk_rows,
+            fused=self.fused,
         )
         ce = per_token(total, targets.numel(), num_items_in_batch)
         return {"ce": ce, "total": ce}

@@ -107,12 +107,18 @@ def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
         )
     if cfg.train.gradient_checkpointing:
         student.gradient_checkpointing_enable()
-    chunk_rows = cfg.train.loss_chunk_rows
+    head = {"chunk_rows": cfg.train.loss_chunk_rows, "fused": cfg.train.loss_head == "fused"}
     if STAGES[cfg.train.stage]["teacher"]:
-        return VisualSwitchDistiller(
-            student, build_vlm(cfg.teacher, section="teacher"), cfg.distill, chunk_rows=chunk_rows
-        )
-    return LanguageModelingObjective(student, chunk_rows=chunk_rows)
+        teacher = build_vlm(cfg.teacher, section="teacher", dtype=teacher_dtype(cfg.train))
+        return VisualSwitchDistiller(student, teacher, cfg.distill, **head)
+    return LanguageModelingObjective(student, **head)
+
+
+def teacher_dtype(t: TrainConfig) -> torch.dtype | None:
+    """The dtype the frozen teacher is loaded in: the mixed-precision dtype unless kept in float32."""
+    if t.mixed_precision == "no" or t.teacher_dtype == "float32":
+        return None
+    return torch.bfloat16 if t.mixed_precision == "bf16" else torch.float16
 
 
 def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:

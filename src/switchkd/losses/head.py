@@ -1,0 +1,182 @@
+"""The loss head: loss sums from final hidden states and LM heads, one chunk of supervised rows at a time.
+
+    total, sums = loss_head({"student": (hidden, lm_head)}, chunk_loss, {"ce": 1.0}, vocab=V, chunk_rows=256)
+
+``chunk_loss(logits, rows)`` maps one chunk's logits ``{name: (m, V)}`` to named loss sums; ``total``
+is ``sum(weights[name] * sums[name])`` over the whole batch. Two ways to run it, same values:
+
+- ``fused=True`` (training's default): each chunk's logits exist only inside the forward call. The
+  chunk's loss terms are differentiated at once with respect to its logits, and those gradients are
+  turned into gradients of the hidden states (``g @ W``) and of the head weights (``g^T @ h``, added
+  over chunks) before the next chunk starts. Backward only scales the saved gradients by the incoming
+  one. No tensor with all M rows x V exists, and nothing V-wide is kept for backward (the way
+  Liger-Kernel's chunked losses work, for any loss and several pathways at once).
+- ``fused=False``: the plain autograd graph; each chunk's logits (and what the loss saves of them)
+  stay alive until backward. Works with any head module, e.g. one wrapped by an adapter.
+
+Only the weighted ``total`` carries a gradient in the fused head; ``sums`` are detached there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from switchkd.losses.sequence import row_chunks
+
+ChunkLoss = Callable[[dict[str, torch.Tensor], slice], dict[str, torch.Tensor]]
+
+# Elements of one pathway's chunk of logits: (m, V) at V = 151,936 is ~128 MB of float32 on CPU, where
+# small chunks keep the loss's temporaries in reused memory, and ~1 GB on a GPU, where wide matmuls and
+# few kernel launches matter more.
+CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
+
+
+def auto_chunk_rows(vocab: int, device: torch.device | str) -> int:
+    """Rows per chunk for ``device``: a multiple of 16, at least 16."""
+    budget = CHUNK_ELEMENTS.get(torch.device(device).type, CHUNK_ELEMENTS["cuda"])
+    return max(16, budget // max(vocab, 1) // 16 * 16)
+
+
+def fusable(head: nn.Module) -> bool:
+    """Whether the fused head can read ``head`` as a weight (and bias): a plain ``nn.Linear`` whose
+    output no hook changes. Anything else (an adapter-wrapped head) runs as a module, unfused."""
+    return type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+
+
+def loss_head(
+    pathways: dict[str, tuple[torch.Tensor, nn.Module]],
+    chunk_loss: ChunkLoss,
+    weights: dict[str, float],
+    *,
+    vocab: int,
+    chunk_rows: int | None,
+    fused: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(total, sums)`` over all rows. ``pathways``: name -> (hidden (M, H), LM head); logits are the
+    head's first ``vocab`` columns. ``chunk_rows``: rows per chunk (None: per device for the fused
+    head, all rows at once for the plain one). Falls back to the plain graph for a head that is not
+    ``fusable``."""
+    num_rows = next(iter(pathways.values()))[0].shape[0]
+    if fused and all(fusable(head) for _, head in pathways.values()):
+        if chunk_rows is None:
+            chunk_rows = auto_chunk_rows(vocab, next(iter(pathways.values()))[0].device)
+        return _fused(pathways, chunk_loss, weights, vocab=vocab, chunks=row_chunks(num_rows, chunk_rows))
+    sums: dict[str, torch.Tensor] = {}
+    for rows in row_chunks(num_rows, chunk_rows):
+        logits = {name: head(hidden[rows])[..., :vocab] for name, (hidden, head) in pathways.items()}
+        _add(sums, chunk_loss(logits, rows))
+    return _weighted(sums, weights), sums
+
+
+def _add(sums: dict[str, torch.Tensor], more: dict[str, torch.Tensor]) -> None:
+    for key, value in more.items():
+        sums[key] = sums[key] + value if key in sums else value
+
+
+def _weighted(sums: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    terms = [weights[key] * sums[key] for key in weights if key in sums and weights[key]]
+    if not terms:
+        return next(iter(sums.values())) * 0.0 if sums else torch.zeros(())
+    return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
+
+
+def _fused(pathways, chunk_loss, weights, *, vocab, chunks):
+    names = list(pathways)
+    flat: list[torch.Tensor | None] = []
+    for hidden, head in pathways.values():
+        flat += [hidden, head.weight, head.bias]
+    spec = _Spec(names, chunk_loss, weights, vocab, chunks)
+    total, stacked = _FusedHead.apply(spec, *flat)
+    return total, {key: value.to(dtype) for (key, dtype), value in zip(spec.keys, stacked.unbind())}
+
+
+class _Spec:
+    """What the fused function needs besides tensors; ``keys`` is filled by forward: the name and dtype
+    of each detached sum it returns, in order."""
+
+    def __init__(self, names, chunk_loss, weights, vocab, chunks):
+        self.names, self.chunk_loss, self.weights = names, chunk_loss, weights
+        self.vocab, self.chunks = vocab, chunks
+        self.keys: list[tuple[str, torch.dtype]] = []
+
+
+def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a linear layer would compute in here: the autocast dtype inside autocast."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+class _FusedHead(torch.autograd.Function):
+    """``(weighted total, detached sums)`` from ``(hidden, weight, bias)`` per pathway; the gradients
+    of the total are computed chunk by chunk in forward and only scaled in backward."""
+
+    @staticmethod
+    def forward(ctx, spec: _Spec, *flat):
+        n = len(spec.names)
+        hidden, weight, bias = flat[0::3], flat[1::3], flat[2::3]
+        wants = ctx.needs_input_grad[1:]  # per flat input
+        want_h = [wants[3 * i] for i in range(n)]
+        want_w = [wants[3 * i + 1] for i in range(n)]
+        want_b = [wants[3 * i + 2] for i in range(n)]
+        dtype = _matmul_dtype(hidden[0])
+        with torch.autocast(hidden[0].device.type, enabled=False):
+            # One cast per call, not per chunk (the frozen teacher is usually in this dtype already).
+            w_mm = [w[: spec.vocab].to(dtype) for w in weight]
+            b_mm = [None if b is None else b[: spec.vocab].to(dtype) for b in bias]
+            grad_h = [torch.zeros_like(h) if want else None for h, want in zip(hidden, want_h)]
+            grad_w = [torch.zeros_like(w) if want else None for w, want in zip(weight, want_w)]
+            grad_b = [torch.zeros_like(b) if want else None for b, want in zip(bias, want_b)]
+            sums: dict[str, torch.Tensor] = {}
+            for rows in spec.chunks:
+                h_mm = [h[rows].to(dtype) for h in hidden]
+                with torch.enable_grad():
+                    logits = {}
+                    for i, name in enumerate(spec.names):
+                        z = F.linear(h_mm[i], w_mm[i], b_mm[i])
+                        logits[name] = z.requires_grad_(want_h[i] or want_w[i] or want_b[i])
+                    chunk = spec.chunk_loss(logits, rows)
+                    total = _weighted(chunk, spec.weights)
+                    graded = [i for i, name in enumerate(spec.names) if logits[name].requires_grad]
+                    if total.requires_grad and graded:
+                        grads = torch.autograd.grad(total, [logits[spec.names[i]] for i in graded], allow_unused=True)
+                    else:
+                        grads = [None] * len(graded)
+                _add(sums, {key: value.detach() for key, value in chunk.items()})
+                for i, g in zip(graded, grads):
+                    if g is None:
+                        continue
+                    g = g.to(dtype)  # (m, V)
+                    if grad_h[i] is not None:
+                        grad_h[i][rows] = g @ w_mm[i]
+                    if grad_w[i] is not None and grad_w[i].dtype == dtype:
+                        grad_w[i][: spec.vocab].addmm_(g.T, h_mm[i])  # in place: no (V, H) temporary
+                    elif grad_w[i] is not None:  # float32 master weights under autocast
+                        grad_w[i][: spec.vocab] += (g.T @ h_mm[i]).to(grad_w[i].dtype)
+                    if grad_b[i] is not None:
+                        grad_b[i][: spec.vocab] += g.sum(0).to(grad_b[i].dtype)
+                del logits, chunk, total, grads
+        spec.keys[:] = [(key, value.dtype) for key, value in sums.items()]
+        ctx.grads = [g for i in range(n) for g in (grad_h[i], grad_w[i], grad_b[i])]
+        ctx.used = False
+        total = _weighted(sums, spec.weights).detach()
+        # float64 holds both the loss sums and the knee sizes' integer sums exactly
+        stacked = torch.stack([value.double() for value in sums.values()]) if sums else total.new_zeros(0)
+        ctx.mark_non_differentiable(stacked)
+        return total, stacked
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_sums):
+        if ctx.used:
+            raise RuntimeError("the fused loss head supports one backward pass per forward (no retain_graph reuse)")
+        ctx.used = True
+        out = []
+        for g in ctx.grads:  # scaled in place: these buffers are the gradients, nothing else holds them
+            out.append(None if g is None else g.mul_(grad_total.to(g.dtype)))
+        ctx.grads = None
+        return (None, *out)
