@@ -3,12 +3,14 @@ to the full-vocabulary forward KL measured in the same run; and the O(k) pair te
 k = K on K-wide rows: both branches, through the same function training runs) against the literal
 pair matrix.
 
-    python benchmarks/bench_losses.py                      # V = 151,936, 128 and 1,024 rows
-    python benchmarks/bench_losses.py --rows 128 --reps 3 --pair-ks 64 512
+    python benchmarks/bench_losses.py                      # V = 151,936, 128 and 1,024 rows, 1 and 2 threads
+    python benchmarks/bench_losses.py --rows 128 --reps 3 --pair-ks 64 512 --threads 2
+    python benchmarks/bench_losses.py --device cuda        # CUDA events and max_memory_allocated
 
 Each measurement runs in its own subprocess: two warm-up steps, then the median of ``--reps`` steps.
-Peak memory is the first step's peak resident size above the resident size just before it: the
-step's own working memory, the student's copy and its gradient included.
+On CPU, peak memory is the first step's peak resident size above the resident size just before it:
+the step's own working memory, the student's copy and its gradient included. On CUDA, times come from
+CUDA events and peak memory is ``max_memory_allocated`` above the allocation before the step.
 """
 
 from __future__ import annotations
@@ -85,11 +87,13 @@ def worker(spec: dict) -> dict:
     from switchkd.losses import bild, get_loss, knee_select
 
     torch.manual_seed(0)
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
     kind = spec["kind"]
     if kind == "pair":
         rows, k = spec["rows"], spec["k"]
-        teacher = torch.randn(rows, k) * 3
-        s0 = teacher + torch.randn(rows, k)
+        teacher = (torch.randn(rows, k) * 3).to(device)
+        s0 = teacher + torch.randn(rows, k, device=device)
 
         def step():
             s = s0.clone().requires_grad_(True)
@@ -100,6 +104,7 @@ def worker(spec: dict) -> dict:
             out.sum().backward()
     else:
         student, teacher = realistic_logits(spec["rows"], spec["vocab"])
+        student, teacher = student.to(device), teacher.to(device)
         if spec.get("dtype"):  # logits as a mixed-precision model returns them
             student, teacher = student.to(getattr(torch, spec["dtype"])), teacher.to(getattr(torch, spec["dtype"]))
         if kind == "knee":
@@ -114,6 +119,8 @@ def worker(spec: dict) -> dict:
                 s = student.clone().requires_grad_(True)
                 fn(s, teacher).backward()
 
+    if device.type == "cuda":
+        return _cuda_measure(step, spec["reps"])
     base = _status_mb("VmRSS") if _reset_peak() else _peak_mb()
     step()  # warm-up (and the peak-memory measurement)
     peak = _peak_mb() - base
@@ -127,8 +134,29 @@ def worker(spec: dict) -> dict:
     return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak}
 
 
+def _cuda_measure(step, reps: int) -> dict:
+    step()
+    step()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    times.sort()
+    return {"ms": times[len(times) // 2], "peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
+
+
 def run(spec: dict) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
     if out.returncode != 0:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -155,6 +183,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--pair-ks", type=int, nargs="*", default=[64, 512, 4096])
     parser.add_argument("--pair-rows", type=int, default=8)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU threads; each count is a table")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--literal-budget-gb",
         type=float,
@@ -166,12 +196,16 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
 
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
-        f"V = {args.vocab:,}; forward+backward, median of {args.reps}"
-    )
+    threads = args.threads if args.device == "cpu" else [torch.get_num_threads()]
+    for n in threads:
+        tables(args, n)
+
+
+def tables(args, threads: int) -> None:
+    where = f"{threads} thread(s), {os.cpu_count()} CPUs" if args.device == "cpu" else args.device
+    print(f"\n## torch {torch.__version__}, {where}; V = {args.vocab:,}; forward+backward, median of {args.reps}")
     for rows in args.rows:
-        common = {"rows": rows, "vocab": args.vocab, "reps": args.reps}
+        common = {"rows": rows, "vocab": args.vocab, "reps": args.reps, "threads": threads, "device": args.device}
         results = [(name, run({"kind": "loss", **common, **extra})) for name, extra in LOSS_ROWS]
         results += [
             (f"knee only, {m} (teacher + student)", run({"kind": "knee", "method": m, **common}))
@@ -182,12 +216,13 @@ def main() -> None:
         print("| loss | time (ms) | × fkl time | peak extra memory (MB) | × fkl memory |")
         print("| --- | ---: | ---: | ---: | ---: |")
         for name, r in results:
-            if "error" in r:
-                print(f"| {name} | failed: {r['error']} | | | |")
+            if "error" in r or "error" in ref:
+                print(f"| {name} | failed: {r.get('error') or ref.get('error')} | | | |")
                 continue
             print(
-                f"| {name} | {r['ms']:.0f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mb']:.0f} | "
-                f"{r['peak_mb'] / max(ref['peak_mb'], 1):.2f} |"
+                f"| {name} | {r['ms']:.1f} | {r['ms'] / ref['ms']:.2f} | {r['peak_mb']:.0f} | "
+                f"{r['peak_mb'] / max(ref['peak_mb'], 1):.2f} |",
+                flush=True,
             )
         by = dict(results)
         if "error" not in by["dbild_rkl"] and "error" not in by["knee only, fast (teacher + student)"]:
@@ -204,12 +239,14 @@ def main() -> None:
         print("| k | O(k) (ms) | O(k) memory (MB) | literal pairs (ms) | literal memory (MB) |")
         print("| ---: | ---: | ---: | ---: | ---: |")
         for k in args.pair_ks:
-            fast = run({"kind": "pair", "impl": "ok", "rows": args.pair_rows, "k": k, "reps": args.reps})
+            pair = {"kind": "pair", "rows": args.pair_rows, "k": k, "reps": args.reps, "threads": threads}
+            pair["device"] = args.device
+            fast = run({**pair, "impl": "ok"})
             est_gb = 2 * args.pair_rows * k * (k - 1) / 2 * 4 * 10 / 1e9  # ~10 float32 pair-sized tensors a branch
             if est_gb > args.literal_budget_gb:
                 lit_cells = f"skipped (~{est_gb:.0f} GB) | –"
             else:
-                lit = run({"kind": "pair", "impl": "literal", "rows": args.pair_rows, "k": k, "reps": args.reps})
+                lit = run({**pair, "impl": "literal"})
                 lit_cells = (
                     f"failed: {lit['error']} | –" if "error" in lit else f"{lit['ms']:.1f} | {lit['peak_mb']:.0f}"
                 )

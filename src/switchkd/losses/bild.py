@@ -40,7 +40,7 @@ class _BiLDBranches(torch.autograd.Function):
         losses = student.new_empty((2, student.shape[0]), dtype=dtype)
         log_z_q = student.new_empty((2, student.shape[0]), dtype=torch.float64)
         for branch, sel in enumerate(selections):
-            for rows in row_blocks(*sel.index.shape):
+            for rows in row_blocks(*sel.index.shape, device=student.device):
                 a, b, valid = _block_values(student, teacher, (sel.index, sel.k), rows, dtype=dtype, options=options)
                 losses[branch, rows], log_z_q[branch, rows] = block_forward(a, b, valid)
         ctx.options = options
@@ -58,7 +58,7 @@ class _BiLDBranches(torch.autograd.Function):
         for branch, (led, g) in enumerate(branches):
             if g is None:
                 continue
-            for rows in row_blocks(*led[0].shape):
+            for rows in row_blocks(*led[0].shape, device=student.device):
                 a, b, valid = _block_values(student, teacher, led, rows, dtype=losses.dtype, options=options)
                 # reverse: P is the student (dKL/dA); forward: Q is the student (dKL/dB)
                 grad_a, grad_b = block_backward(

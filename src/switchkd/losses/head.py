@@ -29,10 +29,11 @@ from switchkd.losses.sequence import row_chunks
 
 ChunkLoss = Callable[[dict[str, torch.Tensor], slice], dict[str, torch.Tensor]]
 
-# Elements of one pathway's chunk of logits: (m, V) at V = 151,936 is ~128 MB of float32 on CPU, where
-# small chunks keep the loss's temporaries in reused memory, and ~1 GB on a GPU, where wide matmuls and
-# few kernel launches matter more.
-CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
+# Elements of one pathway's chunk of logits: (m, V) at V = 151,936 is ~128 MB of float32 on CPU (208 rows),
+# where narrower chunks cost matmul efficiency and wider ones memory; ~512 MB on a GPU (880 rows), where
+# wide matmuls and few kernel launches matter, and the knee's full sort of the chunk (values, int64
+# order, float64 distances: ~4 GB at this size) must still fit beside the model.
+CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 27}
 
 
 def auto_chunk_rows(vocab: int, device: torch.device | str) -> int:

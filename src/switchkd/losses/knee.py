@@ -25,8 +25,11 @@ class Selection:
     valid: torch.Tensor  # (N, K) bool
 
     @classmethod
-    def from_order(cls, order: torch.Tensor, k: torch.Tensor) -> Selection:
-        width = int(k.max()) if k.numel() else 0
+    def from_order(cls, order: torch.Tensor, k: torch.Tensor, width: int | None = None) -> Selection:
+        """The first ``k[r]`` entries of each row of ``order``. ``width``: the padded width when known
+        (a fixed k); otherwise the largest k, which on a GPU is the one host synchronisation per call."""
+        if width is None:
+            width = int(k.max()) if k.numel() else 0
         valid = torch.arange(width, device=k.device) < k[:, None]
         return cls(k, order[:, :width], valid)
 
@@ -77,9 +80,15 @@ def knee_k(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, metho
 
 
 def knee_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, method: str = "fast") -> Selection:
-    """Knee k and led top-k order per row; both methods give identical results."""
+    """Knee k and led top-k order per row; both methods give identical results.
+
+    "fast" on CPU prunes with a histogram and sorts only each row's top (``fast_select``). On a GPU it
+    is the full sort: a segmented radix sort of the rows is cheap there, while the pruned extraction's
+    data-dependent sizes would cost several host synchronisations per 16 rows. The GPU path
+    synchronises once per call, to size the top-k (``Selection.from_order``).
+    """
     if method == "fast":
-        return fast_select(logits, k_min, k_max)
+        return fast_select(logits, k_min, k_max) if logits.device.type == "cpu" else sort_select(logits, k_min, k_max)
     if method == "sort":
         return sort_select(logits, k_min, k_max)
     raise ValueError(f"knee method must be 'fast' or 'sort', got {method!r}")
@@ -91,6 +100,10 @@ def fixed_select(logits: torch.Tensor, k: int) -> Selection:
     _check(logits, 2, k)
     if k > logits.shape[1]:
         raise ValueError(f"k={k} exceeds the vocabulary of {logits.shape[1]}")
+    fixed = torch.full((logits.shape[0],), k, device=logits.device)
+    if logits.device.type != "cpu":  # GPU: one stable sort, no data-dependent branch, no host sync
+        order = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]
+        return Selection.from_order(order, fixed, width=k)
     # topk picks an arbitrary member among ties at the boundary; take a margin and order exactly.
     width = min(logits.shape[1], 2 * k + 16)
     values, cand = torch.topk(logits, width, dim=-1, sorted=False)
@@ -102,7 +115,7 @@ def fixed_select(logits: torch.Tensor, k: int) -> Selection:
         by_index, pos = cand.sort(dim=-1)  # index ascending, then a stable sort by value
         vals = values.gather(1, pos)
         order = by_index.gather(1, torch.sort(vals, dim=-1, descending=True, stable=True).indices)
-    return Selection.from_order(order, torch.full((logits.shape[0],), k, device=logits.device))
+    return Selection.from_order(order, fixed, width=k)
 
 
 # ---- the exact knee without a full sort ----------------------------------------------------------

@@ -72,7 +72,11 @@ class _Side:
 
 def _sides(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, need_q: bool = True):
     """P's side (and Q's, if needed) of a block in the input precision, or in float64 where a float32
-    ``S`` underflows; and ``u = A - B``."""
+    ``S`` underflows; and ``u = A - B``. On a GPU the block is always computed in float64: asking
+    whether ``S`` underflowed would be a host synchronisation per block, and these sums are bound by
+    memory traffic, not arithmetic."""
+    if a.device.type != "cpu" and a.dtype != torch.float64:
+        a, b, valid = a.double(), b.double(), valid.double()
     p, q = _Side(a, valid), _Side(b, valid) if need_q else None
     if p.underflows() or (q is not None and q.underflows()):
         a, b, valid = a.double(), b.double(), valid.double()
@@ -112,8 +116,13 @@ def block_backward(
     return grad_a, grad_b
 
 
-def row_blocks(n_rows: int, width: int) -> list[slice]:
-    """Blocks of ~256k elements: their temporaries stay in cache and in reused heap memory (fresh
-    multi-MB tensors cost more in page faults than in arithmetic on CPU)."""
-    size = max(1, (1 << 18) // max(width, 1))
+BLOCK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 24}
+
+
+def row_blocks(n_rows: int, width: int, device: torch.device | str = "cpu") -> list[slice]:
+    """Blocks of rows: ~256k elements on CPU, where their temporaries stay in cache and in reused heap
+    memory (fresh multi-MB tensors cost more in page faults than in arithmetic there); ~16M on a GPU,
+    where fewer, larger kernels are what counts."""
+    budget = BLOCK_ELEMENTS.get(torch.device(device).type, BLOCK_ELEMENTS["cuda"])
+    size = max(1, budget // max(width, 1))
     return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]

@@ -222,5 +222,5 @@ def test_adapter_wrapped_heads_fall_back_to_the_plain_graph():
 
 def test_chunk_rows_per_device():
     assert auto_chunk_rows(151_936, "cpu") == 208
-    assert auto_chunk_rows(151_936, "cuda") == 1760
+    assert auto_chunk_rows(151_936, "cuda") == 880
     assert auto_chunk_rows(10, "cpu") % 16 == 0 and auto_chunk_rows(10**9, "cpu") == 16

@@ -172,7 +172,10 @@ def test_dbild_row_blocks_do_not_change_results(monkeypatch, kl_dir):
     t = varied_rows(12, 300, seed=5)
     s0 = t * 0.5 + torch.randn_like(t)
     results = []
-    for blocks in (bild_module.row_blocks, lambda n_rows, width: [slice(i, i + 1) for i in range(n_rows)]):
+    for blocks in (
+        bild_module.row_blocks,
+        lambda n_rows, width, device="cpu": [slice(i, i + 1) for i in range(n_rows)],
+    ):
         monkeypatch.setattr(bild_module, "row_blocks", blocks)
         s = s0.clone().requires_grad_(True)
         loss = dbild(s, t, kl=kl_dir, reduction="none")
