@@ -17,6 +17,7 @@ from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, 
 from switchkd.data.records import RecordStore, require_records
 from switchkd.distillation.switch import VisualSwitchDistiller
 from switchkd.models import build_vlm
+from switchkd.models.placement import DTYPES
 from switchkd.training.checkpoint import restore_latest
 from switchkd.training.config import Config, TrainConfig, save_config
 from switchkd.training.objectives import LanguageModelingObjective
@@ -118,7 +119,7 @@ def teacher_dtype(t: TrainConfig) -> torch.dtype | None:
     """The dtype the frozen teacher is loaded in: the mixed-precision dtype unless kept in float32."""
     if t.mixed_precision == "no" or t.teacher_dtype == "float32":
         return None
-    return torch.bfloat16 if t.mixed_precision == "bf16" else torch.float16
+    return DTYPES[t.mixed_precision]
 
 
 def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:
