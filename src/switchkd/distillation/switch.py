@@ -88,7 +88,7 @@ class VisualSwitchDistiller(nn.Module):
         self.cfg = cfg
         self.chunk_rows = chunk_rows
         self.fused = fused
-        check_pair(student, teacher)  # one vocabulary: both models' token_logits have the same width
+        check_pair(student, teacher)  # one vocabulary: both heads' logits are sliced to the same width
         teacher.requires_grad_(False)
         teacher.eval()
 
@@ -119,10 +119,10 @@ class VisualSwitchDistiller(nn.Module):
         pixels = batch.get("pixel_values")
         features = self.student.vision_tower(pixels) if pixels is not None else None  # V^S(x), both paths
         hidden = self._hidden_states(batch, positions, features)
-        heads = {"student": self.student.lm_head, "teacher": self.teacher.lm_head, "switch": self.teacher.lm_head}
-        cfg = self.cfg
         if not hidden:  # every term is off
             return self._named_losses(torch.zeros((), device=self.student.device), {}, targets.numel(), None)
+        cfg = self.cfg
+        heads = {"student": self.student.lm_head, "teacher": self.teacher.lm_head, "switch": self.teacher.lm_head}
         total, sums = loss_head(
             {name: (h, heads[name]) for name, h in hidden.items()},
             partial(self._chunk_sums, targets),

@@ -121,10 +121,8 @@ class _FusedHead(torch.autograd.Function):
     def forward(ctx, spec: _Spec, *flat):
         n = len(spec.names)
         hidden, weight, bias = flat[0::3], flat[1::3], flat[2::3]
-        wants = ctx.needs_input_grad[1:]  # per flat input
-        want_h = [wants[3 * i] for i in range(n)]
-        want_w = [wants[3 * i + 1] for i in range(n)]
-        want_b = [wants[3 * i + 2] for i in range(n)]
+        wants = ctx.needs_input_grad[1:]  # per flat input, laid out like ``flat``
+        want_h, want_w, want_b = wants[0::3], wants[1::3], wants[2::3]
         dtype = _matmul_dtype(hidden[0])
         with torch.autocast(hidden[0].device.type, enabled=False):
             # One cast per call, not per chunk (the frozen teacher is usually in this dtype already).

@@ -171,11 +171,6 @@ class VisionLanguageModel(nn.Module):
             return self.lm_head(hidden[:, -where:])
         return self.lm_head(hidden[where])  # (M, V)
 
-    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """LM-head logits over the tokenizer's vocabulary: (..., D) -> (..., vocab_size). The head's
-        padding rows (Qwen pads to a multiple of 64) are dropped."""
-        return self.lm_head(hidden)[..., : self.vocab_size]
-
     def generate(self, input_ids, attention_mask=None, *, pixel_values=None, **kwargs) -> torch.Tensor:
         """New tokens after the prompt, greedy or sampled with a KV cache; ``kwargs`` are
         ``GenerationConfig`` fields (see ``switchkd.models.generation``)."""
