@@ -38,6 +38,11 @@ def _hidden(seed: int = 0):
     return h_s, h_t, h_w, targets
 
 
+def _ce(targets):
+    """The LM objective's chunk function: CE of the student's logits, summed."""
+    return lambda logits, rows: {"ce": cross_entropy_rows(logits["student"], targets[rows], reduction="sum")}
+
+
 def _chunk_loss(loss: DistillLoss, targets, with_student: bool, with_switch: bool, align: bool):
     """The distiller's three terms over one chunk (the same composition as ``VisualSwitchDistiller``)."""
 
@@ -72,9 +77,7 @@ def _run(fused, name, *, switch=True, weights=(1.0, 1.0, 1.0), chunk_rows=5, bia
         pathways, fn, {"ce": ce_w, "align": align_w, "vsd": vsd_w}, vocab=V, chunk_rows=chunk_rows, fused=fused
     )
     (3.0 * total).backward()  # an outer scale, as the trainer's 1 / num_items x processes
-    grads = {"h_s": h_s.grad, "h_w": h_w.grad, "w_s": student.weight.grad, "b_s": student.bias}
-    if bias:
-        grads["b_s"] = student.bias.grad
+    grads = {"h_s": h_s.grad, "h_w": h_w.grad, "w_s": student.weight.grad, "b_s": student.bias.grad if bias else None}
     return total.detach(), {k: v.detach() for k, v in sums.items()}, grads
 
 
@@ -148,7 +151,7 @@ def test_cross_entropy_through_the_fused_head_is_the_hand_written_one():
     h_s, _, _, targets = _hidden()
     total, sums = loss_head(
         {"student": (h_s, student)},
-        lambda logits, rows: {"ce": cross_entropy_rows(logits["student"], targets[rows], reduction="sum")},
+        _ce(targets),
         {"ce": 1.0},
         vocab=V,
         chunk_rows=6,
@@ -193,7 +196,7 @@ def test_bfloat16_autocast_computes_like_the_plain_head():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             total, _ = loss_head(
                 {"student": (x, student)},
-                lambda logits, rows: {"ce": cross_entropy_rows(logits["student"], targets[rows], reduction="sum")},
+                _ce(targets),
                 {"ce": 1.0},
                 vocab=V,
                 chunk_rows=8,
