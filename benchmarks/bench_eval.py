@@ -24,7 +24,7 @@ from switchkd.demo.tokenizer import train_tokenizer
 from switchkd.demo.world import WorldConfig, write_world
 from switchkd.evaluation import run_eval
 from switchkd.evaluation.benchmarks import get_benchmark
-from switchkd.inference.llava_hf import export_llava_hf
+from switchkd.formats.llava_hf import export_llava_hf
 from switchkd.models import build_vlm
 
 

@@ -17,7 +17,7 @@ import torch
 from switchkd.config import ModelConfig
 from switchkd.demo.presets import qwen2_config, vision_config
 from switchkd.demo.tokenizer import train_tokenizer
-from switchkd.inference.llava_hf import export_llava_hf
+from switchkd.formats.llava_hf import export_llava_hf
 from switchkd.inference.predict import build_prompt
 from switchkd.models import build_vlm
 from switchkd.models.generation import GenerationConfig, generate

@@ -1,4 +1,4 @@
-"""Interoperability and user-facing inference: LLaVA-HF export/import, chat, predict, attention maps."""
+"""User-facing inference: chat, predict, attention maps (export and import: test_interop.py)."""
 
 import json
 import subprocess
@@ -9,10 +9,8 @@ import torch
 from PIL import Image
 
 from switchkd.data.images import load_image, preprocess_images
-from switchkd.inference.llava_hf import export_llava_hf, import_llava_hf
 from switchkd.inference.predict import build_prompt
 from switchkd.models import VisionLanguageModel
-from switchkd.models.generation import GenerationConfig, generate
 
 
 def _prompt(model, image_path, question="What colour is the circle?"):
@@ -24,56 +22,6 @@ def _prompt(model, image_path, question="What colour is the circle?"):
 def _test_image(world):
     row = json.loads(world.paths["test"].read_text().splitlines()[0])
     return world.paths["test"].parent / row["image"]
-
-
-def test_llava_hf_export_matches_logits_tokens_and_processor(tiny_world, tmp_path):
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
-
-    model = VisionLanguageModel.from_pretrained(tiny_world.student)
-    export_llava_hf(model, tmp_path / "hf")
-    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
-    ids, pixels = _prompt(model, _test_image(tiny_world))
-    with torch.no_grad():
-        ours = model(ids, pixel_values=pixels).logits
-        theirs = hf(input_ids=ids, pixel_values=pixels, attention_mask=torch.ones_like(ids)).logits
-    assert (ours - theirs).abs().max().item() < 1e-5
-    mine = generate(model, ids, pixel_values=pixels, cfg=GenerationConfig(max_new_tokens=8, stop_token_ids=[]))
-    with torch.no_grad():
-        hf_out = hf.generate(
-            input_ids=ids,
-            pixel_values=pixels,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=8,
-            min_new_tokens=8,
-        )
-    assert hf_out[0, ids.shape[1] :].tolist() == mine[0].tolist()
-    # The exported processor pads to square with the mean colour, like switchkd.
-    processor = LlavaProcessor.from_pretrained(tmp_path / "hf")
-    odd = Image.new("RGB", (40, 24), (200, 30, 30))
-    theirs_px = processor.image_processor(images=[odd], return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(theirs_px, preprocess_images([odd], model.image_processor), rtol=0, atol=1e-5)
-
-
-def test_llava_hf_import_round_trips(tiny_world, tmp_path):
-    model = VisionLanguageModel.from_pretrained(tiny_world.student)
-    export_llava_hf(model, tmp_path / "hf")
-    back = import_llava_hf(tmp_path / "hf", tmp_path / "back")
-    reloaded = VisionLanguageModel.from_pretrained(tmp_path / "back")
-    ids, pixels = _prompt(model, _test_image(tiny_world))
-    with torch.no_grad():
-        want = model(ids, pixel_values=pixels).logits
-        for other in (back, reloaded):
-            torch.testing.assert_close(other(ids, pixel_values=pixels).logits, want, rtol=0, atol=1e-6)
-    assert reloaded.num_image_tokens == model.num_image_tokens and reloaded.vision_tower.drop_cls
-
-
-def test_export_refuses_ldpv2(tiny_world, tmp_path):
-    from tests.integration.conftest import world_model
-
-    ldp = world_model(tiny_world.tokenizer, llm_width=48, projector="ldpv2", projector_kwargs={"grid": 2})
-    with pytest.raises(ValueError, match="'ldpv2' cannot be expressed"):
-        export_llava_hf(ldp, tmp_path / "x")
 
 
 def _cli(*args, stdin=None):

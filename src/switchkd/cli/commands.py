@@ -221,7 +221,7 @@ def add_export(p: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from switchkd.inference.llava_hf import export_llava_hf
+    from switchkd.formats.llava_hf import export_llava_hf
     from switchkd.models import VisionLanguageModel
 
     if not Path(args.model).is_dir():
@@ -240,7 +240,7 @@ def add_import(p: argparse.ArgumentParser) -> None:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from switchkd.inference.llava_hf import import_llava_hf
+    from switchkd.formats.llava_hf import import_llava_hf
 
     import_llava_hf(args.source, args.out, args.chat_template, args.system_prompt)
     print(f"imported to {args.out}")

@@ -8,7 +8,29 @@ import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from switchkd.data.records import IMAGE_PLACEHOLDER
+
 ROLES = ("system", "user", "assistant")
+
+
+def content_text(content, image: str = IMAGE_PLACEHOLDER) -> str:
+    """A message's content as text. Plain text stays as it is; structured content (Hugging Face style,
+    ``[{"type": "image"}, {"type": "text", "text": "What?"}]``) joins its parts with newlines, each
+    image part written as ``image``, so ``[image, text]`` reads like LLaVA data's ``"<image>\nWhat?"``."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ValueError(f"message content must be a string or a list of parts, got {type(content).__name__}")
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "image":
+            parts.append(image)
+        elif kind == "text":
+            parts.append(part["text"])
+        else:
+            raise ValueError(f"message part {part!r}: only 'image' and 'text' parts are supported")
+    return "\n".join(parts)
 
 
 class Segment(NamedTuple):
@@ -50,7 +72,7 @@ class ChatTemplate:
         for m in self._with_system(messages):
             reply = m["role"] == "assistant"
             out.append(Segment(self.header(m["role"]), False, False))
-            out.append(Segment(m["content"], reply, True))
+            out.append(Segment(content_text(m["content"]), reply, True))
             out.append(Segment(self.turn_end, reply, False))
             out.append(Segment(self.separator, False, False))
         if add_generation_prompt:
@@ -60,8 +82,9 @@ class ChatTemplate:
     def render(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         return "".join(s.text for s in self.segments(messages, add_generation_prompt))
 
-    def jinja(self) -> str:
-        """The same template for ``tokenizer.apply_chat_template``."""
+    def jinja(self, image: str = IMAGE_PLACEHOLDER) -> str:
+        """The same template for ``apply_chat_template``; an image part of structured content is
+        written as ``image`` (the placeholder here, the image token in an exported LLaVA processor)."""
         start, end, sep = (json.dumps(s) for s in (self.turn_start, self.turn_end, self.separator))
         system = ""
         if self.system_prompt is not None:
@@ -70,9 +93,18 @@ class ChatTemplate:
                 "{{ " + start + " + 'system\\n' + " + json.dumps(self.system_prompt) + " + " + end + " + " + sep + " }}"
                 "{%- endif %}"
             )
+        content = (
+            "{%- if message['content'] is string %}{{ message['content'] }}"
+            "{%- else %}{%- for part in message['content'] %}"
+            "{%- if not loop.first %}{{ '\\n' }}{%- endif %}"
+            "{%- if part['type'] == 'image' %}{{ " + json.dumps(image) + " }}"
+            "{%- elif part['type'] == 'text' %}{{ part['text'] }}"
+            "{%- else %}{{ raise_exception('only image and text parts are supported') }}{%- endif %}"
+            "{%- endfor %}{%- endif %}"
+        )
         return (
             system + "{%- for message in messages %}"
-            "{{ " + start + " + message['role'] + '\\n' + message['content'] + " + end + " + " + sep + " }}"
+            "{{ " + start + " + message['role'] + '\\n' }}" + content + "{{ " + end + " + " + sep + " }}"
             "{%- endfor %}"
             "{%- if add_generation_prompt %}{{ " + start + " + 'assistant\\n' }}{%- endif %}"
         )
