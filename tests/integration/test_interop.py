@@ -243,3 +243,245 @@ def test_export_refuses_ldpv2(tiny_world, tmp_path):
     ldp = world_model(tiny_world.tokenizer, llm_width=48, projector="ldpv2", projector_kwargs={"grid": 2})
     with pytest.raises(ValueError, match="'ldpv2' cannot be expressed"):
         export_llava_hf(ldp, tmp_path / "x")
+
+
+# ---- the released checkpoint's layouts -------------------------------------------------------------
+
+
+def _ldpv2_student(world):
+    from tests.integration.conftest import world_model
+
+    torch.manual_seed(1)
+    return world_model(world.tokenizer, llm_width=48, projector="ldpv2", projector_kwargs={"grid": 2})
+
+
+def _llm_json(model) -> dict:
+    text = model.llm.config.to_dict()
+    return {k: v for k, v in text.items() if k not in ("architectures", "_name_or_path")}
+
+
+def _write_release(model, folder: Path, layout: str, *, bin_file: bool = False, vision_weights: bool = True) -> Path:
+    """``model`` saved as the documented layouts would save it (names, config, tokenizer), not by switchkd."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    tied = model.lm_head.weight is model.llm.get_input_embeddings().weight
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name == "llm.lm_head.weight" and tied:
+            continue
+        if name.startswith("vision_tower.encoder."):
+            if not vision_weights:
+                continue
+            rest = name.removeprefix("vision_tower.encoder.")
+            name = {
+                "switchkd-release": "visual_encoder.vision_model.",
+                "mobilevlm": "model.vision_tower.vision_tower.vision_model.",
+            }[layout] + rest
+        elif name.startswith("projector."):
+            rest = name.removeprefix("projector.")
+            name = {"switchkd-release": "projector.model.", "mobilevlm": "model.mm_projector."}[layout] + rest
+        elif layout == "mobilevlm":
+            name = name.replace("llm.model.", "model.", 1).replace("llm.lm_head.", "lm_head.", 1)
+        state[name] = tensor.detach().clone().contiguous()
+    if layout == "mobilevlm":  # a buffer older transformers saved; recomputed on load
+        state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(6)
+    if bin_file:
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        save_file(state, str(folder / "model.safetensors"))
+    model.tokenizer.save_pretrained(folder)
+    vision = model.vision_tower.config.to_dict()
+    if layout == "switchkd-release":
+        config = {
+            "architectures": ["SwitchKDModel"],
+            "auto_map": {"AutoModel": "modeling_switchkd.SwitchKDModel"},
+            "model_type": "switchkd_llava",
+            "llm_config": _llm_json(model),
+            "visual_encoder_config": vision,
+            "projector_type": "ldpnetv2",
+            "visual_select_layer": -2,
+        }
+    else:
+        config = {
+            **_llm_json(model),
+            "model_type": "mobilevlm",
+            "architectures": ["MobileQwen2ForCausalLM"],
+            "mm_projector_type": "ldpnetv2",
+            "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+            "mm_vision_select_layer": -2,
+            "mm_vision_select_feature": "patch",
+            "mm_hidden_size": vision["hidden_size"],
+        }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _same_logits(a, b, world) -> None:
+    ids = torch.tensor([build_prompt(a, [{"role": "user", "content": f"<image>\n{QUESTION}"}])])
+    pixels = preprocess_images([load_image(_image(world))], a.image_processor)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            b(ids, pixel_values=pixels).logits, a(ids, pixel_values=pixels).logits, rtol=0, atol=0
+        )
+
+
+def test_release_layout_imports_to_identical_logits(tiny_world, tmp_path):
+    from switchkd.formats.release import import_release
+
+    model = _ldpv2_student(tiny_world).eval()
+    for bin_file in (False, True):
+        folder = _write_release(model, tmp_path / f"release-{bin_file}", "switchkd-release", bin_file=bin_file)
+        back = import_release(folder, tmp_path / f"ours-{bin_file}", "switchkd-release", grid=2)
+        _same_logits(model, back, tiny_world)
+        _same_logits(model, VisionLanguageModel.from_pretrained(tmp_path / f"ours-{bin_file}"), tiny_world)
+        assert back.config.projector == "ldpv2" and back.num_image_tokens == 4
+
+
+def test_mobilevlm_layout_with_its_vision_tower_from_a_folder(tiny_world, tmp_path):
+    from switchkd.formats import FormatError
+    from switchkd.formats.release import import_release
+
+    model = _ldpv2_student(tiny_world).eval()
+    folder = _write_release(model, tmp_path / "mvlm", "mobilevlm", vision_weights=False)
+    with pytest.raises(FormatError, match=r"no vision tower config \(it names 'openai/clip-vit-large-patch14-336'\)"):
+        import_release(folder, None, "mobilevlm")
+    model.vision_tower.encoder.save_pretrained(tmp_path / "clip")
+    back = import_release(folder, None, "mobilevlm", vision=str(tmp_path / "clip"), grid=2)
+    _same_logits(model, back, tiny_world)
+    # with the tower in the checkpoint, the checkpoint's weights win over the folder's
+    folder = _write_release(model, tmp_path / "mvlm-full", "mobilevlm")
+    patch = model.vision_tower.encoder.embeddings.patch_embedding.weight
+    kept = patch.detach().clone()
+    with torch.no_grad():
+        patch.add_(1.0)
+    model.vision_tower.encoder.save_pretrained(tmp_path / "other-clip")
+    with torch.no_grad():
+        patch.copy_(kept)
+    _same_logits(
+        model, import_release(folder, None, "mobilevlm", vision=str(tmp_path / "other-clip"), grid=2), tiny_world
+    )
+
+
+def test_an_unknown_layout_is_one_line_listing_every_name_that_did_not_map(tiny_world, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from switchkd.formats import FormatError
+    from switchkd.formats.release import import_release
+
+    model = _ldpv2_student(tiny_world)
+    folder = _write_release(model, tmp_path / "odd", "switchkd-release")
+    state = load_file(folder / "model.safetensors")
+    for i in range(2):  # an adapter per layer, and a renamed projector layer
+        state[f"llm.model.layers.{i}.adapter.weight"] = torch.zeros(2)
+        state[f"extra.layers.{i}.weight"] = torch.zeros(2)
+    state["projector.model.mlp.mlp.9.weight"] = state.pop("projector.model.mlp.mlp.2.weight")
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(FormatError) as caught:
+        import_release(folder, None, "switchkd-release", grid=2)
+    message = str(caught.value)
+    assert "\n" not in message and str(folder) in message
+    assert "no rule maps 2: extra.layers.{0-1}.weight (2)" in message
+    assert (
+        "3 map to no parameter of ours: llm.model.layers.{0-1}.adapter.weight (2), projector.model.mlp.mlp.9.weight "
+        "(read as llm.model.layers.{0-1}.adapter.weight (2), projector.mlp.mlp.9.weight)"
+    ) in message
+    assert "nothing fills 1: projector.mlp.mlp.2.weight" in message
+    # a wrong config is found from shapes on the meta device, before any weight is read
+    config = json.loads((folder / "config.json").read_text())
+    config["llm_config"]["hidden_size"] = 4096
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FormatError, match="shapes differ: .*llm.model.embed_tokens.weight"):
+        import_release(folder, None, "switchkd-release")
+
+
+def test_a_tied_head_that_differs_from_the_embeddings_is_refused(tiny_world, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from switchkd.formats import FormatError
+    from switchkd.formats.release import import_release
+
+    model = _ldpv2_student(tiny_world)
+    folder = _write_release(model, tmp_path / "r", "switchkd-release")
+    state = load_file(folder / "model.safetensors")
+    state["llm.lm_head.weight"] = state["llm.model.embed_tokens.weight"] + 1
+    save_file(state, str(folder / "model.safetensors"))
+    with pytest.raises(FormatError, match="ties the LM head to the embeddings, but llm.lm_head.weight differs"):
+        import_release(folder, None, "switchkd-release")
+
+
+def test_import_of_a_folder_that_is_not_a_llava_is_one_line(tiny_world, tmp_path):
+    from switchkd.formats import FormatError
+
+    with pytest.raises(FormatError, match="a switchkd model folder already"):
+        import_llava_hf(tiny_world.student, None)
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    with pytest.raises(FormatError, match=r"model_type is 'qwen2', not 'llava'"):
+        import_llava_hf(tmp_path / "qwen", None)
+    config = {"model_type": "llava", "text_config": {"model_type": "qwen2"}}
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(FormatError, match="no vision_config with a model_type"):
+        import_llava_hf(tmp_path / "bare", None)
+    (tmp_path / "bare" / "config.json").write_text("{not json")
+    with pytest.raises(FormatError, match="config.json: not valid JSON"):
+        import_llava_hf(tmp_path / "bare", None)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "switchkd", *map(str, args)], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_the_imported_release_chats_evaluates_and_teaches(tiny_world, tmp_path):
+    """Through the command line as a user would: import, chat with chat.py's repetition penalty, eval,
+    and a DFT dry run with the imported model as the teacher."""
+    import yaml
+
+    folder = _write_release(_ldpv2_student(tiny_world).eval(), tmp_path / "release", "switchkd-release")
+    done = _cli("import", folder, "--from", "switchkd-release", "--ldpv2-grid", "2", "--out", tmp_path / "ours")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "You are using a model of type" not in done.stderr  # the release's config.json is not transformers'
+    image = _image(tiny_world)
+    chat = _cli("chat", "--model", tmp_path / "ours", "--image", image, "--question", QUESTION, "--max-new-tokens", "4")
+    assert chat.returncode == 0, chat.stderr[-2000:]
+    data = tiny_world.paths["test"].parent
+    evaluated = _cli("eval", "--model", tmp_path / "ours", "--benchmark", "world", "--data", data, "--limit", "4")
+    assert evaluated.returncode == 0 and "world" in evaluated.stdout, evaluated.stderr[-2000:]
+    student = _ldpv2_student(tiny_world)
+    student.save_pretrained(tmp_path / "student")
+    config = {
+        "model": {"pretrained": str(tmp_path / "student")},
+        "teacher": {"pretrained": str(tmp_path / "ours")},
+        "data": {"train": str(tiny_world.paths["dft"]), "num_workers": 0},
+        "train": {"stage": "dft", "max_steps": 1, "output_dir": str(tmp_path / "run"), "progress": False},
+    }
+    (tmp_path / "dft.yaml").write_text(yaml.safe_dump(config))
+    dry = _cli("train", "--config", tmp_path / "dft.yaml", "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    # a LLaVA import of a folder that is not one: one line, exit 2
+    wrong = _cli("import", tmp_path / "release", "--from", "llava-hf", "--out", tmp_path / "x")
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "not 'llava'" in wrong.stderr, wrong.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_chat_repetition_penalty_reaches_generation(talking_student):
+    """--repetition-penalty is chat.py's 1.05 by default and changes what is generated when large."""
+    from switchkd.cli.main import build_parser
+
+    root, image, _, _, _ = talking_student
+    args = build_parser().parse_args(["chat", "--model", "m", "--image", "i", "--question", "q"])
+    assert args.repetition_penalty == 1.05
+    plain = _cli(
+        "chat", "--model", root / "student", "--image", image, "--question", QUESTION, "--max-new-tokens", "12"
+    )
+    heavy = _cli(
+        "chat", "--model", root / "student", "--image", image, "--question", QUESTION,
+        "--max-new-tokens", "12", "--repetition-penalty", "50",
+    )  # fmt: skip
+    assert plain.returncode == 0 and heavy.returncode == 0, heavy.stderr[-2000:]
+    assert plain.stdout.strip() == ANSWER
+    assert heavy.stdout.strip() != ANSWER

@@ -78,9 +78,29 @@ def add_chat(p: argparse.ArgumentParser) -> None:
     how.add_argument("--question", help="ask one question and print the answer")
     how.add_argument("--interactive", action="store_true", help="multi-turn chat on standard input ('exit' ends)")
     p.add_argument("--max-new-tokens", type=int, default=512)
+    p.epilog = CHAT_EPILOG
     add_placement(p)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding")
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding (switchkd's addition)")
+    p.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling when --temperature > 0 (switchkd's addition)"
+    )
+    p.add_argument(
+        "--repetition-penalty",
+        type=float,
+        default=1.05,
+        help="CTRL-style penalty on tokens already in the sequence; 1.05 as the released chat.py decodes, "
+        "1.0 turns it off (what `switchkd eval` and `predict` use)",
+    )
+
+
+CHAT_EPILOG = (
+    "Options follow the released chat.py (--model --image --question --interactive --max-new-tokens "
+    "--torch-dtype), with its repetition penalty of 1.05. Where they differ from chat.py: --model is a local "
+    "switchkd folder, not a Hub id loaded with remote code (import the release first: switchkd import --from "
+    "switchkd-release); --torch-dtype auto is bf16 on a GPU and fp32 on the CPU; decoding is greedy unless "
+    "--temperature > 0 (chat.py's other sampling settings are not documented); --temperature, --top-p, "
+    "--repetition-penalty and --device are switchkd's additions."
+)
 
 
 def run_chat(args: argparse.Namespace) -> int:
@@ -99,6 +119,7 @@ def run_chat(args: argparse.Namespace) -> int:
         do_sample=args.temperature > 0,
         temperature=args.temperature or 1.0,
         top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
     )
     session = ChatSession(model, image, gen)
     if args.question is not None:
@@ -232,18 +253,59 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def add_import(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", help="a LlavaForConditionalGeneration folder")
-    p.add_argument("--from", dest="fmt", required=True, choices=["llava-hf"], help="source format")
-    p.add_argument("--out", required=True)
+    p.add_argument("source", help="the folder to read")
+    p.add_argument(
+        "--from",
+        dest="fmt",
+        required=True,
+        choices=["llava-hf", "switchkd-release", "mobilevlm"],
+        help="llava-hf: a LlavaForConditionalGeneration folder; switchkd-release: the released Switch-KD "
+        "checkpoint (xtuner layout); mobilevlm: a MobileVLM V2 checkpoint",
+    )
+    p.add_argument("--out", required=True, help="the switchkd model folder to write")
+    p.add_argument(
+        "--vision",
+        default=None,
+        help="release layouts: the vision tower's local folder, where the "
+        "checkpoint's config has none (its weights fill a tower the checkpoint does not hold)",
+    )
+    p.add_argument("--llm", default=None, help="release layouts: the language model's local folder (config read)")
+    p.add_argument(
+        "--tokenizer", default=None, help="release layouts: a tokenizer folder, where the checkpoint has none"
+    )
+    p.add_argument(
+        "--ldpv2-grid",
+        type=int,
+        default=12,
+        help="release layouts: LDPNetV2's pooled grid side (12: 144 image tokens, as the release and MobileVLM V2)",
+    )
     p.add_argument("--chat-template", default="chatml")
     p.add_argument("--system-prompt", default="You are a helpful assistant.")
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from switchkd.formats.llava_hf import import_llava_hf
+    if args.fmt == "llava-hf":
+        from switchkd.formats.llava_hf import import_llava_hf
 
-    import_llava_hf(args.source, args.out, args.chat_template, args.system_prompt)
-    print(f"imported to {args.out}")
+        given = [f"--{k}" for k in ("vision", "llm", "tokenizer") if getattr(args, k) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: only for the release layouts; a LLaVA folder holds every part")
+        import_llava_hf(args.source, args.out, args.chat_template, args.system_prompt)
+    else:
+        from switchkd.formats.release import import_release
+
+        import_release(
+            args.source,
+            args.out,
+            args.fmt,
+            vision=args.vision,
+            llm=args.llm,
+            tokenizer=args.tokenizer,
+            grid=args.ldpv2_grid,
+            chat_template=args.chat_template,
+            system_prompt=args.system_prompt,
+        )
+    print(f"imported to {args.out} (a switchkd model folder: chat, eval, export, or teacher.pretrained)")
     return 0
 
 
@@ -299,7 +361,7 @@ COMMANDS = {
         "draw the answer's attention over the image (teacher and student side by side)",
     ),
     "export": (add_export, run_export, "write a model in the Hugging Face LLaVA format (mlp2x_gelu projector)"),
-    "import": (add_import, run_import, "read a Hugging Face LLaVA model into switchkd (e.g. as a teacher)"),
+    "import": (add_import, run_import, "read a LLaVA-HF, released Switch-KD or MobileVLM V2 model into switchkd"),
     "demo": (add_demo, run_demo_cmd, "the built-in end-to-end run: world, teacher, Switch-KD student, table"),
     "chat": (add_chat, run_chat, "talk with a model about an image (the released chat.py's options)"),
     "predict": (add_predict, run_predict, "answer a LLaVA-format question file (JSONL in, JSONL out, resumable)"),

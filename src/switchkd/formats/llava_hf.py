@@ -198,6 +198,8 @@ def export_llava_hf(model: VisionLanguageModel, out_dir: str | Path) -> Path:
 def _llava_model_config(folder: Path, config: dict, chat_template: str, system_prompt: str | None) -> ModelConfig:
     """Our config for a LLaVA folder; every refusal names the folder and happens before any weight is read."""
     kind = config.get("model_type")
+    if "switchkd_version" in config:
+        raise FormatError(f"{folder}: a switchkd model folder already; use it as it is (no import needed)")
     if kind != "llava":
         raise FormatError(
             f"{folder}: model_type is {kind!r}, not 'llava'; `import --from llava-hf` reads "

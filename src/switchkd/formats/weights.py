@@ -132,7 +132,7 @@ def map_names(
         if ours is None:
             unmatched.append(name)
         elif ours not in expected:
-            unknown.append(f"{name} -> {ours}")
+            unknown.append((name, ours))
         elif ours in plan:
             clashes.append(f"{plan[ours]} and {name} -> {ours}")
         else:
@@ -148,7 +148,9 @@ def map_names(
     if unmatched:
         parts.append(f"no rule maps {len(unmatched)}: {compact(unmatched)}")
     if unknown:
-        parts.append(f"{len(unknown)} map to no parameter of ours: {', '.join(unknown)}")
+        sources, ours = [s for s, _ in unknown], [o for _, o in unknown]
+        read_as = f" (read as {compact(ours)})" if sources != ours else ""
+        parts.append(f"{len(unknown)} map to no parameter of ours: {compact(sources)}{read_as}")
     if clashes:
         parts.append(f"{len(clashes)} map to one parameter: {', '.join(clashes)}")
     if missing:
@@ -208,8 +210,9 @@ def import_weights(
     from switchkd.models import VisionLanguageModel
 
     index = checkpoint_index(folder)
+    shaped = dataclasses.replace(model_cfg, vision=_config_dict(model_cfg.vision), llm=_config_dict(model_cfg.llm))
     with torch.device("meta"):
-        meta = VisionLanguageModel.from_config(model_cfg, fresh_weights=False)
+        meta = VisionLanguageModel.from_config(shaped, fresh_weights=False)
     shapes = {k: v.shape for k, v in meta.state_dict().items()}
     head, embed = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
     tied = meta.lm_head.weight is meta.llm.get_input_embeddings().weight
@@ -230,6 +233,18 @@ def import_weights(
     if out_dir is not None:
         model.save_pretrained(out_dir)
     return model
+
+
+def _config_dict(source: str | dict) -> dict:
+    """A component's config as a dict, so the model can be built on the meta device from configs alone."""
+    if isinstance(source, dict):
+        return source
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(source)
+    if config.model_type in ("clip", "siglip"):  # a two-tower folder: the vision tower's half
+        config = config.vision_config
+    return config.to_dict()
 
 
 def read_json(path: Path) -> dict:

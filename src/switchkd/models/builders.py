@@ -4,10 +4,11 @@ models). ``VisionLanguageModel.from_config`` puts them together."""
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from switchkd.config import ConfigError, ModelConfig, require_folder
@@ -49,10 +50,25 @@ def load_tokenizer(cfg: ModelConfig):
     source = tokenizer_source(cfg)
     if source is None:
         raise ConfigError("a tokenizer folder is needed when the LLM is built from a config dict", key="tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(str(require_folder(source, "tokenizer")))
+    folder = require_folder(source, "tokenizer")
+    # AutoTokenizer reads the folder's config.json; one transformers does not know (a switchkd folder, a
+    # remote-code checkpoint) only earns a warning there, so it gets an empty config instead.
+    extra = {"config": PretrainedConfig()} if _foreign_config(folder) else {}
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), **extra)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _foreign_config(folder: Path) -> bool:
+    path = folder / "config.json"
+    if not path.is_file():
+        return False
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return True
+    return kind not in CONFIG_MAPPING
 
 
 def load_processor(cfg: ModelConfig, encoder):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
@@ -204,7 +205,13 @@ class VisionLanguageModel(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = {"switchkd_version": __version__, "model": to_dict(self.resolved_config())}
+        # transformers_version: without it, loading this folder's tokenizer (a Qwen vocabulary) warns of a
+        # Mistral regex it does not have. No model_type: transformers knows none for this folder.
+        meta = {
+            "transformers_version": transformers.__version__,
+            "switchkd_version": __version__,
+            "model": to_dict(self.resolved_config()),
+        }
         (directory / CONFIG_NAME).write_text(json.dumps(meta, indent=2, default=str))
         if state_dict is None:
             save_model(self, str(directory / WEIGHTS_NAME))  # drops tied duplicates (Qwen's lm_head)

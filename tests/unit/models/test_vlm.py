@@ -293,3 +293,26 @@ def test_the_model_owns_one_template_for_data_prompts_and_its_saved_tokenizer(tm
         )
         == rendered
     )
+
+
+def test_loading_a_saved_model_prints_no_false_warnings(qwen_tokenizer_dir, tmp_path):
+    """transformers warned of a Mistral regex on every load of a folder with Qwen's 151k vocabulary
+    (config.json without transformers_version) and, for a config.json it does not know, of a model type
+    mismatch; neither applies to our folders."""
+    import logging
+
+    model = build_vlm(tiny_model_config(qwen_tokenizer_dir, vocab=151936, width=16))
+    model.save_pretrained(tmp_path / "m")
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        VisionLanguageModel.from_pretrained(tmp_path / "m")
+        AutoTokenizer.from_pretrained(tmp_path / "m")
+    finally:
+        hf_logger.removeHandler(handler)
+    assert not [m for m in seen if "incorrect regex pattern" in m or "You are using a model of type" in m], seen
+    # real warnings still reach the user: nothing here turned transformers' logging down
+    assert hf_logger.getEffectiveLevel() <= logging.WARNING
