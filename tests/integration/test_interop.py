@@ -101,6 +101,7 @@ def _check_as_ours(result: dict, talking_student, ours) -> None:
     # with the image token, through the processor, too
     assert result["ids"] == prompt
     assert result["plain_ids"] == prompt
+    assert result["llava_ids"] == prompt
     assert torch.tensor(result["pixels"]).view_as(pixels).sub(pixels).abs().max() < 1e-5
     theirs = torch.tensor(result["logits"]).view_as(logits)
     assert (theirs - logits).abs().max() < 1e-5
@@ -144,9 +145,21 @@ def _transformers_4() -> Path:
 def test_exported_student_loads_in_transformers_4_with_equal_logits(talking_student, tmp_path):
     root, image, prompt, _, _ = talking_student
     ours = _ours(root, image, prompt)
-    result = _read_as_user(root / "hf", image, tmp_path / "v4.json", pythonpath=str(_transformers_4()))
+    old = str(_transformers_4())
+    result = _read_as_user(root / "hf", image, tmp_path / "v4.json", pythonpath=old)
     assert result["transformers"] == TRANSFORMERS_4
     _check_as_ours(result, talking_student, ours)
+    # a SigLIP tower (no CLS token: the "full" strategy, 0 additional image tokens), untrained
+    torch.manual_seed(0)
+    vision = vision_config("siglip", width=32, image_size=32, patch_size=8)
+    siglip = build_vlm(ModelConfig(vision=vision, llm=qwen2_config(400, width=48), tokenizer=str(root / "student")))
+    export_llava_hf(siglip.eval(), tmp_path / "siglip")
+    result = _read_as_user(tmp_path / "siglip", image, tmp_path / "siglip.json", pythonpath=old)
+    assert result["ids"] == prompt and not result["switchkd_imported"]
+    pixels = preprocess_images([load_image(image)], siglip.image_processor)
+    with torch.no_grad():
+        want = siglip(torch.tensor([prompt]), pixel_values=pixels).logits[0]
+    assert (torch.tensor(result["logits"]).view_as(want) - want).abs().max() < 1e-5
 
 
 def test_exported_names_and_config_are_what_llava_loaders_read(talking_student):

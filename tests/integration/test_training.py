@@ -259,6 +259,23 @@ def test_half_written_checkpoint_is_never_picked(tiny_world, tmp_path):
     assert [p.name for p in checkpoints(out)] == ["step-0000001", "step-0000002"]
 
 
+def test_a_checkpointed_run_prints_no_false_warnings(tiny_world, tmp_path):
+    """Tied LM heads are dropped from checkpoints silently (safetensors' save_model keeps one name per
+    storage) and the saved folders load without transformers' regex or model-type notices."""
+    config = _config(tiny_world, tmp_path / "run", max_steps=2, save_every=1)
+    done = subprocess.run(
+        [sys.executable, "-m", "switchkd", "train", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for notice in ("Removed shared tensor", "incorrect regex pattern", "You are using a model of type"):
+        assert notice not in done.stderr, done.stderr[-3000:]
+    assert len(checkpoints(tmp_path / "run")) == 2
+
+
 def test_dry_run_reports_shapes_and_checks_data(tiny_world, tmp_path):
     report = dry_run(load_config(_config(tiny_world, tmp_path / "d")))
     assert "pair checks passed" in report and "dry run passed" in report

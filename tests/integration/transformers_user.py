@@ -26,10 +26,13 @@ def main(folder: str, image: str, question: str, out: str) -> None:
     inputs = processor.apply_chat_template(
         structured, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
-    token = processor.image_token
-    plain = [{"role": "user", "content": f"{token}\n{question}"}]
-    text = processor.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
-    plain_inputs = processor(text=text, images=[Image.open(image)], return_tensors="pt")
+    plain_ids = {}
+    # plain content with the image token, and LLaVA-style "<image>" as lmms-eval's llava_hf writes it
+    for name, placeholder in (("plain_ids", processor.image_token), ("llava_ids", "<image>")):
+        plain = [{"role": "user", "content": f"{placeholder}\n{question}"}]
+        text = processor.tokenizer.apply_chat_template(plain, add_generation_prompt=True, tokenize=False)
+        ids = processor(text=text, images=[Image.open(image)], return_tensors="pt")["input_ids"]
+        plain_ids[name] = ids[0].tolist()
     with torch.no_grad():
         logits = model(**inputs).logits
         new = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[
@@ -38,7 +41,7 @@ def main(folder: str, image: str, question: str, out: str) -> None:
     result = {
         "transformers": transformers.__version__,
         "ids": inputs["input_ids"][0].tolist(),
-        "plain_ids": plain_inputs["input_ids"][0].tolist(),
+        **plain_ids,
         "pixels": inputs["pixel_values"].flatten().tolist(),
         "logits": logits[0].flatten().tolist(),
         "generated": new.tolist(),

@@ -83,8 +83,9 @@ class ChatTemplate:
         return "".join(s.text for s in self.segments(messages, add_generation_prompt))
 
     def jinja(self, image: str = IMAGE_PLACEHOLDER) -> str:
-        """The same template for ``apply_chat_template``; an image part of structured content is
-        written as ``image`` (the placeholder here, the image token in an exported LLaVA processor)."""
+        """The same template for ``apply_chat_template``. An image part of structured content is written
+        as ``image``: the ``<image>`` placeholder in switchkd's own tokenizers, the image token in an
+        exported LLaVA processor, where a ``<image>`` placeholder in plain content becomes it too."""
         start, end, sep = (json.dumps(s) for s in (self.turn_start, self.turn_end, self.separator))
         system = ""
         if self.system_prompt is not None:
@@ -93,8 +94,11 @@ class ChatTemplate:
                 "{{ " + start + " + 'system\\n' + " + json.dumps(self.system_prompt) + " + " + end + " + " + sep + " }}"
                 "{%- endif %}"
             )
+        text = "message['content']"
+        if image != IMAGE_PLACEHOLDER:  # LLaVA-style prompts ("<image>\nWhat?", as lmms-eval writes them)
+            text += " | replace(" + json.dumps(IMAGE_PLACEHOLDER) + ", " + json.dumps(image) + ")"
         content = (
-            "{%- if message['content'] is string %}{{ message['content'] }}"
+            "{%- if message['content'] is string %}{{ " + text + " }}"
             "{%- else %}{%- for part in message['content'] %}"
             "{%- if not loop.first %}{{ '\\n' }}{%- endif %}"
             "{%- if part['type'] == 'image' %}{{ " + json.dumps(image) + " }}"
