@@ -158,31 +158,12 @@ def release_model_config(
     )
 
 
-def import_release(
-    folder: str | Path,
-    out_dir: str | Path | None,
-    name: str = "switchkd-release",
-    *,
-    vision: str | None = None,
-    llm: str | None = None,
-    tokenizer: str | None = None,
-    grid: int = 12,
-    chat_template: str = "chatml",
-    system_prompt: str | None = "You are a helpful assistant.",
-):
-    """A switchkd model from a release-layout folder, saved to ``out_dir`` unless None."""
+def import_release(folder: str | Path, out_dir: str | Path | None, name: str = "switchkd-release", **options):
+    """A switchkd model from a release-layout folder, saved to ``out_dir`` unless None. ``options`` are
+    ``release_model_config``'s keywords (vision, llm, tokenizer, grid, chat_template, system_prompt)."""
     folder = require_folder(folder, "source")
-    model_cfg = release_model_config(
-        folder,
-        name,
-        vision=vision,
-        llm=llm,
-        tokenizer=tokenizer,
-        grid=grid,
-        chat_template=chat_template,
-        system_prompt=system_prompt,
-    )
+    model_cfg = release_model_config(folder, name, **options)
     rules = layout(name, model_cfg.projector)
     # A vision tower read from its own folder may be absent from the checkpoint (frozen, not saved).
-    from_components = ("vision_tower.",) if vision is not None else ()
-    return import_weights(folder, model_cfg, rules, out_dir, ignore=IGNORE, from_components=from_components)
+    from_folder = options.get("vision") is not None
+    return import_weights(folder, model_cfg, rules, out_dir, ignore=IGNORE, vision_from_folder=from_folder)

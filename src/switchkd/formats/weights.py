@@ -5,9 +5,7 @@ replacement). Import reads only the names and shapes of a checkpoint first, maps
 refuses with one line listing every source name no rule maps, every parameter of ours nothing fills
 and every shape that disagrees, before a single tensor is copied::
 
-    index = checkpoint_index(folder)
-    plan = map_names(index, LAYOUT, model.state_dict())   # FormatError listing what did not map
-    load_mapped(model, index, plan)
+    model = import_weights(folder, model_cfg, LAYOUT, out_dir)   # FormatError listing what did not map
 """
 
 from __future__ import annotations
@@ -33,40 +31,68 @@ class Tensor:
 
     file: Path
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype | None
+    """None for dtypes a model is never built in (integers, booleans)."""
 
 
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's files: those its index names when it is sharded, else the usual single file,
+    else every ``*.safetensors`` / ``pytorch_model*.bin`` there."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if (folder / index_name).is_file():
+            weight_map = read_json(folder / index_name).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise FormatError(f"{folder / index_name}: no weight_map")
+            files = [folder / name for name in sorted(set(weight_map.values()))]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise FormatError(f"{folder / index_name}: names missing shards {missing}")
+            return files
+    for single in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / single).is_file():
+            return [folder / single]
+    files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise FormatError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    return files
+
+
 def checkpoint_index(folder: Path) -> dict[str, Tensor]:
-    """Names and shapes of the tensors in ``folder``: ``model.safetensors``, sharded safetensors
-    (``model.safetensors.index.json``) or ``pytorch_model.bin`` (read without unpickling code)."""
-    files = sorted(folder.glob("*.safetensors"))
-    if files:
-        out = {}
-        for file in files:
-            with safe_open(str(file), "pt") as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-                    piece = f.get_slice(name)
-                    dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.int64)
-                    out[name] = Tensor(file, tuple(piece.get_shape()), dtype)
-        return out
-    bins = sorted(folder.glob("pytorch_model*.bin"))
-    if bins:
-        out = {}
-        for file in bins:
+    """Names, shapes and dtypes of the tensors in ``folder`` (safetensors or ``pytorch_model.bin``,
+    single or sharded), read without loading the tensors or unpickling code."""
+    out = {}
+    for file in _weight_files(folder):
+        if file.suffix == ".safetensors":
+            try:
+                with safe_open(str(file), "pt") as f:
+                    for name in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                        piece = f.get_slice(name)
+                        dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+                        out[name] = Tensor(file, tuple(piece.get_shape()), dtype)
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+                raise FormatError(f"{file}: not a readable safetensors file ({exc})") from None
+        else:
             for name, value in _load_bin(file).items():
                 out[name] = Tensor(file, tuple(value.shape), value.dtype)
-        return out
-    raise FormatError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    return out
 
 
 def _load_bin(file: Path) -> dict[str, torch.Tensor]:
     try:
-        return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):  # files from torch < 1.6 cannot be memory-mapped
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a pickle with code in it, or a damaged file
         raise FormatError(f"{file}: not a plain tensor checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FormatError(f"{file}: expected a flat dict of tensors (a state dict)")
+    return state
 
 
 @dataclass(frozen=True)
@@ -195,16 +221,17 @@ def import_weights(
     out_dir: str | Path | None,
     *,
     ignore: Sequence[str] = (),
-    from_components: Sequence[str] = (),
+    vision_from_folder: bool = False,
 ):
     """A ``VisionLanguageModel`` of ``model_cfg`` filled from the checkpoint in ``folder`` through
     ``layout``, saved to ``out_dir`` (when given) and returned.
 
     Every name and shape is checked against the model built on the meta device first, so a wrong
     config or layout costs no memory and ends in one error. The model is built in the checkpoint's
-    dtype. Parameters under a prefix in ``from_components`` may be absent from the checkpoint: they
-    keep what ``model_cfg``'s component folders loaded (a frozen vision tower MobileVLM does not save).
-    A tied LM head must equal the embedding where the checkpoint holds both."""
+    dtype. With ``vision_from_folder`` (``model_cfg.vision`` a folder) the vision tower may be absent
+    from the checkpoint and keeps the folder's weights (a frozen tower MobileVLM does not save); where
+    the checkpoint holds it, the checkpoint's weights win. A tied LM head must equal the embedding
+    where the checkpoint holds both."""
     import dataclasses
 
     from switchkd.models import VisionLanguageModel
@@ -217,7 +244,10 @@ def import_weights(
     head, embed = "llm.lm_head.weight", "llm.model.embed_tokens.weight"
     tied = meta.lm_head.weight is meta.llm.get_input_embeddings().weight
     optional = [head] if tied else []
-    optional += [k for k in shapes if any(k.startswith(p) for p in from_components)]
+    if vision_from_folder:
+        if not isinstance(model_cfg.vision, str):
+            raise ValueError("vision_from_folder needs model_cfg.vision to be a folder")
+        optional += [k for k in shapes if k.startswith("vision_tower.")]
     plan = map_names(folder, index, layout, shapes, optional=optional, ignore=ignore)
     dtype = index[plan[embed]].dtype if embed in plan else None
     model = VisionLanguageModel.from_config(model_cfg, fresh_weights=False, dtype=dtype)
