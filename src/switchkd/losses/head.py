@@ -29,11 +29,11 @@ from switchkd.losses.sequence import row_chunks
 
 ChunkLoss = Callable[[dict[str, torch.Tensor], slice], dict[str, torch.Tensor]]
 
-# Elements of one pathway's chunk of logits: (m, V) at V = 151,936 is ~128 MB of float32 on CPU (208 rows),
-# where narrower chunks cost matmul efficiency and wider ones memory; ~512 MB on a GPU (880 rows), where
-# wide matmuls and few kernel launches matter, and the knee's full sort of the chunk (values, int64
-# order, float64 distances: ~4 GB at this size) must still fit beside the model.
-CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 27}
+# Elements of one pathway's chunk of logits: (m, V) at V = 151,936 is ~64 MB of float32 on CPU (96 rows;
+# 208 rows peaked 0.2 GB higher in a paper-shaped DFT step and were ~5 % faster); ~512 MB on a GPU
+# (880 rows), where wide matmuls and few kernel launches matter, and the knee's full sort of the chunk
+# (values, int64 order, float64 distances: ~4 GB at this size) must still fit beside the model.
+CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 27}
 
 
 def auto_chunk_rows(vocab: int, device: torch.device | str) -> int:
@@ -113,6 +113,21 @@ def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+OUTER_BLOCK_ELEMENTS = 2**24
+"""Vocabulary rows per block of a weight gradient accumulated in another dtype: 16M elements, 96 MB of
+bf16 product and float32 copy, where the whole (V, H) product at V = 151,936 and H = 896 would be 817 MB
+on top of the gradient, per chunk."""
+
+
+def _add_outer_in_blocks(out: torch.Tensor, g: torch.Tensor, h: torch.Tensor, vocab: int) -> None:
+    """``out[:vocab] += g^T h``, multiplied in ``g``'s dtype and added in ``out``'s, a block of vocabulary
+    rows at a time, so no (V, H) temporary exists (``addmm_`` cannot mix the two dtypes in place)."""
+    step = max(1, OUTER_BLOCK_ELEMENTS // h.shape[1])
+    for start in range(0, vocab, step):
+        stop = min(start + step, vocab)
+        out[start:stop] += (g[:, start:stop].T @ h).to(out.dtype)
+
+
 class _FusedHead(torch.autograd.Function):
     """``(weighted total, detached sums)`` from ``(hidden, weight, bias)`` per pathway; the gradients
     of the total are computed chunk by chunk in forward and only scaled in backward."""
@@ -156,7 +171,7 @@ class _FusedHead(torch.autograd.Function):
                     if grad_w[i] is not None and grad_w[i].dtype == dtype:
                         grad_w[i][: spec.vocab].addmm_(g.T, h_mm[i])  # in place: no (V, H) temporary
                     elif grad_w[i] is not None:  # float32 master weights under autocast
-                        grad_w[i][: spec.vocab] += (g.T @ h_mm[i]).to(grad_w[i].dtype)
+                        _add_outer_in_blocks(grad_w[i], g, h_mm[i], spec.vocab)
                     if grad_b[i] is not None:
                         grad_b[i][: spec.vocab] += g.sum(0).to(grad_b[i].dtype)
                 del logits, chunk, total, grads

@@ -49,7 +49,9 @@ def _build_run(cfg: Config, accelerator: Accelerator, *, run_id: str, resume: bo
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
     objective = build_objective(cfg, verbose=accelerator.is_main_process)
     sampler, loader = make_loader(cfg, objective.student, world=accelerator.num_processes)
-    optimizer = torch.optim.AdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr)
+    # fused: one kernel per parameter, no temporaries the size of a parameter (the 545 MB of a Qwen2.5
+    # embedding at H = 896 was the peak of a fused-head DFT step on the CPU), and 7x faster there
+    optimizer = torch.optim.AdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr, fused=True)
     objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     total = total_steps(cfg.train, len(loader))
     scheduler = make_scheduler(optimizer, cfg.train, total)

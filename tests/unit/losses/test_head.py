@@ -182,9 +182,27 @@ def test_no_rows_and_no_grad_and_a_second_backward():
         total.backward()
 
 
-def test_bfloat16_autocast_computes_like_the_plain_head():
+def test_a_weight_gradient_in_another_dtype_is_added_a_vocabulary_block_at_a_time(monkeypatch):
+    """No (V, H) temporary: blocks of 3 rows here, the last one short, padding rows left alone."""
+    from switchkd.losses import head
+
+    monkeypatch.setattr(head, "OUTER_BLOCK_ELEMENTS", 3 * H_S)
+    torch.manual_seed(0)
+    g, h = torch.randn(M, V), torch.randn(M, H_S)
+    out = torch.full((V_PAD, H_S), 0.5, dtype=torch.float64)
+    head._add_outer_in_blocks(out, g, h, V)
+    torch.testing.assert_close(out[:V], 0.5 + g.double().T @ h.double(), rtol=1e-5, atol=1e-5)
+    assert V % 3 != 0 and bool((out[V:] == 0.5).all())
+
+
+@pytest.mark.parametrize("block_rows", [None, 3])
+def test_bfloat16_autocast_computes_like_the_plain_head(block_rows, monkeypatch):
     """Under autocast the fused head multiplies in bfloat16 as a linear layer would, and keeps
-    float32 gradients for float32 weights."""
+    float32 gradients for float32 weights (added in vocabulary blocks)."""
+    from switchkd.losses import head
+
+    if block_rows is not None:
+        monkeypatch.setattr(head, "OUTER_BLOCK_ELEMENTS", block_rows * H_S)
     torch.manual_seed(0)
     student = nn.Linear(H_S, V_PAD, bias=False)
     h = torch.randn(M, H_S)
@@ -224,6 +242,6 @@ def test_adapter_wrapped_heads_fall_back_to_the_plain_graph():
 
 
 def test_chunk_rows_per_device():
-    assert auto_chunk_rows(151_936, "cpu") == 208
+    assert auto_chunk_rows(151_936, "cpu") == 96
     assert auto_chunk_rows(151_936, "cuda") == 880
     assert auto_chunk_rows(10, "cpu") % 16 == 0 and auto_chunk_rows(10**9, "cpu") == 16

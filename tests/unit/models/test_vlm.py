@@ -316,3 +316,25 @@ def test_loading_a_saved_model_prints_no_false_warnings(qwen_tokenizer_dir, tmp_
     assert not [m for m in seen if "incorrect regex pattern" in m or "You are using a model of type" in m], seen
     # real warnings still reach the user: nothing here turned transformers' logging down
     assert hf_logger.getEffectiveLevel() <= logging.WARNING
+
+
+def test_siglips_pooling_head_is_not_computed_and_changes_nothing(tiny_tokenizer_dir):
+    """Its output was never read (the features are a hidden layer); skipping it keeps the features and the
+    weights (folders load and save unchanged), and the head stays among the unused parameters."""
+    from switchkd.models.vision import VisionTower
+
+    model = build_vlm(tiny_model_config(tiny_tokenizer_dir, vision="siglip"))
+    encoder = model.vision_tower.encoder
+    assert encoder.use_head is False and any(n.startswith("head.") for n, _ in encoder.named_parameters())
+    pixels = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        ours = model.vision_tower(pixels)
+        encoder.use_head = True
+        full = VisionTower(encoder, model.vision_tower.feature_layer)  # sets it back off
+        assert encoder.use_head is False
+        encoder.use_head = True
+        reference = encoder(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+    assert full.unused_parameter_names() and all(
+        n.startswith(("head.", "post_layernorm.", "encoder.layers.1.")) for n in full.unused_parameter_names()
+    )
