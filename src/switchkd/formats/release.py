@@ -50,6 +50,9 @@ def _projector_rules(prefix: str, projector: str) -> list[Rule]:
     return rules + [Rule(prefix + r"(.+)", r"projector.\1")]
 
 
+LAYOUTS = ("switchkd-release", "mobilevlm")
+
+
 def layout(name: str, projector: str) -> list[Rule]:
     """The renaming rules of a release layout for a given projector."""
     if name == "switchkd-release":
@@ -65,10 +68,8 @@ def layout(name: str, projector: str) -> list[Rule]:
             Rule(r"model\.(.+)", r"llm.model.\1"),
             Rule(r"lm_head\.(.+)", r"llm.lm_head.\1"),
         ]
-    raise ValueError(f"unknown layout {name!r}; valid: switchkd-release, mobilevlm")
+    raise ValueError(f"unknown layout {name!r}; valid: {', '.join(LAYOUTS)}")
 
-
-LAYOUTS = ("switchkd-release", "mobilevlm")
 
 _PROJECTORS = {"ldpnetv2": "ldpv2", "ldpv2": "ldpv2", "mlp2x_gelu": "mlp2x_gelu"}
 

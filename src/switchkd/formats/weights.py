@@ -237,7 +237,15 @@ def import_weights(
     from switchkd.models import VisionLanguageModel
 
     index = checkpoint_index(folder)
-    shaped = dataclasses.replace(model_cfg, vision=_config_dict(model_cfg.vision), llm=_config_dict(model_cfg.llm))
+    from transformers import AutoConfig
+
+    from switchkd.models.vision import encoder_config
+
+    vision, llm = (
+        _config_dict(model_cfg.vision, encoder_config),
+        _config_dict(model_cfg.llm, AutoConfig.from_pretrained),
+    )
+    shaped = dataclasses.replace(model_cfg, vision=vision, llm=llm)
     with torch.device("meta"):
         meta = VisionLanguageModel.from_config(shaped, fresh_weights=False)
     shapes = {k: v.shape for k, v in meta.state_dict().items()}
@@ -265,16 +273,10 @@ def import_weights(
     return model
 
 
-def _config_dict(source: str | dict) -> dict:
-    """A component's config as a dict, so the model can be built on the meta device from configs alone."""
-    if isinstance(source, dict):
-        return source
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(source)
-    if config.model_type in ("clip", "siglip"):  # a two-tower folder: the vision tower's half
-        config = config.vision_config
-    return config.to_dict()
+def _config_dict(source: str | dict, read) -> dict:
+    """A component's config as a dict (``read`` loads a folder's), so the model can be built on the meta
+    device from configs alone."""
+    return source if isinstance(source, dict) else read(source).to_dict()
 
 
 def read_json(path: Path) -> dict:

@@ -114,7 +114,7 @@ def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 OUTER_BLOCK_ELEMENTS = 2**24
-"""Vocabulary rows per block of a weight gradient accumulated in another dtype: 16M elements, 96 MB of
+"""Elements per block of a weight gradient accumulated in another dtype (rows = this // H): 16M, 96 MB of
 bf16 product and float32 copy, where the whole (V, H) product at V = 151,936 and H = 896 would be 817 MB
 on top of the gradient, per chunk."""
 

@@ -36,6 +36,12 @@ def load_vision_encoder(source: str | dict, attn_implementation: str = "sdpa", d
     return AutoModel.from_pretrained(source, attn_implementation=attn_implementation, dtype=dtype)
 
 
+def encoder_config(folder: str) -> PretrainedConfig:
+    """The vision encoder's config in ``folder``: the vision half of a full CLIP/SigLIP folder."""
+    config = AutoConfig.from_pretrained(folder)
+    return config.vision_config if config.model_type in _VISION_OF else config
+
+
 class VisionTower(nn.Module):
     """Wraps an encoder; ``forward(pixel_values (B, 3, H, W)) -> (B, N_img, D_v)``."""
 

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+from benchmarks.bench_losses import realistic_logits  # the LLM-like rows the loss benchmark times
 
 from switchkd.losses import DistillLoss, cross_entropy_rows, knee_select, loss_head, sort_select
 from switchkd.losses.head import auto_chunk_rows
@@ -19,19 +20,9 @@ pytestmark = [
 V = 151_936
 
 
-def _logits(rows: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    scale = 1.5 + 2.0 * torch.rand(rows, 1, generator=g)
-    teacher = torch.randn(rows, V, generator=g) * scale
-    top = torch.randint(0, V, (rows, 8), generator=g)
-    teacher.scatter_add_(1, top, 6.0 + 4.0 * torch.rand(rows, 8, generator=g))
-    student = 0.8 * teacher + torch.randn(rows, V, generator=g)
-    return student, teacher
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_knee_equals_the_cpu_sort_knee(dtype):
-    _, teacher = _logits(48)
+    _, teacher = realistic_logits(48, V)
     teacher = teacher.to(dtype)
     ref = sort_select(teacher)  # CPU reference, same values
     for method in ("fast", "sort"):
@@ -43,7 +34,7 @@ def test_cuda_knee_equals_the_cpu_sort_knee(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", ["dbild_rkl", "dbild_fkl", "bild_rkl"])
 def test_cuda_losses_and_gradients_equal_cpu_float64(dtype, name):
-    student, teacher = _logits(32, seed=1)
+    student, teacher = realistic_logits(32, V, seed=1)
     student, teacher = student.to(dtype), teacher.to(dtype)
     loss = DistillLoss(name)
     ref_s = student.double().requires_grad_(True)
