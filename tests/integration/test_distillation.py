@@ -187,3 +187,40 @@ def test_moving_the_distiller_moves_and_casts_its_teacher(tiny_world):
     distiller.to(torch.float64)
     assert all(p.dtype == torch.float64 for p in teacher.parameters())
     assert not any(p is q for p in distiller.parameters() for q in teacher.parameters())
+
+
+def test_teacher_checkpointing_recomputes_one_layer_at_a_time_with_the_same_gradients(tiny_world):
+    """``teacher_checkpointing`` changes memory, never numbers; and backward recomputes the switch pathway's
+    teacher layers last layer first, one at a time (one checkpoint around the whole pathway would rerun
+    them first to last, all activations alive together)."""
+    distiller, student, teacher, batch = _setup(tiny_world, ce_weight=0.0, lambda_align=0.0)
+    distiller.double()
+    batch = _float64_batch(batch)
+    layers = [m for m in teacher.llm.modules() if type(m).__name__.endswith("DecoderLayer")]
+    assert len(layers) >= 2
+    calls: list[int] = []
+    for i, layer in enumerate(layers):
+        layer.mlp.register_forward_pre_hook(lambda *_, i=i: calls.append(i))  # runs again on recompute
+    results = []
+    for on in (False, True):
+        distiller.cfg.teacher_checkpointing = on
+        distiller.zero_grad()
+        out = distiller(batch)
+        calls.clear()
+        out["total"].backward()
+        results.append(
+            (
+                out["vsd"].item(),
+                {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None},
+                list(calls),
+            )
+        )
+    (plain_vsd, plain_grads, plain_calls), (vsd, grads, recomputed) = results
+    assert plain_calls == []
+    assert recomputed == list(range(len(layers)))[::-1]
+    assert vsd == plain_vsd
+    assert grads.keys() == plain_grads.keys() and any(n.startswith("vision_tower") for n in grads)
+    for name, g in plain_grads.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-12, atol=0, msg=name)
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all("forward" not in vars(layer) for layer in layers)  # the per-layer wrapper is gone after the call

@@ -9,12 +9,16 @@ Logits are computed only at supervised positions.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from switchkd.config import ConfigError
 from switchkd.losses import DistillLoss, LossRows, cross_entropy_rows, loss_head, per_token, supervised_positions
@@ -35,7 +39,8 @@ class DistillConfig:
     ce_weight: float = 1.0
     """Weight of the plain LM cross-entropy (temperature 1, see DESIGN.md)."""
     teacher_checkpointing: bool = False
-    """Recompute the teacher's switch-pathway forward in backward instead of storing it."""
+    """Recompute the switch pathway's teacher layers in backward, one decoder layer at a time, instead of
+    storing their activations (only each layer's input is kept)."""
 
     def __post_init__(self) -> None:
         for key in ("lambda_align", "lambda_vsd", "ce_weight"):
@@ -164,7 +169,8 @@ class VisualSwitchDistiller(nn.Module):
             return out.last_hidden_state[positions]
 
         if self.cfg.teacher_checkpointing:
-            return checkpoint(run, features, use_reentrant=False)
+            with _layers_checkpointed(teacher.llm):
+                return run(features)
         return run(features)
 
     def _chunk_sums(self, targets: torch.Tensor, logits: dict, rows: slice) -> dict[str, torch.Tensor]:
@@ -201,3 +207,21 @@ def _sums(term: str, rows: LossRows, with_k: bool) -> dict[str, torch.Tensor]:
     if with_k:
         out.update(k_teacher=rows.k_teacher.sum(), k_student=rows.k_student.sum())
     return out
+
+
+@contextmanager
+def _layers_checkpointed(model: nn.Module) -> Iterator[None]:
+    """Inside the block, each decoder layer of ``model`` runs under non-reentrant activation checkpointing.
+
+    transformers checkpoints a layer only in training mode, and the teacher stays in eval mode. One
+    checkpoint around the whole pathway would store nothing in forward but every layer's activations at
+    once when backward recomputes it (all 36 layers of a 3B teacher, beside the student's gradients):
+    per layer, only one layer's activations are alive in backward, for the same recompute FLOPs."""
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the instance attribute; the class's forward is back
