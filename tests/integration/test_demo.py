@@ -21,7 +21,13 @@ def test_quick_demo_end_to_end(tmp_path):
         assert w["n"] == 14 * 3 and 0 <= w["accuracy"] <= 100
         assert set(w["per_type"]) == {"colour", "shape", "count", "position", "size", "exists", "choice"}
     table = summary["table"].splitlines()
-    assert len(table) == 5 and table[2].startswith("| teacher |")
+    assert table[0].startswith("| model | all | 95 % interval |") and table[2].startswith("| teacher |")
+    assert table[-1].startswith("Switch-KD - SFT: ") and "paired bootstrap over the 42 questions" in table[-1]
+    for r in results.values():
+        low, high = r["world"]["interval"]
+        assert low <= r["world"]["accuracy"] <= high
+    if summary["plot"] is not None:  # matplotlib installed
+        assert (tmp_path / "demo" / "kinds.png").stat().st_size > 5000
     student = VisionLanguageModel.from_pretrained(summary["student"])
     assert student.num_image_tokens == 9
     log = [json.loads(line) for line in (tmp_path / "demo" / "student_switchkd" / "log.jsonl").read_text().splitlines()]
@@ -38,3 +44,19 @@ def test_quick_demo_end_to_end(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("user: ") == 2 and "assistant: " in out.stdout
+
+
+@pytest.mark.slow
+def test_the_demo_repeats_bit_for_bit_with_the_same_threads(tmp_path):
+    """What the README promises: one seed, code and thread count give the same logs and table (a
+    different thread count rounds matmuls differently, so it is not promised)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    runs = [run_demo(DemoConfig.quick(str(tmp_path / name))) for name in ("a", "b")]
+    assert torch.get_num_threads() == threads
+    assert runs[0]["table"] == runs[1]["table"]
+    for stage in ("teacher", "student_sft", "student_switchkd"):
+        logs = [(tmp_path / n / stage / "log.jsonl").read_text().splitlines() for n in ("a", "b")]
+        losses = [[json.loads(line)["loss"] for line in log] for log in logs]
+        assert losses[0] == losses[1], stage

@@ -612,3 +612,29 @@ def test_two_process_resume_is_exact_across_epochs(tiny_world, tmp_path):
         got = VisionLanguageModel.from_pretrained(out / "final").state_dict()
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("stage", ["dft", "sft"])
+def test_diagnostics_are_logged_and_change_nothing_of_training(tiny_world, tmp_path, stage):
+    """``diagnostics_every`` logs what moves the vision tower (each term's gradient norm alone, the
+    encoders' feature distance) at its steps, and the run's losses and weights stay bit-identical."""
+    plain = train(load_config(_config(tiny_world, tmp_path / "plain", stage=stage, max_steps=4)))
+    seen = train(load_config(_config(tiny_world, tmp_path / "seen", stage=stage, max_steps=4, diagnostics_every=2)))
+    assert [h["loss"] for h in seen.history] == [h["loss"] for h in plain.history]
+    a = VisionLanguageModel.from_pretrained(plain.final_model).state_dict()
+    b = VisionLanguageModel.from_pretrained(seen.final_model).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(line) for line in (tmp_path / "seen" / "log.jsonl").read_text().splitlines()]
+    with_diag = [r["step"] for r in rows if "grad_vision_ce" in r]
+    assert with_diag == [2, 4]
+    terms = {"grad_vision_ce", "grad_vision_align", "grad_vision_vsd", "feature_distance"}
+    if stage == "sft":
+        terms = {"grad_vision_ce"}
+    row = rows[1]
+    assert terms <= set(row) and not ({"grad_vision_align", "feature_distance"} - terms) & set(row)
+    assert all(row[k] > 0 for k in terms)
+
+
+def test_diagnostics_every_must_fall_on_logged_steps(tiny_world, tmp_path):
+    with pytest.raises(ConfigError, match="diagnostics_every.*multiple of log_every"):
+        load_config(_config(tiny_world, tmp_path / "x", log_every=2, diagnostics_every=3))

@@ -230,6 +230,10 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     summary = run_demo(cfg)
     print("\nHeld-out accuracy (%) on the built-in world:\n")
     print(summary["table"])
+    if summary["plot"]:
+        print(f"\nper-kind accuracy plot: {summary['plot']}")
+    else:
+        print("\n(no plot drawn: matplotlib is missing; pip install -e .[plot])")
     print(f"\nstudent saved to {summary['student']} ({summary['seconds'] / 60:.1f} min in all). Talk to it:")
     print(f"  {summary['chat']}")
     return 0
@@ -338,14 +342,18 @@ def add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds to average over (mean ± std)")
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, numbers meaningless)")
+    p.add_argument(
+        "--resume", action="store_true", help="keep every finished run whose config is unchanged (after a kill)"
+    )
 
 
 def run_reproduce_cmd(args: argparse.Namespace) -> int:
     from switchkd.demo import DemoConfig, run_reproduce
 
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
+    cfg.reuse = args.resume
     print(run_reproduce(cfg, args.seeds))
-    print(f"tables, scores and plots in {args.out}")
+    print(f"tables.md and scores.json (one 0/1 per question and run) in {args.out}")
     return 0
 
 
@@ -353,7 +361,7 @@ COMMANDS = {
     "reproduce": (
         add_reproduce,
         run_reproduce_cmd,
-        "the paper's ablations (Tables 3-5) in miniature, mean ± std over seeds, with plots",
+        "the paper's ablations (Tables 3-6) in miniature: mean ± std over seeds, paired intervals, plots",
     ),
     "attention": (
         add_attention,

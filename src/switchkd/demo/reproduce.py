@@ -1,11 +1,24 @@
-"""The paper's ablations in miniature on the built-in world, as mean ± std over seeds.
+"""The paper's ablations in miniature on the built-in world, over several full seeds, read against
+their noise.
 
     switchkd reproduce --seeds 3 --out runs/reproduce
 
-Table 3: PT+SFT, DFT without the visual switch, DFT with it.
-Table 4: the distillation loss: FKL, RKL, BiLD-FKL, BiLD-RKL, DBiLD-FKL, DBiLD-RKL (all DFT with the switch).
-Table 5: training schemes: PT-SFT, DPT-SFT, PT-DFT, DPT-DFT.
-Plots (with matplotlib): training curves of every loss term, and the knee on sorted teacher logits (Fig. 2).
+A seed changes everything: the world (images, questions), the teacher, the student's PT and its DFT.
+Rows (each a normal switchkd run under ``<out>/seed<N>/``):
+
+- Table 3: PT+SFT, DFT without the visual switch, DFT with it (Switch-KD: DBiLD-RKL).
+- Table 4: the distillation loss: FKL, RKL, BiLD-FKL, BiLD-RKL, DBiLD-FKL, DBiLD-RKL (DFT with the switch).
+- Table 5: training schemes: PT-SFT, DPT-SFT, PT-DFT, DPT-DFT.
+- Table 6: the teacher's size: Switch-KD from a smaller and from a larger teacher than the main one,
+  each on the student's shared pretrained encoder.
+
+Every row is reported as mean ± std over seeds, and against its baseline (PT+SFT; the switch row also
+against DFT without it) as the paired difference per seed with a bootstrap 95 % interval over questions
+(``evaluation.stats``) and a verdict in words. "What moves V^S" reads the logged gradient norm that each
+term sends into the student's vision tower, and the encoders' feature distance.
+
+Plots (with the ``plot`` extra, matplotlib): training curves of the SFT and Switch-KD students, the knee
+k of teacher and student over training, per-kind accuracy bars, and the vision-tower diagnostics.
 """
 
 from __future__ import annotations
@@ -13,29 +26,73 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.data.dataset import Collator, LlavaDataset
-from switchkd.demo.benchmark import WORLD
-from switchkd.demo.run import DemoConfig, prepare_world, run_stage, student_init, train_teacher
+from switchkd.data.images import load_image, preprocess_images
+from switchkd.demo.benchmark import WORLD, is_correct, load_world
+from switchkd.demo.plots import plot_curves, plot_kinds, plot_knee, plot_vision, pyplot
+from switchkd.demo.run import (
+    DemoConfig,
+    prepare_world,
+    run_stage,
+    student_init,
+    train_teacher,
+    train_teacher_variant,
+)
 from switchkd.evaluation import evaluate_model
-from switchkd.losses import LOSSES, knee_k, supervised_positions
+from switchkd.evaluation.stats import Difference, accuracy_interval, paired_difference
+from switchkd.losses import LOSSES
 from switchkd.models import VisionLanguageModel
 
 log = logging.getLogger("switchkd.reproduce")
 
+SWITCH_KD = "loss dbild_rkl"
+"""The Switch-KD row (DFT with the switch, DBiLD-RKL) shared by Tables 3, 4 and 5."""
+DIAGNOSED = ("PT+SFT", "DFT w/o switch", SWITCH_KD)
+"""Runs that log the vision-tower diagnostics (one extra forward/backward per term every 40 steps)."""
 
-def _score(model_dir: Path, test_dir: Path) -> float:
-    metrics, _ = evaluate_model(VisionLanguageModel.from_pretrained(model_dir), WORLD, test_dir, batch_size=32)
-    return metrics["accuracy"]
+
+@dataclass(frozen=True)
+class TeacherSize:
+    name: str
+    width: int
+    layers: int
 
 
-def run_seed(cfg: DemoConfig) -> dict[str, float]:
-    """Every ablation run of one seed; returns accuracy (%) per named run."""
+TEACHER_SIZES = (TeacherSize("small", 96, 2), TeacherSize("large", 192, 6))
+"""Table 6's other teachers; the main one is ``DemoConfig.teacher_width`` x ``teacher_layers`` (128 x 4)."""
+
+
+def score(model_dir: Path, test_dir: Path) -> dict:
+    """Accuracy, per-kind accuracy and one 0/1 per question (in the test file's order)."""
+    model = VisionLanguageModel.from_pretrained(model_dir)
+    metrics, preds = evaluate_model(model, WORLD, test_dir, batch_size=32)
+    items = load_world(test_dir)
+    return {
+        "accuracy": metrics["accuracy"],
+        "per_type": metrics["per_type"],
+        "correct": [int(is_correct(preds.get(i.id, ""), i)) for i in items],
+    }
+
+
+@torch.no_grad()
+def feature_distance(student_dir: Path, teacher_dir: Path, test_dir: Path, limit: int = 64) -> float:
+    """``||V^S(x) - V^T(x)|| / ||V^T(x)||`` of two models' vision features on the first test images."""
+    student = VisionLanguageModel.from_pretrained(student_dir).eval()
+    teacher = VisionLanguageModel.from_pretrained(teacher_dir).eval()
+    paths = sorted({item.image for item in load_world(test_dir)})[:limit]
+    pixels = preprocess_images([load_image(p) for p in paths], student.image_processor)
+    s, t = student.vision_tower(pixels), teacher.vision_tower(pixels)
+    return float((s - t).norm() / t.norm())
+
+
+def run_seed(cfg: DemoConfig) -> dict[str, dict]:
+    """Every run of one seed; returns, per named row, its score (and the teacher rows' scores)."""
     paths, tokenizer, mixed = prepare_world(cfg)
     test_dir = paths["test"].parent
     teacher_dir, encoder = train_teacher(cfg, tokenizer, mixed)
@@ -48,143 +105,238 @@ def run_seed(cfg: DemoConfig) -> dict[str, float]:
     pt = ModelConfig(pretrained=str(pt_run.final_model))
     dpt = ModelConfig(pretrained=str(dpt_run.final_model))
     runs = {
-        "PT+SFT": (pt, "sft", cfg.distill),
-        "DFT w/o switch": (pt, "dft", replace(cfg.distill, visual_switch=False)),
-        "DPT-SFT": (dpt, "sft", cfg.distill),
-        "DPT-DFT": (dpt, "dft", cfg.distill),
+        "PT+SFT": (pt, "sft", cfg.distill, None),
+        "DFT w/o switch": (pt, "dft", replace(cfg.distill, visual_switch=False), teacher),
+        "DPT-SFT": (dpt, "sft", cfg.distill, None),
+        "DPT-DFT": (dpt, "dft", cfg.distill, teacher),
     }
-    runs.update(
-        {
-            f"loss {name}": (pt, "dft", replace(cfg.distill, loss=replace(cfg.distill.loss, name=name)))
-            for name in LOSSES
-        }
-    )
-    scores = {}
-    for name, (start, stage, distill) in runs.items():
-        folder = name.replace(" ", "_").replace("/", "").replace("+", "_")
+    for name in LOSSES:
+        runs[f"loss {name}"] = (pt, "dft", replace(cfg.distill, loss=replace(cfg.distill.loss, name=name)), teacher)
+    teachers = {"teacher": teacher_dir}
+    for size in TEACHER_SIZES:
+        variant = replace(cfg, teacher_width=size.width, teacher_layers=size.layers)
+        folder = train_teacher_variant(variant, f"teacher_{size.name}", tokenizer, mixed, encoder)
+        teachers[f"teacher {size.name}"] = folder
+        runs[f"teacher {size.name} DFT"] = (pt, "dft", cfg.distill, ModelConfig(pretrained=str(folder)))
+    scores: dict[str, dict] = {}
+    for name, (start, stage, distill, from_teacher) in runs.items():
         result = run_stage(
             cfg,
-            folder,
+            _folder(name),
             model=start,
             data=paths["dft"],
             stage=stage,
             steps=cfg.student_steps,
             lr=cfg.lr,
-            teacher=teacher if stage == "dft" else None,
+            teacher=from_teacher,
             distill=distill,
+            diagnose=name in DIAGNOSED,
         )
-        scores[name] = _score(result.final_model, test_dir)
-        log.info("seed %d  %-16s %.1f", cfg.seed, name, scores[name])
-    scores["teacher"] = _score(Path(teacher.pretrained), test_dir)
+        scores[name] = score(result.final_model, test_dir)
+        if name in DIAGNOSED:
+            scores[name]["feature_distance"] = feature_distance(result.final_model, teacher_dir, test_dir)
+        log.info("seed %d  %-20s %.1f", cfg.seed, name, scores[name]["accuracy"])
+    scores["PT start"] = {"feature_distance": feature_distance(pt_run.final_model, teacher_dir, test_dir)}
+    for name, folder in teachers.items():
+        scores[name] = score(folder, test_dir)
     return scores
 
 
-def _cell(values: list[float]) -> str:
+def _folder(name: str) -> str:
+    return name.replace(" ", "_").replace("/", "").replace("+", "_")
+
+
+# --- tables -------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def tables(per_seed: list[dict[str, float]]) -> str:
-    col = {k: [s[k] for s in per_seed] for k in per_seed[0]}
-    sections = [
-        (
-            "Table 3: the visual switch",
-            [
-                ("PT+SFT", "PT+SFT"),
-                ("DFT without switch", "DFT w/o switch"),
-                ("DFT with switch (Switch-KD)", "loss dbild_rkl"),
-            ],
-        ),
-        (
-            "Table 4: the distillation loss (DFT with switch)",
-            [(n.upper().replace("_", "-"), f"loss {n}") for n in LOSSES],
-        ),
-        (
-            "Table 5: training schemes",
-            [("PT-SFT", "PT+SFT"), ("DPT-SFT", "DPT-SFT"), ("PT-DFT", "loss dbild_rkl"), ("DPT-DFT", "DPT-DFT")],
-        ),
+def _interval(per_seed: list[dict], key: str) -> str:
+    """The 95 % bootstrap interval of the mean accuracy over seeds (questions resampled in each)."""
+    low, high = accuracy_interval([s[key]["correct"] for s in per_seed])
+    return f"[{low:.1f}, {high:.1f}]"
+
+
+def compare(per_seed: list[dict], row: str, baseline: str) -> Difference:
+    return paired_difference([(s[row]["correct"], s[baseline]["correct"]) for s in per_seed])
+
+
+TABLES = (
+    (
+        "Table 3: the visual switch",
+        [
+            ("PT+SFT", "PT+SFT", None),
+            ("DFT without switch", "DFT w/o switch", "PT+SFT"),
+            ("DFT with switch (Switch-KD)", SWITCH_KD, "PT+SFT"),
+            ("DFT with switch vs without", SWITCH_KD, "DFT w/o switch"),
+        ],
+    ),
+    (
+        "Table 4: the distillation loss (DFT with switch)",
+        [(n.upper().replace("_", "-"), f"loss {n}", "PT+SFT") for n in LOSSES],
+    ),
+    (
+        "Table 5: training schemes",
+        [
+            ("PT-SFT", "PT+SFT", None),
+            ("DPT-SFT", "DPT-SFT", "PT+SFT"),
+            ("PT-DFT", SWITCH_KD, "PT+SFT"),
+            ("DPT-DFT", "DPT-DFT", "PT+SFT"),
+        ],
+    ),
+    (
+        "Table 6: the teacher's size (Switch-KD, same student)",
+        [(f"teacher {s.width}x{s.layers} ({s.name})", f"teacher {s.name} DFT", "PT+SFT") for s in TEACHER_SIZES[:1]]
+        + [("teacher 128x4 (main)", SWITCH_KD, "PT+SFT")]
+        + [(f"teacher {s.width}x{s.layers} ({s.name})", f"teacher {s.name} DFT", "PT+SFT") for s in TEACHER_SIZES[1:]],
+    ),
+)
+
+
+def tables(per_seed: list[dict]) -> str:
+    """The four tables as markdown: accuracy mean ± std over seeds with its 95 % interval, and each row
+    against its baseline (paired difference, interval, per-seed values, verdict)."""
+    n = len(per_seed)
+    present = set.intersection(*(set(s) for s in per_seed))
+    teacher = [s["teacher"]["accuracy"] for s in per_seed]
+    out = [
+        f"Held-out accuracy (%) on the built-in world, {n} seed(s), {len(per_seed[0]['teacher']['correct'])} "
+        f"questions per seed; the main teacher: {_mean_std(teacher)}. Differences are paired (same questions), "
+        "in points: mean [95 % bootstrap interval over questions] (per seed); a row reads as better or worse only "
+        "when the interval excludes 0, every seed agrees in sign and the exact sign test on the questions the two "
+        "runs answer differently gives p < 0.05.\n"
     ]
-    out = [f"Held-out accuracy (%) on the built-in world, {len(per_seed)} seed(s); teacher: {_cell(col['teacher'])}\n"]
-    for title, rows in sections:
-        out += [f"### {title}\n", "| run | accuracy |", "| --- | ---: |"]
-        out += [f"| {label} | {_cell(col[key])} |" for label, key in rows]
+    for title, rows in TABLES:
+        rows = [r for r in rows if r[1] in present and (r[2] is None or r[2] in present)]
+        if not rows:
+            continue
+        out += [
+            f"### {title}\n",
+            "| run | accuracy | 95 % interval | vs | difference | reading |",
+            "| --- | ---: | ---: | --- | ---: | --- |",
+        ]
+        for label, key, base in rows:
+            acc = [s[key]["accuracy"] for s in per_seed]
+            cells = [label, _mean_std(acc), _interval(per_seed, key)]
+            if base is None:
+                cells += ["", "", ""]
+            else:
+                diff = compare(per_seed, key, base)
+                cells += [base, diff.cell(), diff.reading()]
+            out.append("| " + " | ".join(cells) + " |")
+        if title.startswith("Table 6"):
+            sizes = [("teacher small", "small"), ("teacher", "main"), ("teacher large", "large")]
+            accs = ", ".join(
+                f"{label} {_mean_std([s[k]['accuracy'] for s in per_seed])}" for k, label in sizes if k in present
+            )
+            out.append(f"\nThe teachers themselves: {accs}.")
         out.append("")
+    out.append(kinds_table(per_seed))
+    out.append(vision_table(per_seed))
     return "\n".join(out)
 
 
-def _pyplot():
-    """matplotlib's pyplot on a file backend, or None when the plot extra is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    return plt
+KIND_ROWS = (
+    ("teacher", "teacher"),
+    ("PT+SFT", "PT+SFT"),
+    ("DFT w/o switch", "DFT w/o switch"),
+    ("Switch-KD", SWITCH_KD),
+)
 
 
-def _finish(plt, ax, *, labels: tuple[str, str, str], png: Path) -> bool:
-    """Axis labels, legend and title (x, y, title), then the figure written to ``png`` and closed."""
-    xlabel, ylabel, title = labels
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.legend()
-    ax.set_title(title)
-    ax.figure.tight_layout()
-    ax.figure.savefig(png, dpi=120)
-    plt.close(ax.figure)
-    return True
+def kinds_table(per_seed: list[dict]) -> str:
+    rows = [(label, key) for label, key in KIND_ROWS if all(key in s for s in per_seed)]
+    kinds = sorted(per_seed[0][rows[0][1]]["per_type"]) if rows else []
+    out = [
+        "### Per question kind (accuracy %, mean over seeds)\n",
+        "| model | " + " | ".join(kinds) + " |",
+        "| --- |" + " ---: |" * len(kinds),
+    ]
+    for label, key in rows:
+        means = [statistics.mean(s[key]["per_type"][k] for s in per_seed) for k in kinds]
+        out.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    return "\n".join(out) + "\n"
 
 
-def plot_curves(run_dir: Path, png: Path) -> bool:
-    plt = _pyplot()
-    if plt is None:
-        return False
+def _diagnostic_means(run_dir: Path) -> dict[str, float]:
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    _, ax = plt.subplots(figsize=(6, 3.5))
-    for key in ("loss", "ce", "align", "vsd"):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        if pts:
-            ax.plot(*zip(*pts), label=key)
-    ax.set_yscale("log")
-    return _finish(plt, ax, labels=("step", "loss", "Switch-KD training: loss terms"), png=png)
+    out = {}
+    for key in ("grad_vision_ce", "grad_vision_align", "grad_vision_vsd"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            out[key] = statistics.mean(values)
+    return out
 
 
-@torch.no_grad()
-def plot_knee(teacher_dir: Path, dft_file: Path, png: Path) -> bool:
-    """The teacher's sorted logits at one answer position, with the knee (paper Fig. 2)."""
-    plt = _pyplot()
+def vision_table(per_seed: list[dict], seed_dirs: list[Path] | None = None) -> str:
+    """What moves V^S: feature distance to the teacher's encoder at the start and the end, and (with the
+    run folders) the mean gradient norm each term sends into the vision tower."""
+    out = [
+        "### What moves the student's encoder V^S\n",
+        "| run | feature distance to V^T (PT start → end) | mean ‖∇ V^S‖ from CE | from Align | from VSD |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, key in KIND_ROWS[1:]:
+        if not all("feature_distance" in s.get(key, {}) for s in per_seed):
+            continue
+        start = _mean_std([s["PT start"]["feature_distance"] for s in per_seed]).replace(" ± ", "±")
+        end = _mean_std([s[key]["feature_distance"] for s in per_seed]).replace(" ± ", "±")
+        grads = {}
+        for s in per_seed:
+            for term, value in s[key].get("grad_vision", {}).items():
+                grads.setdefault(term, []).append(value)
+        cells = [f"{statistics.mean(grads[t]):.2e}" if t in grads else "–" for t in ("ce", "align", "vsd")]
+        out.append(f"| {label} | {start} → {end} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _add_diagnostics(scores: dict, seed_dir: Path) -> None:
+    for key in DIAGNOSED:
+        if key in scores:
+            means = _diagnostic_means(seed_dir / _folder(key))
+            scores[key]["grad_vision"] = {k.removeprefix("grad_vision_"): v for k, v in means.items()}
+
+
+def draw_plots(out: Path, per_seed: list[dict]) -> tuple[list[Path], str | None]:
+    """The plots from seed 0's runs; returns the files drawn, and why none were when matplotlib is missing."""
+    plt = pyplot()
     if plt is None:
-        return False
-    model = VisionLanguageModel.from_pretrained(teacher_dir)
-    ds = LlavaDataset.for_model(dft_file, dft_file.parent, model)
-    batch = Collator(model.tokenizer.pad_token_id)([ds[0]])
-    positions, _ = supervised_positions(batch["labels"])
-    rows = model(
-        batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"], logits_at=positions
-    ).logits[:, : model.vocab_size]
-    row = rows[0].float()
-    k = int(knee_k(row[None])[0])
-    values = row.sort(descending=True).values
-    _, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(range(1, len(values) + 1), values.numpy(), label="sorted teacher logits")
-    ax.axvline(k, color="red", linestyle="--", label=f"knee k = {k}")
-    return _finish(plt, ax, labels=("rank", "logit", "Dynamic top-k: the knee of the sorted logits"), png=png)
+        return [], "plots not drawn: matplotlib is missing (pip install -e .[plot])"
+    seed0 = out / "seed0"
+    kd, sft = seed0 / _folder(SWITCH_KD), seed0 / _folder("PT+SFT")
+    drawn = [
+        plot_curves(plt, sft, kd, out / "curves.png"),
+        plot_knee(plt, kd, seed0 / "teacher" / "final", seed0 / "world" / "dft_train.json", out / "knee.png"),
+        plot_kinds(plt, per_seed, list(KIND_ROWS), out / "kinds.png"),
+        plot_vision(
+            plt,
+            {"SFT": sft, "DFT w/o switch": seed0 / _folder("DFT w/o switch"), "Switch-KD": kd},
+            out / "vision.png",
+        ),
+    ]
+    return [p for p in drawn if p is not None], None
 
 
 def run_reproduce(cfg: DemoConfig, seeds: int = 1) -> str:
+    """All runs for ``seeds`` seeds, the tables (``tables.md``), the scores (``scores.json``, with one
+    0/1 per question) and the plots; returns the tables and what was drawn."""
+    started = time.perf_counter()
     out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     per_seed = []
     for seed in range(seeds):
-        per_seed.append(run_seed(replace(cfg, seed=seed, out=str(out / f"seed{seed}"))))
-        (out / "scores.json").write_text(json.dumps(per_seed, indent=2))
-    text = tables(per_seed)
-    (out / "tables.md").write_text(text + "\n")
-    first = out / "seed0"
-    drew = plot_curves(first / "loss_dbild_rkl", out / "curves.png")
-    drew = plot_knee(first / "teacher" / "final", first / "world" / "dft_train.json", out / "knee.png") and drew
-    if not drew:
-        text += "\n(plots skipped: pip install -e .[plot] for matplotlib)\n"
-    return text
+        seed_dir = out / f"seed{seed}"
+        scores = run_seed(replace(cfg, seed=seed, out=str(seed_dir)))
+        _add_diagnostics(scores, seed_dir)
+        per_seed.append(scores)
+        (out / "scores.json").write_text(json.dumps(per_seed))
+    minutes = (time.perf_counter() - started) / 60
+    text = tables(per_seed) + f"\nWall time: {minutes:.0f} min for {seeds} seed(s).\n"
+    (out / "tables.md").write_text(text)
+    drawn, why = draw_plots(out, per_seed)
+    text += "\n" + (f"plots: {', '.join(str(p) for p in drawn)}" if drawn else why or "no plot had data to draw")
+    return text + "\n"

@@ -27,12 +27,14 @@ from pathlib import Path
 import torch
 
 from switchkd.config import ModelConfig
-from switchkd.demo.benchmark import WORLD
+from switchkd.demo.benchmark import WORLD, is_correct, load_world
+from switchkd.demo.plots import plot_kinds, pyplot
 from switchkd.demo.presets import qwen2_config, vision_config
 from switchkd.demo.tokenizer import train_tokenizer
 from switchkd.demo.world import WorldConfig, corpus, write_world
 from switchkd.distillation import DistillConfig
 from switchkd.evaluation import evaluate_model, markdown_table
+from switchkd.evaluation.stats import Difference, accuracy_interval, paired_difference
 from switchkd.models import VisionLanguageModel, build_vlm
 from switchkd.training import Config, DataConfig, TrainConfig, TrainResult, train
 
@@ -64,6 +66,10 @@ class DemoConfig:
     eval_limit: int | None = None
     distill: DistillConfig = field(default_factory=DistillConfig)
     progress: bool = True
+    diagnostics_every: int = 40
+    """Steps between the vision-tower diagnostics of the student runs that log them (0: never)."""
+    reuse: bool = False
+    """Keep a finished run whose config is unchanged instead of training it again (``--resume``)."""
 
     @classmethod
     def quick(cls, out: str) -> DemoConfig:
@@ -76,6 +82,7 @@ class DemoConfig:
             student_steps=4,
             batch_size=8,
             progress=False,
+            diagnostics_every=2,
         )
 
 
@@ -100,8 +107,11 @@ def run_stage(
     lr: float,
     teacher: ModelConfig | None = None,
     distill: DistillConfig | None = None,
+    diagnose: bool = False,
 ) -> TrainResult:
-    """One ordinary training run of the demo, in ``<out>/<name>``."""
+    """One ordinary training run of the demo, in ``<out>/<name>``; with ``diagnose``, it logs the vision
+    tower's diagnostics every ``cfg.diagnostics_every`` steps. With ``cfg.reuse`` a finished run of the
+    same config is kept (its final model and log); otherwise the folder starts over."""
     run = Config(
         model=model,
         teacher=teacher,
@@ -115,11 +125,21 @@ def run_stage(
             warmup_ratio=0.05,
             seed=cfg.seed,
             progress=cfg.progress,
-            log_every=10,
+            log_every=2 if cfg.diagnostics_every == 2 else 10,
+            diagnostics_every=cfg.diagnostics_every if diagnose else 0,
         ),
         distill=distill or cfg.distill,
     )
-    return train(run, overwrite=True)  # the demo's own folders: a re-run starts them over
+    folder = Path(cfg.out) / name
+    stamp = folder / "demo_stage.json"
+    config = json.dumps(asdict(run), sort_keys=True, default=str)
+    if cfg.reuse and stamp.is_file() and stamp.read_text() == config and (folder / "final").is_dir():
+        log.info("%s: finished with the same config, kept", folder)
+        return TrainResult(folder, folder / "final", steps)
+    stamp.unlink(missing_ok=True)
+    result = train(run, overwrite=True)  # the demo's own folders: a re-run starts them over
+    stamp.write_text(config)  # written last: a killed run is never taken for a finished one
+    return result
 
 
 def prepare_world(cfg: DemoConfig) -> tuple[dict, Path, Path]:
@@ -131,6 +151,27 @@ def prepare_world(cfg: DemoConfig) -> tuple[dict, Path, Path]:
     mixed = out / "world" / "teacher_train.json"
     mixed.write_text(json.dumps(json.loads(paths["pt"].read_text()) + json.loads(paths["dft"].read_text())))
     return paths, tokenizer, mixed
+
+
+def train_teacher_variant(cfg: DemoConfig, name: str, tokenizer: Path, mixed: Path, encoder_from: Path) -> Path:
+    """Another teacher for the same student (paper Table 6): an LLM of ``cfg.teacher_width`` x
+    ``cfg.teacher_layers`` on the shared pretrained encoder (``encoder_from``, the one the student starts
+    from), trained as the main teacher's second phase is."""
+    torch.manual_seed(cfg.seed + 2)
+    model = build_vlm(
+        ModelConfig(
+            vision=_vision(cfg),
+            llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width, layers=cfg.teacher_layers, heads=4, kv_heads=2),
+            tokenizer=str(tokenizer),
+        )
+    )
+    model.vision_tower.load_state_dict(VisionLanguageModel.from_pretrained(encoder_from).vision_tower.state_dict())
+    init = Path(cfg.out) / f"{name}_init"
+    model.save_pretrained(init)
+    steps = cfg.teacher_steps - max(cfg.teacher_steps // 3, 1)
+    return run_stage(
+        cfg, name, model=ModelConfig(pretrained=str(init)), data=mixed, stage="sft", steps=steps, lr=cfg.lr
+    ).final_model
 
 
 def train_teacher(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> tuple[Path, Path]:
@@ -210,18 +251,23 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     log.info("[6/6] evaluating on %s", paths["test"])
     models = {"teacher": teacher_dir, "student (PT+SFT)": sft.final_model, "student (Switch-KD)": dft.final_model}
-    results = {}
+    results, correct = {}, {}
+    items = load_world(paths["test"].parent)[: cfg.eval_limit]
     for name, path in models.items():
-        metrics, _ = evaluate_model(
+        metrics, preds = evaluate_model(
             VisionLanguageModel.from_pretrained(path), WORLD, paths["test"].parent, limit=cfg.eval_limit, batch_size=32
         )
-        results[name] = {"world": metrics}
-    table = world_table(results)
+        correct[name] = [int(is_correct(preds.get(i.id, ""), i)) for i in items]
+        results[name] = {"world": metrics | {"interval": list(accuracy_interval([correct[name]]))}}
+    gain = paired_difference([(correct["student (Switch-KD)"], correct["student (PT+SFT)"])])
+    table = world_table(results) + "\n\n" + gain_line(gain, len(items))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(table + "\n\n" + markdown_table(results) + "\n")
+    plot = draw_kinds(results, out / "kinds.png")
     summary = {
         "results": results,
         "table": table,
+        "plot": plot,
         "student": str(dft.final_model),
         "chat": f"switchkd chat --model {dft.final_model} --image {first_test_image(paths)} --interactive",
         "seconds": time.perf_counter() - started,
@@ -235,10 +281,32 @@ def first_test_image(paths: dict) -> str:
 
 
 def world_table(results: dict) -> str:
-    """Accuracy (%) overall and per question type, one row per model."""
+    """Accuracy (%) overall with its 95 % bootstrap interval, and per question type, one row per model."""
     types = sorted({t for r in results.values() for t in r["world"]["per_type"]})
-    lines = ["| model | all | " + " | ".join(types) + " |", "| --- |" + " ---: |" * (len(types) + 1)]
+    lines = [
+        "| model | all | 95 % interval | " + " | ".join(types) + " |",
+        "| --- |" + " ---: |" * (len(types) + 2),
+    ]
     for name, r in results.items():
         w = r["world"]
-        lines.append(f"| {name} | {w['accuracy']:.1f} | " + " | ".join(f"{w['per_type'][t]:.1f}" for t in types) + " |")
+        low, high = w["interval"]
+        kinds = " | ".join(f"{w['per_type'][t]:.1f}" for t in types)
+        lines.append(f"| {name} | {w['accuracy']:.1f} | [{low:.1f}, {high:.1f}] | {kinds} |")
     return "\n".join(lines)
+
+
+def gain_line(gain: Difference, questions: int) -> str:
+    return (
+        f"Switch-KD - SFT: {gain.mean:+.1f} points, 95 % interval [{gain.low:+.1f}, {gain.high:+.1f}] "
+        f"(paired bootstrap over the {questions} questions; one seed, so training noise is not in it): "
+        f"{gain.reading()}."
+    )
+
+
+def draw_kinds(results: dict, png: Path) -> Path | None:
+    """The per-kind accuracy bars of the three models (None without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    scores = [{name: r["world"] for name, r in results.items()}]
+    return plot_kinds(plt, scores, [(name.removeprefix("student "), name) for name in results], png)

@@ -9,15 +9,15 @@ Logits are computed only at supervised positions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from switchkd.config import ConfigError
@@ -138,6 +138,33 @@ class VisualSwitchDistiller(nn.Module):
         )
         return self._named_losses(total, sums, targets.numel(), num_items_in_batch)
 
+    def diagnostics(self, batch: dict) -> dict[str, float]:
+        """What moves the student's encoder V^S, on one batch: the gradient norm that each weighted term
+        (CE, Align, VSD) alone sends into the vision tower's trainable parameters (``grad_vision_<term>``),
+        and the relative distance ``||V^S(x) - V^T(x)|| / ||V^T(x)||`` of the two encoders' features.
+        One extra forward and backward per term; no parameter's ``.grad`` changes."""
+        pixels = batch.get("pixel_values")
+        params = [p for p in self.student.vision_tower.parameters() if p.requires_grad]
+        if pixels is None:
+            return {}
+        out = {}
+        cfg = self.cfg
+        weights = {"ce": cfg.ce_weight, "align": cfg.lambda_align, "vsd": cfg.lambda_vsd if cfg.visual_switch else 0.0}
+        for term, weight in weights.items():
+            if weight == 0 or not params:
+                continue
+            self.cfg = replace(cfg, **{k: (weight if t == term else 0.0) for t, k in _WEIGHT_KEYS.items()})
+            try:
+                total = self(batch)["total"]
+            finally:
+                self.cfg = cfg
+            out[f"grad_vision_{term}"] = gradient_norm(total, params)
+        with torch.no_grad():
+            student, teacher = self.student.vision_tower(pixels), self.teacher.vision_tower(pixels)
+            if student.shape == teacher.shape:
+                out["feature_distance"] = ((student.float() - teacher.float()).norm() / teacher.float().norm()).item()
+        return out
+
     def _hidden_states(self, batch: dict, positions: torch.Tensor, features) -> dict[str, torch.Tensor]:
         """Final hidden states (M, H) at the supervised positions of each pathway that a term needs."""
         cfg, student, teacher = self.cfg, self.student, self.teacher
@@ -207,6 +234,18 @@ def _sums(term: str, rows: LossRows, with_k: bool) -> dict[str, torch.Tensor]:
     if with_k:
         out.update(k_teacher=rows.k_teacher.sum(), k_student=rows.k_student.sum())
     return out
+
+
+_WEIGHT_KEYS = {"ce": "ce_weight", "align": "lambda_align", "vsd": "lambda_vsd"}
+
+
+def gradient_norm(loss: torch.Tensor, params: list[nn.Parameter]) -> float:
+    """The L2 norm of d loss / d params over all of ``params`` (0 where the loss does not reach them),
+    without touching their ``.grad``."""
+    if not loss.requires_grad:
+        return 0.0
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
 
 
 @contextmanager

@@ -85,6 +85,12 @@ class TrainConfig:
     save_total_limit: int | None = 2
     """Keep at most this many step checkpoints (the final model is always kept)."""
     log_every: int = 1
+    diagnostics_every: int = 0
+    """Every N steps (a multiple of log_every; 0: never), log what moves the vision tower: the gradient
+    norm that each loss term alone sends into it (``grad_vision_ce``/``_align``/``_vsd``) and, with a
+    teacher, the relative distance of the student's and teacher's encoder features
+    (``feature_distance``). One extra forward and backward per term at those steps; training itself is
+    unchanged. One process or DDP only (sharded parameters cannot be differentiated one term at a time)."""
     tensorboard: bool = False
     progress: bool = True
     """Show a progress bar."""
@@ -108,6 +114,11 @@ class TrainConfig:
         for key in ("per_device_batch_size", "grad_accum", "log_every"):
             if getattr(self, key) < 1:
                 raise ConfigError("must be >= 1", key=key)
+        if self.diagnostics_every < 0 or self.diagnostics_every % self.log_every:
+            raise ConfigError(
+                f"must be 0 or a multiple of log_every ({self.log_every}), got {self.diagnostics_every}",
+                key="diagnostics_every",
+            )
         for key in ("max_steps", "save_every", "save_total_limit", "loss_chunk_rows"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError("must be >= 1, or null", key=key)

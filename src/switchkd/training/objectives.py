@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from switchkd.distillation.switch import gradient_norm
 from switchkd.losses import cross_entropy_rows, loss_head, per_token, supervised_positions
 
 
@@ -33,3 +34,11 @@ class LanguageModelingObjective(nn.Module):
         )
         ce = per_token(total, targets.numel(), num_items_in_batch)
         return {"ce": ce, "total": ce}
+
+    def diagnostics(self, batch: dict) -> dict[str, float]:
+        """The gradient norm that CE sends into the vision tower's trainable parameters (as the
+        distiller's ``grad_vision_ce``); no parameter's ``.grad`` changes."""
+        params = [p for p in self.student.vision_tower.parameters() if p.requires_grad]
+        if batch.get("pixel_values") is None or not params:
+            return {}
+        return {"grad_vision_ce": gradient_norm(self(batch)["total"], params)}

@@ -79,6 +79,11 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
         **kwargs,
     )
     _check_sharding(t.distributed, accelerator)
+    if t.diagnostics_every and accelerator.distributed_type in _SHARDED.values():
+        raise ConfigError(
+            "needs one process or DDP: sharded parameters cannot be differentiated one term at a time",
+            key="train.diagnostics_every",
+        )
     return accelerator
 
 

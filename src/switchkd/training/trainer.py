@@ -77,7 +77,8 @@ def run_steps(run: Run, fresh: bool) -> list[dict]:
     with StepLog(run, fresh=fresh) as step_log:
         while run.state.step < run.total_steps:
             for micro_batches in epoch_groups(run):
-                history.append(train_step(run, micro_batches))
+                diagnosed = diagnostics(run, micro_batches[0]) if _diagnostics_due(run) else {}
+                history.append(train_step(run, micro_batches) | diagnosed)
                 step_log.write(history[-1])
                 if run.state.step == run.total_steps:
                     break
@@ -112,6 +113,23 @@ def next_epoch(run: Run) -> None:
         log.warning("epoch %d done; skipped samples so far: %s", run.state.epoch, dict(skipped))
     run.state.epoch += 1
     run.state.position = 0
+
+
+def _diagnostics_due(run: Run) -> bool:
+    every = run.cfg.train.diagnostics_every
+    return bool(every) and (run.state.step + 1) % every == 0
+
+
+def diagnostics(run: Run, batch: dict) -> dict[str, float]:
+    """The objective's diagnostics (``grad_vision_<term>``, ``feature_distance``) on ``batch`` with the
+    parameters the coming step starts from; the random state is restored, so training is unchanged."""
+    objective = run.accelerator.unwrap_model(run.objective)
+    if batch["input_ids"] is None or not hasattr(objective, "diagnostics"):
+        return {}
+    moved = {k: v.to(run.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    devices = [run.accelerator.device] if run.accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), run.accelerator.autocast():
+        return objective.diagnostics(moved)
 
 
 def train_step(run: Run, micro_batches: list[dict]) -> dict:

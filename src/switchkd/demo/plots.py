@@ -1,0 +1,138 @@
+"""The demo's and the ablations' plots (matplotlib, the ``plot`` extra): each function draws one PNG
+from run folders or scores and returns its path, or None when there was nothing to draw."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from switchkd.data.dataset import Collator, LlavaDataset
+from switchkd.losses import knee_k, supervised_positions
+from switchkd.models import VisionLanguageModel
+
+
+def pyplot():
+    """matplotlib's pyplot on a file backend, or None when the plot extra is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[key]) for r in rows if key in r]
+    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else ([], [])
+
+
+def _save(plt, fig, png: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def plot_curves(plt, sft_dir: Path, kd_dir: Path, png: Path) -> Path | None:
+    """CE of the SFT and Switch-KD students, and Switch-KD's Align and VSD, over training (log scale)."""
+    sft, kd = _log(sft_dir), _log(kd_dir)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for rows, key, label, style in (
+        (sft, "ce", "SFT: CE", "-"),
+        (kd, "ce", "Switch-KD: CE", "-"),
+        (kd, "align", "Switch-KD: Align", "--"),
+        (kd, "vsd", "Switch-KD: VSD", ":"),
+    ):
+        xs, ys = _series(rows, key)
+        if len(xs) > 1 and all(y > 0 for y in ys):
+            ax.plot(xs, ys, style, label=label)
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="step", ylabel="loss (per token)", yscale="log", title="Student training: SFT vs Switch-KD")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, png)
+
+
+@torch.no_grad()
+def _knees(model_dir: Path, dft_file: Path, rows: int = 16) -> torch.Tensor:
+    """The knee k of every supervised row of the first ``rows`` DFT samples, under one model."""
+    model = VisionLanguageModel.from_pretrained(model_dir).eval()
+    ds = LlavaDataset.for_model(dft_file, dft_file.parent, model)
+    batch = Collator(model.tokenizer.pad_token_id)([ds[i] for i in range(min(rows, len(ds)))])
+    positions, _ = supervised_positions(batch["labels"])
+    logits = model(
+        batch["input_ids"], batch["attention_mask"], pixel_values=batch["pixel_values"], logits_at=positions
+    ).logits[:, : model.vocab_size]
+    return knee_k(logits.float())
+
+
+def plot_knee(plt, kd_dir: Path, teacher_dir: Path, dft_file: Path, png: Path) -> Path | None:
+    """Left: the mean knee k of teacher and student over Switch-KD training; right: the distribution of k
+    over answer tokens for the teacher and the final student."""
+    rows = _log(kd_dir)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    for key, label in (("k_teacher", "teacher"), ("k_student", "student")):
+        xs, ys = _series(rows, key)
+        if len(xs) > 1:
+            left.plot(xs, ys, label=label)
+    if not left.lines:
+        plt.close(fig)
+        return None
+    left.set(xlabel="step", ylabel="mean knee k", title="Knee k over training")
+    left.legend(fontsize=8)
+    teacher, student = _knees(teacher_dir, dft_file), _knees(kd_dir / "final", dft_file)
+    top = int(max(teacher.max(), student.max()))
+    bins = range(1, top + 2)
+    right.hist([teacher.numpy(), student.numpy()], bins=bins, label=["teacher", "student (final)"])
+    right.set(xlabel="k", ylabel="answer tokens", title="Knee k per token (end)")
+    right.legend(fontsize=8)
+    return _save(plt, fig, png)
+
+
+def plot_kinds(plt, per_seed: list[dict], rows: list[tuple[str, str]], png: Path) -> Path | None:
+    """Per-kind accuracy bars of ``rows`` ((label, key) into each seed's scores), mean over seeds, with
+    the seeds' std as error bars when there are several."""
+    rows = [(label, key) for label, key in rows if all(key in s and "per_type" in s[key] for s in per_seed)]
+    if not rows:
+        return None
+    kinds = sorted(per_seed[0][rows[0][1]]["per_type"])
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
+    width = 0.8 / len(rows)
+    for i, (label, key) in enumerate(rows):
+        values = [[s[key]["per_type"][k] for s in per_seed] for k in kinds]
+        means = [statistics.mean(v) for v in values]
+        errs = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(kinds))]
+        ax.bar(xs, means, width, yerr=errs if len(per_seed) > 1 else None, label=label, capsize=2)
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set(ylabel="accuracy (%)", ylim=(0, 100), title=f"Held-out accuracy per question kind ({len(per_seed)} seed(s))")
+    ax.legend(fontsize=8, ncol=len(rows))
+    return _save(plt, fig, png)
+
+
+def plot_vision(plt, runs: dict[str, Path], png: Path) -> Path | None:
+    """The gradient norm each term sends into V^S over training, per run (log scale)."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    styles = {"ce": "-", "align": "--", "vsd": ":"}
+    for label, run_dir in runs.items():
+        rows = _log(run_dir)
+        for term, style in styles.items():
+            xs, ys = _series(rows, f"grad_vision_{term}")
+            if len(xs) > 1 and all(y > 0 for y in ys):
+                ax.plot(xs, ys, style, label=f"{label}: {term.upper() if term == 'ce' else term.capitalize()}")
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="step", ylabel="‖gradient into V^S‖", yscale="log", title="What moves the student's encoder")
+    ax.legend(fontsize=7)
+    return _save(plt, fig, png)
