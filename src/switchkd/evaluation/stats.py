@@ -15,10 +15,9 @@ questions differ: 4 of 4 in one direction give an interval above 0, but p = 0.12
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import math
 
 import numpy as np
 
