@@ -53,7 +53,6 @@ def test_tables_read_each_row_against_its_baseline():
 
 @pytest.mark.slow
 def test_quick_reproduce_runs_every_ablation_and_draws_its_plots(tmp_path):
-    pytest.importorskip("matplotlib")
     text = run_reproduce(DemoConfig.quick(str(tmp_path / "r")), seeds=1)
     scores = json.loads((tmp_path / "r" / "scores.json").read_text())[0]
     runs = {"PT+SFT", "DFT w/o switch", "DPT-SFT", "DPT-DFT"} | {f"loss {n}" for n in LOSSES}
@@ -65,3 +64,11 @@ def test_quick_reproduce_runs_every_ablation_and_draws_its_plots(tmp_path):
         assert (tmp_path / "r" / png).stat().st_size > 5000, png
         assert png in text
     assert scores["loss dbild_rkl"]["grad_vision"]["vsd"] > 0
+
+
+def test_without_matplotlib_no_plot_is_claimed(tmp_path, monkeypatch):
+    import switchkd.demo.reproduce as reproduce
+
+    monkeypatch.setattr(reproduce, "pyplot", lambda: None)
+    drawn, why = reproduce.draw_plots(tmp_path, [_seed(30, 2)])
+    assert drawn == [] and why == "plots not drawn: matplotlib is missing (pip install -e .[plot])"
