@@ -81,15 +81,21 @@ def test_mismatched_pairs_are_refused(tiny_world, tmp_path):
 
     student = VisionLanguageModel.from_pretrained(tiny_world.student)
     wide = world_model(tiny_world.tokenizer, vision_width=48)
-    with pytest.raises(ValueError, match="student vision width 32 != teacher projector input 48"):
-        VisualSwitchDistiller(student, wide, DistillConfig())
+    with pytest.raises(ValueError, match="student vision width 32 != teacher projector input 48; set distill.switch"):
+        VisualSwitchDistiller(student, wide, DistillConfig(switch_adapter="none"))
+    assert VisualSwitchDistiller(student, wide, DistillConfig(visual_switch=False)).switch_adapter is None
     train_tokenizer(CORPUS, vocab_size=300, out_dir=tmp_path / "other")
     other = world_model(tmp_path / "other")
     with pytest.raises(ValueError, match="tokenizers differ"):
         VisualSwitchDistiller(student, other, DistillConfig())
+    # Another image-token count is a teacher view of the data; a batch without it is one clear error.
     fewer = world_model(tiny_world.tokenizer, projector="ldpv2", projector_kwargs={"grid": 2})
-    with pytest.raises(ValueError, match="image token counts differ"):
-        VisualSwitchDistiller(student, fewer, DistillConfig())
+    distiller = VisualSwitchDistiller(student, fewer, DistillConfig())
+    ds = LlavaDataset.for_model(tiny_world.paths["dft"], tiny_world.paths["dft"].parent, student)
+    batch = Collator(student.tokenizer.pad_token_id)([ds[0], ds[1]])
+    fix = "LlavaDataset.for_model\\(records, root, student, teacher=teacher\\)"
+    with pytest.raises(ValueError, match=f"own input_ids.*{fix}"):
+        distiller(batch)
 
 
 def _float64_batch(batch):

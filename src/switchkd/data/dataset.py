@@ -3,6 +3,11 @@
     ds = LlavaDataset.for_model("data/train.json", "data/images", model, max_length=2048)
     loader = DataLoader(ds, batch_size=8, collate_fn=Collator(model.tokenizer.pad_token_id))
 
+With ``for_model(..., teacher=teacher)`` a sample also carries the teacher's own version of what
+differs between the two models (``sample["teacher"]``: its prompt when it takes another number of image
+tokens, its pixels when it has another image processor), and the collator pads them into
+``batch["teacher"]``; the conversation, and so the supervised tokens, are the same.
+
 Bad input (missing or unreadable image, malformed record, path escaping the image root, over-long
 sample, nothing supervised) raises an error naming the record, or with ``on_error="skip"`` yields
 ``None``; the collator drops it and counts it by reason in ``batch["skipped"]``.
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +46,27 @@ class SampleError(ValueError):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class TeacherView:
+    """What the teacher reads differently from the student (None: the student's version)."""
+
+    image_processor: Any = None
+    num_image_tokens: int | None = None
+
+
+def teacher_view_of(student, teacher) -> TeacherView | None:
+    """The teacher's view of a pair's data, or None when both read the same prompt and pixels."""
+
+    def settings(processor) -> dict:
+        return {k: v for k, v in processor.to_dict().items() if k not in ("processor_class", "_processor_class")}
+
+    pixels = settings(student.image_processor) != settings(teacher.image_processor)
+    tokens = student.num_image_tokens != teacher.num_image_tokens
+    if not (pixels or tokens):
+        return None
+    return TeacherView(teacher.image_processor if pixels else None, teacher.num_image_tokens if tokens else None)
+
+
 class LlavaDataset(Dataset):
     def __init__(
         self,
@@ -55,6 +82,7 @@ class LlavaDataset(Dataset):
         on_error: str = "raise",
         pad_to_square: bool = True,
         control_tokens: str = "split",
+        teacher: TeacherView | None = None,
     ):
         if isinstance(records, (str, Path)):
             records = RecordStore.load(records)
@@ -69,10 +97,12 @@ class LlavaDataset(Dataset):
         self.on_error = on_error
         self.pad_to_square = pad_to_square
         self.control_tokens = control_tokens
+        self.teacher = teacher
 
     @classmethod
-    def for_model(cls, records, image_root, model, **kwargs) -> LlavaDataset:
-        """A dataset whose template, tokens and image processing match ``model``."""
+    def for_model(cls, records, image_root, model, teacher=None, **kwargs) -> LlavaDataset:
+        """A dataset whose template, tokens and image processing match ``model`` (and, with ``teacher``,
+        with the teacher's own prompt and pixels where they differ)."""
         return cls(
             records,
             image_root,
@@ -81,6 +111,7 @@ class LlavaDataset(Dataset):
             image_processor=model.image_processor,
             image_token_id=model.image_token_id,
             num_image_tokens=model.num_image_tokens,
+            teacher=None if teacher is None else teacher_view_of(model, teacher),
             **kwargs,
         )
 
@@ -98,29 +129,41 @@ class LlavaDataset(Dataset):
         name = record_name(record, index)
         try:
             messages, image = to_messages(record, index)
-            pixel_values = None
+            pixel_values, picture, view = None, None, {}
             if image is not None:
-                path = resolve_image_path(self.image_root, image)
-                pixel_values = preprocess_images([load_image(path)], self.image_processor, self.pad_to_square)[0]
-            tok = tokenize_conversation(
-                messages,
-                self.tokenizer,
-                self.template,
-                image_token_id=self.image_token_id,
-                num_image_tokens=self.num_image_tokens,
-                max_length=self.max_length,
-                control_tokens=self.control_tokens,
-            )
+                picture = load_image(resolve_image_path(self.image_root, image))
+                pixel_values = preprocess_images([picture], self.image_processor, self.pad_to_square)[0]
+            tok = self._tokenize(messages, self.num_image_tokens)
+            if self.teacher is not None and self.teacher.num_image_tokens is not None:
+                theirs = self._tokenize(messages, self.teacher.num_image_tokens)
+                view["input_ids"] = torch.tensor(theirs.input_ids, dtype=torch.long)
+                view["labels"] = torch.tensor(theirs.labels, dtype=torch.long)
+            if self.teacher is not None and self.teacher.image_processor is not None and picture is not None:
+                view["pixel_values"] = preprocess_images([picture], self.teacher.image_processor, self.pad_to_square)[0]
         except tuple(SKIP_REASONS) as exc:
             reason = next(r for cls, r in SKIP_REASONS.items() if isinstance(exc, cls))
             message = str(exc) if str(exc).startswith("record ") else f"{name}: {exc}"
             raise SampleError(message, reason) from None
-        return {
+        sample = {
             "id": record.get("id", index),
             "input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
             "labels": torch.tensor(tok.labels, dtype=torch.long),
             "pixel_values": pixel_values,
         }
+        if view:
+            sample["teacher"] = view
+        return sample
+
+    def _tokenize(self, messages, num_image_tokens: int):
+        return tokenize_conversation(
+            messages,
+            self.tokenizer,
+            self.template,
+            image_token_id=self.image_token_id,
+            num_image_tokens=num_image_tokens,
+            max_length=self.max_length,
+            control_tokens=self.control_tokens,
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         try:
@@ -153,17 +196,7 @@ class Collator:
         if not samples:
             batch.update(input_ids=None, labels=None, attention_mask=None, pixel_values=None, num_items=0)
             return batch
-        width = max(s["input_ids"].numel() for s in samples)
-        n = len(samples)
-        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((n, width), dtype=torch.long)
-        for i, s in enumerate(samples):
-            length = s["input_ids"].numel()
-            cols = slice(width - length, width) if self.padding_side == "left" else slice(0, length)
-            input_ids[i, cols] = s["input_ids"]
-            labels[i, cols] = s["labels"]
-            attention_mask[i, cols] = 1
+        input_ids, labels, attention_mask = self._pad([s["input_ids"] for s in samples], [s["labels"] for s in samples])
         images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
         batch.update(
             input_ids=input_ids,
@@ -173,7 +206,31 @@ class Collator:
             # supervised tokens after the causal shift: the normaliser of the loss
             num_items=int((labels[:, 1:] != IGNORE_INDEX).sum()),
         )
+        views = [s.get("teacher", {}) for s in samples]
+        if any(views):
+            teacher = {}
+            if "input_ids" in views[0]:
+                ids, lab, mask = self._pad([v["input_ids"] for v in views], [v["labels"] for v in views])
+                teacher.update(input_ids=ids, labels=lab, attention_mask=mask)
+            if "pixel_values" in views[0]:
+                teacher["pixel_values"] = torch.stack([v["pixel_values"] for v in views if "pixel_values" in v])
+            batch["teacher"] = teacher
         return batch
+
+    def _pad(self, ids: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """(input_ids, labels, attention_mask) padded to the longest sample on ``padding_side``."""
+        width = max(x.numel() for x in ids)
+        n = len(ids)
+        input_ids = torch.full((n, width), self.pad_token_id, dtype=torch.long)
+        padded_labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((n, width), dtype=torch.long)
+        for i, (x, y) in enumerate(zip(ids, labels)):
+            length = x.numel()
+            cols = slice(width - length, width) if self.padding_side == "left" else slice(0, length)
+            input_ids[i, cols] = x
+            padded_labels[i, cols] = y
+            attention_mask[i, cols] = 1
+        return input_ids, padded_labels, attention_mask
 
 
 def raise_sample_error(batch: dict[str, Any]) -> dict[str, Any]:

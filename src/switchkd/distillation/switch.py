@@ -21,6 +21,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from switchkd.config import ConfigError
+from switchkd.data.dataset import teacher_view_of
+from switchkd.distillation.adapter import ADAPTER_KINDS, RESAMPLE, SwitchAdapter, grid_side
 from switchkd.losses import DistillLoss, LossRows, cross_entropy_rows, loss_head, per_token, supervised_positions
 
 
@@ -38,6 +40,12 @@ class DistillConfig:
     """Run the visual-switch pathway (paper Table 3 ablation when false)."""
     ce_weight: float = 1.0
     """Weight of the plain LM cross-entropy (temperature 1, see DESIGN.md)."""
+    switch_adapter: str = "auto"
+    """How the student's vision features reach the teacher projector: auto (a linear adapter when the
+    vision widths or patch grids differ, none when they match), linear, mlp2x_gelu, or none (the paper:
+    the pair must match). The adapter trains with L_VSD and is not part of the exported student."""
+    switch_resample: str = "interpolate"
+    """How the adapter maps the student's patch grid onto the teacher's: interpolate (bilinear) or pool."""
     teacher_checkpointing: bool = False
     """Recompute the switch pathway's teacher layers in backward, one decoder layer at a time, instead of
     storing their activations (only each layer's input is kept)."""
@@ -46,10 +54,19 @@ class DistillConfig:
         for key in ("lambda_align", "lambda_vsd", "ce_weight"):
             if getattr(self, key) < 0:
                 raise ConfigError("loss weights must be >= 0", key=key)
+        if self.switch_adapter not in ("auto", "none", *ADAPTER_KINDS):
+            valid = ", ".join(("auto", "none", *ADAPTER_KINDS))
+            raise ConfigError(f"must be one of {valid}, got {self.switch_adapter!r}", key="switch_adapter")
+        if self.switch_resample not in RESAMPLE:
+            raise ConfigError(f"must be one of {', '.join(RESAMPLE)}", key="switch_resample")
 
 
 def check_pair(student, teacher) -> int:
-    """Build-time checks of a teacher/student pair; returns the shared vocabulary size."""
+    """Build-time checks of a teacher/student pair; returns the shared vocabulary size.
+
+    The pair must share one vocabulary and one image token. Everything else may differ: image sizes
+    and processors (each model reads the image its own way), image-token counts (each gets its own
+    prompt; the collator carries both versions), vision widths and grids (the switch adapter)."""
     s_vocab, t_vocab = student.tokenizer.get_vocab(), teacher.tokenizer.get_vocab()
     if s_vocab != t_vocab:
         only_s = len(set(s_vocab) - set(t_vocab))
@@ -58,27 +75,39 @@ def check_pair(student, teacher) -> int:
             f"teacher and student tokenizers differ ({len(s_vocab)} vs {len(t_vocab)} tokens; "
             f"{only_s} only in the student, {only_t} only in the teacher): Switch-KD needs one vocabulary"
         )
-    same = (
-        ("image token ids", student.image_token_id, teacher.image_token_id, "both prompts must mean the same"),
-        ("image token counts", student.num_image_tokens, teacher.num_image_tokens, "both pathways see one prompt"),
-        ("image sizes", student.vision_tower.image_size, teacher.vision_tower.image_size, "both read the same pixels"),
-    )
-    for what, s_value, t_value, why in same:
-        if s_value != t_value:
-            raise ValueError(f"{what} differ: student {s_value}, teacher {t_value}; {why}")
-    if student.vision_tower.hidden_size != teacher.projector.in_dim:
+    if student.image_token_id != teacher.image_token_id:
         raise ValueError(
-            f"visual switch: student vision width {student.vision_tower.hidden_size} != teacher "
-            f"projector input {teacher.projector.in_dim}"
-        )
-    switched = teacher.projector.num_output_tokens(student.vision_tower.num_tokens)
-    if switched != teacher.num_image_tokens:
-        raise ValueError(
-            f"visual switch: the teacher projector makes {switched} tokens from the student's "
-            f"vision features, but the prompt holds {teacher.num_image_tokens}"
+            f"image token ids differ: student {student.image_token_id}, teacher {teacher.image_token_id}; "
+            "both prompts must mark the image with the same token"
         )
     # Logit rows may be padded differently (Qwen2.5-7B: 152,064; 0.5B-3B: 151,936): the tokenizer decides.
     return len(student.tokenizer)
+
+
+def switch_adapter(student, teacher, cfg: DistillConfig) -> SwitchAdapter | None:
+    """The adapter the switch pathway needs (or was asked for), or None; refuses a mismatched pair
+    without one, with the reason."""
+    if not (cfg.visual_switch and cfg.lambda_vsd > 0):
+        return None
+    s_dim, t_dim = student.vision_tower.hidden_size, teacher.projector.in_dim
+    s_tokens, t_tokens = student.vision_tower.num_tokens, teacher.vision_tower.num_tokens
+    differ = []
+    if s_dim != t_dim:
+        differ.append(f"student vision width {s_dim} != teacher projector input {t_dim}")
+    if s_tokens != t_tokens:
+        differ.append(f"student vision tokens {s_tokens} != the teacher's {t_tokens}")
+    kind = cfg.switch_adapter
+    if kind == "auto":
+        kind = "linear" if differ else "none"
+    if kind == "none":
+        if differ:
+            raise ValueError(
+                f"visual switch: {'; '.join(differ)}; set distill.switch_adapter to auto, linear or "
+                "mlp2x_gelu to map one onto the other"
+            )
+        return None
+    in_grid, out_grid = grid_side(s_tokens, "student"), grid_side(t_tokens, "teacher")
+    return SwitchAdapter(s_dim, t_dim, in_grid, out_grid, kind=kind, resample=cfg.switch_resample)
 
 
 class VisualSwitchDistiller(nn.Module):
@@ -94,6 +123,19 @@ class VisualSwitchDistiller(nn.Module):
         self.chunk_rows = chunk_rows
         self.fused = fused
         check_pair(student, teacher)  # one vocabulary: both heads' logits are sliced to the same width
+        self.switch_adapter = switch_adapter(student, teacher, cfg)
+        view = teacher_view_of(student, teacher)
+        self._needs = (
+            ()
+            if view is None
+            else tuple(
+                key
+                for key, differs in (("input_ids", view.num_image_tokens), ("pixel_values", view.image_processor))
+                if differs is not None
+            )
+        )
+        if self.switch_adapter is not None:
+            self.switch_adapter.to(device=student.device, dtype=next(student.parameters()).dtype)
         teacher.requires_grad_(False)
         teacher.eval()
 
@@ -120,10 +162,16 @@ class VisualSwitchDistiller(nn.Module):
         (``losses/head.py``) turns the pathways' hidden states into loss sums one chunk of rows at a time;
         with ``fused`` (the default) only ``total`` carries a gradient, and no logits outlive their chunk.
         """
+        missing = [key for key in self._needs if key not in (batch.get("teacher") or {})]
+        if missing and batch.get("input_ids") is not None:
+            raise ValueError(
+                f"the teacher reads this data otherwise (its own {' and '.join(missing)}), but the batch has no "
+                "teacher view: build the dataset with LlavaDataset.for_model(records, root, student, teacher=teacher)"
+            )
         positions, targets = supervised_positions(batch["labels"])
         pixels = batch.get("pixel_values")
         features = self.student.vision_tower(pixels) if pixels is not None else None  # V^S(x), both paths
-        hidden = self._hidden_states(batch, positions, features)
+        hidden = self._hidden_states(batch, positions, features, targets)
         if not hidden:  # every term is off
             return self._named_losses(torch.zeros((), device=self.student.device), {}, targets.numel(), None)
         cfg = self.cfg
@@ -160,13 +208,20 @@ class VisualSwitchDistiller(nn.Module):
                 self.cfg = cfg
             out[f"grad_vision_{term}"] = gradient_norm(total, params)
         with torch.no_grad():
-            student, teacher = self.student.vision_tower(pixels), self.teacher.vision_tower(pixels)
+            student = self.student.vision_tower(pixels)
+            teacher = self.teacher.vision_tower(teacher_view(batch).get("pixel_values"))
+            if self.switch_adapter is not None:
+                student = self.switch_adapter(student)
             if student.shape == teacher.shape:
                 out["feature_distance"] = ((student.float() - teacher.float()).norm() / teacher.float().norm()).item()
         return out
 
-    def _hidden_states(self, batch: dict, positions: torch.Tensor, features) -> dict[str, torch.Tensor]:
-        """Final hidden states (M, H) at the supervised positions of each pathway that a term needs."""
+    def _hidden_states(
+        self, batch: dict, positions: torch.Tensor, features, targets: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Final hidden states (M, H) at the supervised positions of each pathway that a term needs. The
+        teacher's pathways read the batch's teacher view (its own prompt and pixels, where they differ);
+        its supervised rows must be the student's, one to one."""
         cfg, student, teacher = self.cfg, self.student, self.teacher
         ids, mask = batch["input_ids"], batch["attention_mask"]
         out = {}
@@ -174,12 +229,21 @@ class VisualSwitchDistiller(nn.Module):
             image = student.projector(features) if features is not None else None
             out["student"] = student(ids, mask, image_features=image, logits_at=None).last_hidden_state[positions]
         if cfg.lambda_align > 0 or self._uses_switch(features):
+            view = teacher_view(batch)
+            t_positions = positions
+            if view["labels"] is not batch["labels"]:
+                t_positions, t_targets = supervised_positions(view["labels"])
+                if not torch.equal(t_targets, targets):
+                    raise ValueError(
+                        "the teacher's prompt supervises other tokens than the student's "
+                        f"({t_targets.numel()} vs {targets.numel()} rows): both views must tokenize one conversation"
+                    )
             with torch.no_grad():
                 out["teacher"] = teacher(
-                    ids, mask, pixel_values=batch.get("pixel_values"), logits_at=None
-                ).last_hidden_state[positions]
-        if self._uses_switch(features):
-            out["switch"] = self._switch_hidden(features, batch, positions)
+                    view["input_ids"], view["attention_mask"], pixel_values=view.get("pixel_values"), logits_at=None
+                ).last_hidden_state[t_positions]
+            if self._uses_switch(features):
+                out["switch"] = self._switch_hidden(features, view, t_positions)
         return out
 
     def _uses_switch(self, features) -> bool:
@@ -190,6 +254,8 @@ class VisualSwitchDistiller(nn.Module):
         teacher = self.teacher
 
         def run(feats):
+            if self.switch_adapter is not None:
+                feats = self.switch_adapter(feats)
             out = teacher(
                 batch["input_ids"], batch["attention_mask"], image_features=teacher.projector(feats), logits_at=None
             )
@@ -237,6 +303,14 @@ def _sums(term: str, rows: LossRows, with_k: bool) -> dict[str, torch.Tensor]:
 
 
 _WEIGHT_KEYS = {"ce": "ce_weight", "align": "lambda_align", "vsd": "lambda_vsd"}
+TEACHER_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
+
+
+def teacher_view(batch: dict) -> dict:
+    """The batch as the teacher reads it: the student's tensors, replaced by the teacher's own versions
+    where the collator carries them (``batch["teacher"]``: another image-token count or image processor)."""
+    own = batch.get("teacher") or {}
+    return {key: own.get(key, batch.get(key)) for key in TEACHER_KEYS}
 
 
 def gradient_norm(loss: torch.Tensor, params: list[nn.Parameter]) -> float:

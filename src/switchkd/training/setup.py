@@ -48,7 +48,8 @@ def _build_run(cfg: Config, accelerator: Accelerator, *, run_id: str, resume: bo
     if accelerator.is_main_process:
         save_config(cfg, Path(cfg.train.output_dir) / "config.yaml")
     objective = build_objective(cfg, verbose=accelerator.is_main_process)
-    sampler, loader = make_loader(cfg, objective.student, world=accelerator.num_processes)
+    teacher = getattr(objective, "teacher", None)
+    sampler, loader = make_loader(cfg, objective.student, world=accelerator.num_processes, teacher=teacher)
     # fused: one kernel per parameter, no temporaries the size of a parameter (the 545 MB of a Qwen2.5
     # embedding at H = 896 was the peak of a fused-head DFT step on the CPU), and 7x faster there
     optimizer = torch.optim.AdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr, fused=True)
@@ -129,14 +130,18 @@ def teacher_dtype(t: TrainConfig) -> torch.dtype | None:
     return DTYPES[t.mixed_precision]
 
 
-def make_loader(cfg: Config, student, world: int) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:
-    """The training data in the student's format, with a sampler that every process shares."""
+def make_loader(
+    cfg: Config, student, world: int, teacher=None
+) -> tuple[LengthGroupedSampler | ShuffleSampler, DataLoader]:
+    """The training data in the student's format (and the teacher's, where it reads the data otherwise),
+    with a sampler that every process shares."""
     data, t = cfg.data, cfg.train
     records = require_records(RecordStore.load(data.train), data.train)
     dataset = LlavaDataset.for_model(
         records,
         data.resolved_image_root,
         student,
+        teacher=teacher,
         max_length=data.max_length,
         on_error=data.on_error,
         control_tokens=data.control_tokens,

@@ -115,6 +115,14 @@ def next_epoch(run: Run) -> None:
     run.state.position = 0
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on ``device``, the teacher's view (a nested dict) included."""
+    return {
+        k: v.to(device) if isinstance(v, torch.Tensor) else to_device(v, device) if type(v) is dict else v
+        for k, v in batch.items()
+    }
+
+
 def _diagnostics_due(run: Run) -> bool:
     every = run.cfg.train.diagnostics_every
     return bool(every) and (run.state.step + 1) % every == 0
@@ -126,7 +134,7 @@ def diagnostics(run: Run, batch: dict) -> dict[str, float]:
     objective = run.accelerator.unwrap_model(run.objective)
     if batch["input_ids"] is None or not hasattr(objective, "diagnostics"):
         return {}
-    moved = {k: v.to(run.accelerator.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    moved = to_device(batch, run.accelerator.device)
     devices = [run.accelerator.device] if run.accelerator.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), run.accelerator.autocast():
         return objective.diagnostics(moved)
@@ -163,8 +171,7 @@ def forward_backward(run: Run, batch: dict, n_items: int) -> dict[str, torch.Ten
     if batch["input_ids"] is None:  # every sample skipped: still join the collective backward, with zeros
         acc.backward(sum(p.sum() * 0.0 for p in run.objective.parameters() if p.requires_grad))
         return {}
-    moved = {k: v.to(acc.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-    parts = run.objective(moved, num_items_in_batch=max(n_items, 1))
+    parts = run.objective(to_device(batch, acc.device), num_items_in_batch=max(n_items, 1))
     acc.backward(parts["total"] * scale)
     return parts
 
