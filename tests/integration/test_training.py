@@ -638,3 +638,75 @@ def test_diagnostics_are_logged_and_change_nothing_of_training(tiny_world, tmp_p
 def test_diagnostics_every_must_fall_on_logged_steps(tiny_world, tmp_path):
     with pytest.raises(ConfigError, match="diagnostics_every.*multiple of log_every"):
         load_config(_config(tiny_world, tmp_path / "x", log_every=2, diagnostics_every=3))
+
+
+LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "vision": True}
+
+
+def test_lora_dft_trains_adapters_and_the_projector_and_merges_to_the_adapter_model(tiny_world, tmp_path):
+    from safetensors.torch import load_model
+
+    from switchkd.data.dataset import Collator, LlavaDataset
+    from switchkd.training.setup import build_objective
+
+    config = load_config(_config(tiny_world, tmp_path / "lora", max_steps=3, lora=LORA))
+    objective = build_objective(config, verbose=False)
+    trainable = [n for n, p in objective.named_parameters() if p.requires_grad]
+    assert all("lora_" in n for n in trainable if n.startswith(("student.llm.", "student.vision_tower.")))
+    assert any(n.startswith("student.vision_tower.") and "lora_" in n for n in trainable)
+    assert {n for n, _ in objective.student.projector.named_parameters()} <= {
+        n.removeprefix("student.projector.") for n in trainable
+    }
+    result = train(config)
+    # the adapter model, as the last step checkpoint holds it, against the merged final model
+    adapted = build_objective(config, verbose=False)
+    load_model(adapted, str(checkpoints(tmp_path / "lora")[-1] / "model.safetensors"))
+    merged = VisionLanguageModel.from_pretrained(result.final_model)
+    assert not any("lora" in k for k in merged.state_dict())
+    ds = LlavaDataset.for_model(tiny_world.paths["dft"], tiny_world.paths["dft"].parent, merged)
+    batch = Collator(merged.tokenizer.pad_token_id)([ds[0], ds[1]])
+    inputs = (batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        want = adapted.student.eval()(*inputs, pixel_values=batch["pixel_values"]).logits
+        got = merged.eval()(*inputs, pixel_values=batch["pixel_values"]).logits
+        start = VisionLanguageModel.from_pretrained(tiny_world.student).eval()
+        before = start(*inputs, pixel_values=batch["pixel_values"]).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - before).abs().max() > 1e-3  # the adapters did learn something
+    # LoRA adapts the LLM: a stage that freezes it is refused with the reason
+    with pytest.raises(ConfigError, match="train.lora: LoRA adapts the LLM, which this stage does not train"):
+        build_objective(load_config(_config(tiny_world, tmp_path / "pt", stage="pt", lora=LORA)), verbose=False)
+
+
+@pytest.mark.slow
+def test_killed_lora_run_resumes_exactly(tiny_world, tmp_path):
+    steps = 6
+    data = _twelve_records(tiny_world, tmp_path)
+    full = _with_data(_config(tiny_world, tmp_path / "full", max_steps=steps, save_every=2, lora=LORA), data)
+    reference = train(load_config(full))
+    out = tmp_path / "killed"
+    config = _with_data(_config(tiny_world, out, max_steps=steps, save_every=2, lora=LORA), data)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "switchkd", "train", "--config", str(config)],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not checkpoints(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    found = checkpoints(out)
+    assert found, "no checkpoint was written before the kill"
+    resumed_from = int(found[-1].name.split("-")[1])
+    if resumed_from == steps:
+        pytest.skip("the run finished before it could be killed")
+    resumed = train(load_config(config), resume=True)
+    assert [h["loss"] for h in resumed.history] == pytest.approx(
+        [h["loss"] for h in reference.history[resumed_from:]], rel=1e-6
+    )
+    final = VisionLanguageModel.from_pretrained(resumed.final_model).state_dict()
+    want = VisionLanguageModel.from_pretrained(reference.final_model).state_dict()
+    for k in want:
+        torch.testing.assert_close(final[k], want[k], rtol=1e-5, atol=1e-5)  # thread counts differ

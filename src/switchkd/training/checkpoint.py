@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as load_module_weights
 from safetensors.torch import save_model as save_module_weights
 
+from switchkd.training.lora import merge_lora
 from switchkd.training.run import Run, TrainState
 
 log = logging.getLogger("switchkd.train")
@@ -310,6 +311,7 @@ def save_model(run: Run, directory: Path) -> None:
     acc = run.accelerator
     acc.wait_for_everyone()
     student = acc.unwrap_model(run.objective).student
+    merge_lora(student)  # LoRA: the final model is the merged one (training is over)
     state = acc.get_state_dict(run.objective)
     tmp = directory.with_name(f".tmp-{directory.name}")
 

@@ -51,12 +51,42 @@ class DataConfig:
         return str(Path(self.train).parent)
 
 
+LLM_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+VISION_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class LoraSettings:
+    """Low-rank adapters (peft, the ``lora`` extra) instead of full weights for the student's LLM and,
+    optionally, its vision tower; the projector still trains fully. Step checkpoints hold the adapters
+    (resume restores them); ``final/`` holds the merged model, an ordinary switchkd folder."""
+
+    rank: int = 0
+    """LoRA rank r; 0 turns LoRA off (full fine-tuning)."""
+    alpha: float = 16.0
+    """Scale alpha (the update is alpha / r * B A)."""
+    dropout: float = 0.05
+    target_modules: list = field(default_factory=lambda: list(LLM_LORA_TARGETS))
+    """Linear layers of the LLM that get adapters (Qwen2 names)."""
+    vision: bool = False
+    """Adapters in the vision tower too (its layers up to the feature layer), instead of training it fully."""
+    vision_target_modules: list = field(default_factory=lambda: list(VISION_LORA_TARGETS))
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ConfigError("must be >= 0 (0: off)", key="lora.rank")
+        if self.rank and not self.target_modules:
+            raise ConfigError("needs at least one module name", key="lora.target_modules")
+
+
 @dataclass
 class TrainConfig:
     stage: str = "dft"
     """pt (projector only), dpt (pt with distillation), sft (no teacher), dft (distilled fine-tuning)."""
     trainable: dict = field(default_factory=dict)
     """Override which parts train, e.g. {vision: false}; defaults come from the stage."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA for the trainable LLM (and optionally vision tower): ``lora: {rank: 16, alpha: 32}``."""
     output_dir: str = "runs/train"
     lr: float = 2e-5
     """Peak learning rate (paper: PT 1e-3, DFT 2e-5)."""

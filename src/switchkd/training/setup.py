@@ -20,6 +20,7 @@ from switchkd.models import build_vlm
 from switchkd.models.placement import DTYPES
 from switchkd.training.checkpoint import restore_latest
 from switchkd.training.config import Config, TrainConfig, save_config
+from switchkd.training.lora import apply_lora
 from switchkd.training.objectives import LanguageModelingObjective
 from switchkd.training.outdir import claim, release, run_id_of
 from switchkd.training.run import Run
@@ -80,6 +81,8 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
         **kwargs,
     )
     _check_sharding(t.distributed, accelerator)
+    if t.lora.rank and accelerator.distributed_type in _SHARDED.values():
+        raise ConfigError("LoRA runs on one process or DDP here (merging needs whole weights)", key="train.lora")
     if t.diagnostics_every and accelerator.distributed_type in _SHARDED.values():
         raise ConfigError(
             "needs one process or DDP: sharded parameters cannot be differentiated one term at a time",
@@ -109,7 +112,10 @@ def _check_sharding(wanted: str, accelerator: Accelerator) -> None:
 def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
     """The student with its stage applied, wrapped in the stage's objective (LM, or the distiller)."""
     student = build_vlm(cfg.model)
-    counts = apply_stage(student, trainable_parts(cfg.train.stage, cfg.train.trainable))
+    parts = trainable_parts(cfg.train.stage, cfg.train.trainable)
+    counts = apply_stage(student, parts)
+    if cfg.train.lora.rank:
+        counts = apply_lora(student, parts, cfg.train.lora)
     if verbose:
         log.info(
             "stage %s: trainable parameters %s", cfg.train.stage, {k: f"{v / 1e6:.2f}M" for k, v in counts.items()}
