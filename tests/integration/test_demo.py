@@ -60,3 +60,32 @@ def test_the_demo_repeats_bit_for_bit_with_the_same_threads(tmp_path):
         logs = [(tmp_path / n / stage / "log.jsonl").read_text().splitlines() for n in ("a", "b")]
         losses = [[json.loads(line)["loss"] for line in log] for log in logs]
         assert losses[0] == losses[1], stage
+
+
+def test_resume_keeps_a_finished_stage_only_when_its_config_is_unchanged(tiny_world, tmp_path):
+    from switchkd.config import ModelConfig
+    from switchkd.demo.run import run_stage
+
+    cfg = DemoConfig.quick(str(tmp_path / "r"))
+    cfg.reuse = True
+    model = ModelConfig(pretrained=str(tiny_world.student))
+
+    def stage(lr=1e-3):
+        return run_stage(cfg, "s", model=model, data=tiny_world.paths["dft"], stage="sft", steps=2, lr=lr)
+
+    first = stage()
+    assert len(first.history) == 2
+    stamp = tmp_path / "r" / "s" / "demo_stage.json"
+    # a stamp written before an option existed (here: train.lora) still matches at that option's default
+    saved = json.loads(stamp.read_text())
+    del saved["train"]["lora"]
+    stamp.write_text(json.dumps(saved))
+    kept = stage()
+    assert kept.history == [] and kept.final_model == first.final_model
+    retrained = stage(lr=2e-3)
+    assert len(retrained.history) == 2
+    cfg.reuse = False
+    assert len(stage(lr=2e-3).history) == 2  # without --resume every stage starts over
+    stamp.unlink()
+    cfg.reuse = True
+    assert len(stage(lr=2e-3).history) == 2  # no stamp (a killed stage): trained again

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from switchkd.config import ModelConfig
+from switchkd.config import ModelConfig, from_dict
 from switchkd.demo.benchmark import WORLD, is_correct, load_world
 from switchkd.demo.plots import plot_kinds, pyplot
 from switchkd.demo.presets import qwen2_config, vision_config
@@ -132,14 +132,25 @@ def run_stage(
     )
     folder = Path(cfg.out) / name
     stamp = folder / "demo_stage.json"
-    config = json.dumps(asdict(run), sort_keys=True, default=str)
-    if cfg.reuse and stamp.is_file() and stamp.read_text() == config and (folder / "final").is_dir():
+    if cfg.reuse and (folder / "final").is_dir() and _same_config(stamp, run):
         log.info("%s: finished with the same config, kept", folder)
         return TrainResult(folder, folder / "final", steps)
     stamp.unlink(missing_ok=True)
     result = train(run, overwrite=True)  # the demo's own folders: a re-run starts them over
-    stamp.write_text(config)  # written last: a killed run is never taken for a finished one
+    stamp.write_text(json.dumps(asdict(run), sort_keys=True, default=str))  # last: a killed run has none
     return result
+
+
+def _same_config(stamp: Path, run: Config) -> bool:
+    """Whether the finished run's saved config is ``run``'s. Read back as a Config, so that an option
+    added since (at its default) does not count as a change."""
+    if not stamp.is_file():
+        return False
+    try:
+        saved = from_dict(Config, json.loads(stamp.read_text()))
+    except (ValueError, TypeError):  # unreadable, or from a version with options since removed
+        return False
+    return asdict(saved) == asdict(run)
 
 
 def prepare_world(cfg: DemoConfig) -> tuple[dict, Path, Path]:
