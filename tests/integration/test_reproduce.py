@@ -31,6 +31,7 @@ def _seed(base: int, switch_gain: int) -> dict:
     for s in TEACHER_SIZES:
         rows[f"teacher {s.name}"] = _row(55)
         rows[f"teacher {s.name} DFT"] = _row(base)
+    rows |= {"hetero PT+SFT": _row(base - 5), "hetero DFT w/o switch": _row(base - 4), "hetero Switch-KD": _row(base)}
     rows["PT+SFT"]["feature_distance"] = 0.4
     rows["loss dbild_rkl"] |= {"feature_distance": 0.2, "grad_vision": {"ce": 0.1, "align": 0.2, "vsd": 0.03}}
     return rows
@@ -46,7 +47,11 @@ def test_tables_read_each_row_against_its_baseline():
     assert "| DFT without switch | 33.0 ± 2.8 |" in text
     line = next(x for x in text.splitlines() if x.startswith("| DFT without switch"))
     assert line.endswith("| not distinguishable from noise (p = 0.5) |")
-    assert text.count("### Table") == 4 and "The teachers themselves: small 55.0 ± 0.0, main 60.0 ± 0.0" in text
+    assert (
+        text.count("### Table") == 5
+        and "| hetero Switch-KD | 32.0 ± 2.8 |" in text
+        and "The teachers themselves: small 55.0 ± 0.0, main 60.0 ± 0.0" in text
+    )
     assert "| Switch-KD | 0.5±0.0 → 0.2±0.0 | 1.00e-01 | 2.00e-01 | 3.00e-02 |" in text
     assert "| Switch-KD | 50.0 | 50.0 |" in text  # per-kind table
 
@@ -57,9 +62,10 @@ def test_quick_reproduce_runs_every_ablation_and_draws_its_plots(tmp_path):
     scores = json.loads((tmp_path / "r" / "scores.json").read_text())[0]
     runs = {"PT+SFT", "DFT w/o switch", "DPT-SFT", "DPT-DFT"} | {f"loss {n}" for n in LOSSES}
     runs |= {f"teacher {s.name} DFT" for s in TEACHER_SIZES} | {f"teacher {s.name}" for s in TEACHER_SIZES}
+    runs |= {"hetero PT+SFT", "hetero DFT w/o switch", "hetero Switch-KD"}
     assert set(scores) == runs | {"teacher", "PT start"}
     assert all(len(scores[r]["correct"]) == 42 for r in runs)
-    assert "Table 6" in text and "Wall time" in text
+    assert "Table 6" in text and "Table 7" in text and "Wall time" in text
     for png in ("curves.png", "knee.png", "kinds.png", "vision.png"):
         assert (tmp_path / "r" / png).stat().st_size > 5000, png
         assert png in text

@@ -57,6 +57,11 @@ class DemoConfig:
     teacher_layers: int = 4
     student_width: int = 64
     student_layers: int = 2
+    hetero_width: int = 48
+    hetero_image_size: int = 40
+    hetero_patch_size: int = 8
+    """The heterogeneous student's tower (``switchkd reproduce``, beyond the paper): SigLIP, 48 wide,
+    40-px images in 8-px patches (25 image tokens against the teacher's 9)."""
     batch_size: int = 16
     teacher_steps: int = 900
     pt_steps: int = 60
@@ -224,6 +229,41 @@ def student_init(cfg: DemoConfig, tokenizer: Path, encoder_from: Path) -> Path:
     path = Path(cfg.out) / "student_init"
     student.save_pretrained(path)
     return path
+
+
+def hetero_student_init(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> Path:
+    """A student whose vision tower is unlike the teacher's (another kind, width, image size, patch size
+    and token count): the student's LLM on a SigLIP tower. Its encoder is pretrained the way the shared
+    one is, as part of a VLM trained on captions and questions for the teacher's first phase; the
+    student then starts from that encoder and a fresh LLM."""
+
+    def model(seed: int):
+        torch.manual_seed(seed)
+        vision = vision_config(
+            "siglip",
+            width=cfg.hetero_width,
+            layers=cfg.vision_layers,
+            image_size=cfg.hetero_image_size,
+            patch_size=cfg.hetero_patch_size,
+        )
+        llm = qwen2_config(cfg.vocab_size, width=cfg.student_width, layers=cfg.student_layers)
+        return build_vlm(ModelConfig(vision=vision, llm=llm, tokenizer=str(tokenizer)))
+
+    out = Path(cfg.out)
+    model(cfg.seed + 3).save_pretrained(out / "hetero_encoder_init")
+    encoder = run_stage(
+        cfg,
+        "hetero_encoder",
+        model=ModelConfig(pretrained=str(out / "hetero_encoder_init")),
+        data=mixed,
+        stage="sft",
+        steps=max(cfg.teacher_steps // 3, 1),
+        lr=cfg.lr,
+    ).final_model
+    student = model(cfg.seed + 1)
+    student.vision_tower.load_state_dict(VisionLanguageModel.from_pretrained(encoder).vision_tower.state_dict())
+    student.save_pretrained(out / "hetero_student_init")
+    return out / "hetero_student_init"
 
 
 def run_demo(cfg: DemoConfig) -> dict:
