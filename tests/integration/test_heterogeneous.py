@@ -141,3 +141,21 @@ def test_a_heterogeneous_dft_run_trains_resumes_and_exports_without_the_adapter(
     a = VisionLanguageModel.from_pretrained(resumed.final_model).state_dict()
     b = final.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_the_dry_run_names_the_adapter_and_refuses_a_mismatch_without_one(tiny_world, siglip_teacher, tmp_path):
+    from switchkd.training.dry_run import dry_run
+
+    cfg = {
+        "model": {"pretrained": str(tiny_world.student)},
+        "teacher": {"pretrained": str(siglip_teacher)},
+        "data": {"train": str(tiny_world.paths["dft"])},
+        "train": {"stage": "dft", "output_dir": str(tmp_path / "out")},
+    }
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    text = dry_run(load_config(path))
+    assert "switch adapter: 4x4 -> 3x3 (interpolate), 32 -> 48 (linear)" in text
+    path.write_text(yaml.safe_dump(cfg | {"distill": {"switch_adapter": "none"}}))
+    with pytest.raises(ValueError, match="student vision width 32 != teacher projector input 48; student vision"):
+        dry_run(load_config(path))

@@ -14,7 +14,7 @@ from transformers import AutoConfig
 from switchkd.config import ConfigError, ModelConfig, from_dict, require_folder
 from switchkd.data.images import load_image, resolve_image_path
 from switchkd.data.records import load_records, require_records, to_messages
-from switchkd.distillation.switch import check_pair
+from switchkd.distillation.switch import check_pair, switch_adapter
 from switchkd.models import build_vlm
 from switchkd.models.builders import processor_source, tokenizer_source
 from switchkd.training.config import Config
@@ -75,9 +75,11 @@ def dry_run(cfg: Config) -> str:
     if STAGES[cfg.train.stage]["teacher"]:
         teacher = _build_meta(cfg.teacher, "teacher")
         vocab = check_pair(student, teacher)
+        adapter = switch_adapter(student, teacher, cfg.distill)
         lines.append(
             f"teacher: LLM {_params(teacher.llm)}, projector {teacher.config.projector}; pair checks passed "
-            f"(shared vocabulary {vocab:,}); distill {dataclasses.asdict(cfg.distill)}"
+            f"(shared vocabulary {vocab:,}); switch adapter: {adapter.extra_repr() if adapter else 'none needed'}; "
+            f"distill {dataclasses.asdict(cfg.distill)}"
         )
     records = require_records(load_records(cfg.data.train), cfg.data.train)
     root = cfg.data.resolved_image_root
