@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,13 @@ class VLMOutput:
     last_hidden_state: torch.Tensor
     """(B, T, D) final hidden states of the LLM."""
     past_key_values: Any = None
+
+
+@functools.cache
+def _cache_argument(decoder_class: type) -> str:
+    """The keyword a decoder's ``forward`` takes its KV cache by: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
 
 
 class VisionLanguageModel(nn.Module):
@@ -149,16 +158,21 @@ class VisionLanguageModel(nn.Module):
         inputs_embeds = self.embed_inputs(input_ids, image_features)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        out = self.llm.get_decoder()(
+        decoder = self.llm.get_decoder()
+        if past_key_values is not None:  # transformers >= 5.24 calls it `cache` (and warns on the old name)
+            llm_kwargs[_cache_argument(type(decoder))] = past_key_values
+        out = decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             **llm_kwargs,
         )
         hidden = out.last_hidden_state  # (B, T, D)
-        return VLMOutput(self.logits_at(hidden, logits_at), hidden, getattr(out, "past_key_values", None))
+        cache = getattr(out, "past_key_values", None)
+        return VLMOutput(
+            self.logits_at(hidden, logits_at), hidden, cache if cache is not None else getattr(out, "cache", None)
+        )
 
     def logits_at(self, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
         """Apply the LM head only where logits are needed (a 576-token image needs none)."""
