@@ -197,17 +197,8 @@ def _with_data(config: Path, data: dict) -> Path:
     return config
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_exactly(tiny_world, tmp_path):
-    steps = 8  # across epochs 0, 1 and 2
-    data = _twelve_records(tiny_world, tmp_path)
-    full = _with_data(_config(tiny_world, tmp_path / "full", max_steps=steps, save_every=2), data)
-    reference = train(load_config(full))
-    ref_curve = [h["loss"] for h in reference.history]
-    assert reference.history[-1]["epoch"] == 2
-
-    out = tmp_path / "killed"
-    config = _with_data(_config(tiny_world, out, max_steps=steps, save_every=2), data)
+def _kill_after_first_checkpoint(config: Path, out: Path) -> int:
+    """Run ``switchkd train`` in its own process, SIGKILL it once a checkpoint exists; the step it holds."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "switchkd", "train", "--config", str(config)],
         env=_env(),
@@ -221,7 +212,21 @@ def test_killed_run_resumes_exactly(tiny_world, tmp_path):
     proc.wait()
     found = checkpoints(out)
     assert found, "no checkpoint was written before the kill"
-    resumed_from = int(found[-1].name.split("-")[1])
+    return int(found[-1].name.split("-")[1])
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tiny_world, tmp_path):
+    steps = 8  # across epochs 0, 1 and 2
+    data = _twelve_records(tiny_world, tmp_path)
+    full = _with_data(_config(tiny_world, tmp_path / "full", max_steps=steps, save_every=2), data)
+    reference = train(load_config(full))
+    ref_curve = [h["loss"] for h in reference.history]
+    assert reference.history[-1]["epoch"] == 2
+
+    out = tmp_path / "killed"
+    config = _with_data(_config(tiny_world, out, max_steps=steps, save_every=2), data)
+    resumed_from = _kill_after_first_checkpoint(config, out)
     if resumed_from == steps:
         pytest.skip("the run finished before it could be killed")
     resumed = train(load_config(config), resume=True)
@@ -686,20 +691,7 @@ def test_killed_lora_run_resumes_exactly(tiny_world, tmp_path):
     reference = train(load_config(full))
     out = tmp_path / "killed"
     config = _with_data(_config(tiny_world, out, max_steps=steps, save_every=2, lora=LORA), data)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switchkd", "train", "--config", str(config)],
-        env=_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while not checkpoints(out) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    found = checkpoints(out)
-    assert found, "no checkpoint was written before the kill"
-    resumed_from = int(found[-1].name.split("-")[1])
+    resumed_from = _kill_after_first_checkpoint(config, out)
     if resumed_from == steps:
         pytest.skip("the run finished before it could be killed")
     resumed = train(load_config(config), resume=True)
