@@ -106,7 +106,7 @@ def plot_kinds(plt, per_seed: list[dict], rows: list[tuple[str, str]], png: Path
     if not rows:
         return None
     kinds = sorted(per_seed[0][rows[0][1]]["per_type"])
-    fig, ax = plt.subplots(figsize=(7.2, 3.4))
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
     width = 0.8 / len(rows)
     for i, (label, key) in enumerate(rows):
         values = [[s[key]["per_type"][k] for s in per_seed] for k in kinds]
@@ -116,7 +116,7 @@ def plot_kinds(plt, per_seed: list[dict], rows: list[tuple[str, str]], png: Path
         ax.bar(xs, means, width, yerr=errs if len(per_seed) > 1 else None, label=label, capsize=2)
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set(ylabel="accuracy (%)", ylim=(0, 100), title=f"Held-out accuracy per question kind ({len(per_seed)} seed(s))")
-    ax.legend(fontsize=8, ncol=len(rows))
+    ax.legend(fontsize=8, ncol=len(rows), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     return _save(plt, fig, png)
 
 
