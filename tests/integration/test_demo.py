@@ -82,6 +82,9 @@ def test_resume_keeps_a_finished_stage_only_when_its_config_is_unchanged(tiny_wo
     stamp.write_text(json.dumps(saved))
     kept = stage()
     assert kept.history == [] and kept.final_model == first.final_model
+    cfg.progress = not cfg.progress  # the console only: a Python sweep resumed from the CLI keeps its runs
+    assert stage().history == []
+    cfg.progress = not cfg.progress
     retrained = stage(lr=2e-3)
     assert len(retrained.history) == 2
     cfg.reuse = False

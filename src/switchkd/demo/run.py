@@ -148,13 +148,15 @@ def run_stage(
 
 def _same_config(stamp: Path, run: Config) -> bool:
     """Whether the finished run's saved config is ``run``'s. Read back as a Config, so that an option
-    added since (at its default) does not count as a change."""
+    added since (at its default) does not count as a change; nor does the progress bar, which changes
+    nothing but the console (a sweep started from Python without it is resumed from the CLI with it)."""
     if not stamp.is_file():
         return False
     try:
         saved = from_dict(Config, json.loads(stamp.read_text()))
     except (ValueError, TypeError):  # unreadable, or from a version with options since removed
         return False
+    saved = replace(saved, train=replace(saved.train, progress=run.train.progress))
     return asdict(saved) == asdict(run)
 
 
