@@ -46,7 +46,7 @@ def test_tables_read_each_row_against_its_baseline():
     # one point better than SFT on 100 questions: no evidence
     assert "| DFT without switch | 33.0 ± 2.8 |" in text
     line = next(x for x in text.splitlines() if x.startswith("| DFT without switch"))
-    assert line.endswith("| not distinguishable from noise (p = 0.5) |")
+    assert line.endswith("| not distinguishable from noise (p = 0.5) | 33.0 ± 2.8 |")
     assert (
         text.count("### Table") == 5
         and "| hetero Switch-KD | 32.0 ± 2.8 |" in text
@@ -54,6 +54,63 @@ def test_tables_read_each_row_against_its_baseline():
     )
     assert "| Switch-KD | 0.5±0.0 → 0.2±0.0 | 1.00e-01 | 2.00e-01 | 3.00e-02 |" in text
     assert "| Switch-KD | 50.0 | 50.0 |" in text  # per-kind table
+
+
+def _kinds_seed() -> tuple[dict, list[tuple[str, str]]]:
+    """10 colour questions (6 red, 4 blue), then 10 size questions (5 small, 5 large)."""
+    asked = [("colour", "red")] * 6 + [("colour", "blue")] * 4 + [("size", "small")] * 5 + [("size", "large")] * 5
+
+    def row(correct):
+        per = {"colour": 10.0 * sum(correct[:10]), "size": 10.0 * sum(correct[10:])}
+        return {"accuracy": 5.0 * sum(correct), "per_type": per, "correct": correct}
+
+    teacher = [1] * 10 + [1, 0] * 5  # every colour, half the sizes: no better than "small" every time
+    sft = [1] * 5 + [0] * 5 + [1] * 10  # half the colours; every size, by luck
+    kd = [1] * 9 + [0] + [0] * 10
+    seed = {"teacher": row(teacher), "PT+SFT": row(sft), "DFT w/o switch": row(sft), "loss dbild_rkl": row(kd)}
+    return seed, asked
+
+
+def test_tables_score_only_the_kinds_the_teacher_has_learned():
+    seed, asked = _kinds_seed()
+    text = tables([seed, seed], [asked, asked])
+    # colour: the teacher's 20 of 20 against a constant "red" right 60 % of the time: p = 0.6^20;
+    # size: 10 of 20 against 50 %: P(X >= 10) = 1/2 + C(20,10) / 2^21 = 0.588
+    assert "| best constant answer | 60.0 | 50.0 |" in text
+    assert "| teacher above it (p) | yes (3.7e-05) | no (0.59) |" in text
+    assert "learned (colour: 10 questions per seed)" in text and "constant answer (size) are left out" in text
+    # on colour alone Switch-KD is 90 % against SFT's 50 %: 4 wins, 0 losses per seed, p = 2 / 2^8;
+    # over all kinds it would read 45 % against 75 %
+    line = next(x for x in text.splitlines() if x.startswith("| DFT with switch (Switch-KD)"))
+    assert line.startswith("| DFT with switch (Switch-KD) | 90.0 ± 0.0 |")
+    assert line.endswith(f"(+40.0 / +40.0) | better (p = {2 / 2**8:.2g}) | 45.0 ± 0.0 |")
+    assert "the main teacher: 100.0 ± 0.0" in text
+
+
+def test_a_teacher_that_learned_nothing_leaves_every_kind_scored():
+    seed, asked = _kinds_seed()
+    seed["teacher"]["correct"] = [0] * 20
+    text = tables([seed], [asked])
+    assert "on all 20 questions per seed (the teacher has learned no kind)" in text
+    assert "| DFT with switch (Switch-KD) | 45.0 |" in text
+
+
+def test_report_rebuilds_the_tables_from_the_scores_without_training(tmp_path):
+    from switchkd.demo.reproduce import report
+
+    with pytest.raises(FileNotFoundError, match="scores.json not found"):
+        report(tmp_path)
+    seed, asked = _kinds_seed()
+    world = tmp_path / "seed0" / "world"
+    world.mkdir(parents=True)
+    rows = [
+        {"question_id": str(i), "image": "x.png", "text": "q", "answer": a, "type": k} for i, (k, a) in enumerate(asked)
+    ]
+    (world / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "scores.json").write_text(json.dumps([seed]))
+    text = report(tmp_path)
+    assert "| DFT with switch (Switch-KD) | 90.0 |" in text
+    assert (tmp_path / "tables.md").read_text() in text
 
 
 @pytest.mark.slow

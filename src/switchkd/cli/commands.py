@@ -345,11 +345,16 @@ def add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--resume", action="store_true", help="keep every finished run whose config is unchanged (after a kill)"
     )
+    p.add_argument("--report", action="store_true", help="only rebuild tables.md and the plots from <out>/scores.json")
 
 
 def run_reproduce_cmd(args: argparse.Namespace) -> int:
     from switchkd.demo import DemoConfig, run_reproduce
+    from switchkd.demo.reproduce import report
 
+    if args.report:
+        print(report(args.out))
+        return 0
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
     cfg.reuse = args.resume
     print(run_reproduce(cfg, args.seeds))

@@ -27,7 +27,9 @@ def pyplot():
 
 
 def _log(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    """A run's logged rows; none when the run folder is not there (a report from scores alone)."""
+    log = run_dir / "log.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -99,9 +101,12 @@ def plot_knee(plt, kd_dir: Path, teacher_dir: Path, dft_file: Path, png: Path) -
     return _save(plt, fig, png)
 
 
-def plot_kinds(plt, per_seed: list[dict], rows: list[tuple[str, str]], png: Path) -> Path | None:
+def plot_kinds(
+    plt, per_seed: list[dict], rows: list[tuple[str, str]], png: Path, constant: dict[str, float] | None = None
+) -> Path | None:
     """Per-kind accuracy bars of ``rows`` ((label, key) into each seed's scores), mean over seeds, with
-    the seeds' std as error bars when there are several."""
+    the seeds' std as error bars when there are several; ``constant`` (kind: %) marks what the best
+    constant answer scores on each kind."""
     rows = [(label, key) for label, key in rows if all(key in s and "per_type" in s[key] for s in per_seed)]
     if not rows:
         return None
@@ -114,9 +119,25 @@ def plot_kinds(plt, per_seed: list[dict], rows: list[tuple[str, str]], png: Path
         errs = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(kinds))]
         ax.bar(xs, means, width, yerr=errs if len(per_seed) > 1 else None, label=label, capsize=2)
+    if constant and set(kinds) <= set(constant):
+        for j, kind in enumerate(kinds):
+            ax.hlines(
+                constant[kind],
+                j - 0.45,
+                j + 0.45,
+                colors="black",
+                linewidth=1.5,
+                label="best constant answer" if j == 0 else None,
+            )
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set(ylabel="accuracy (%)", ylim=(0, 100), title=f"Held-out accuracy per question kind ({len(per_seed)} seed(s))")
-    ax.legend(fontsize=8, ncol=len(rows), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    ax.legend(
+        fontsize=8,
+        ncol=len(ax.get_legend_handles_labels()[0]),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.1),
+        frameon=False,
+    )
     return _save(plt, fig, png)
 
 

@@ -14,6 +14,10 @@ Rows (each a normal switchkd run under ``<out>/seed<N>/``):
 - Table 7 (beyond the paper): a student with another vision tower than the teacher's (SigLIP against
   CLIP, other width, image size, patch size and token count), distilled through the switch adapter.
 
+The tables score the question kinds the teacher has learned: those it answers better than the best
+constant answer (the most common answer of that kind in the test set), by an exact one-sided binomial
+test pooled over seeds at p < 0.01. A kind the teacher cannot answer gives the student nothing to learn
+from it and only adds noise to every comparison; the accuracy over all kinds stays in its own column.
 Every row is reported as mean ± std over seeds, and against its baseline (PT+SFT; the switch row also
 against DFT without it) as the paired difference per seed with a bootstrap 95 % interval over questions
 (``evaluation.stats``) and a verdict in words. "What moves V^S" reads the logged gradient norm that each
@@ -29,6 +33,7 @@ import json
 import logging
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,7 +53,7 @@ from switchkd.demo.run import (
     train_teacher_variant,
 )
 from switchkd.evaluation import evaluate_model
-from switchkd.evaluation.stats import Difference, accuracy_interval, paired_difference
+from switchkd.evaluation.stats import Difference, above_chance, accuracy_interval, paired_difference
 from switchkd.losses import LOSSES
 from switchkd.models import VisionLanguageModel
 
@@ -217,18 +222,98 @@ TABLES = (
 )
 
 
-def tables(per_seed: list[dict]) -> str:
+LEARNED_P = 0.01
+"""A question kind counts as learned when the teacher beats its best constant answer at this p-value."""
+
+
+@dataclass(frozen=True)
+class KindCheck:
+    kind: str
+    teacher: float
+    """The teacher's accuracy on the kind (%, pooled over seeds)."""
+    constant: float
+    """The best constant answer's accuracy (%, pooled over seeds): the most common answer of the kind."""
+    p: float
+    """One-sided exact binomial p-value of the teacher's hits against the constant answer's rate."""
+
+    @property
+    def learned(self) -> bool:
+        return self.p < LEARNED_P
+
+
+def questions(test_dir: Path) -> list[tuple[str, str]]:
+    """(kind, answer) of every test question, in the order of the scores' 0/1 vectors."""
+    return [(item.meta["type"], item.meta["answer"]) for item in load_world(test_dir)]
+
+
+def check_kinds(per_seed: list[dict], asked: list[list[tuple[str, str]]]) -> list[KindCheck]:
+    """Per question kind: whether the main teacher answers it better than a constant answer could."""
+    hits: Counter = Counter()
+    constant: Counter = Counter()
+    total: Counter = Counter()
+    for scores, seed_questions in zip(per_seed, asked, strict=True):
+        correct = scores["teacher"]["correct"]
+        if len(correct) != len(seed_questions):
+            raise ValueError(f"{len(correct)} teacher answers for {len(seed_questions)} test questions")
+        answers: dict[str, Counter] = {}
+        for (kind, answer), right in zip(seed_questions, correct, strict=True):
+            hits[kind] += right
+            total[kind] += 1
+            answers.setdefault(kind, Counter())[answer] += 1
+        for kind, counts in answers.items():
+            constant[kind] += counts.most_common(1)[0][1]
+    return [
+        KindCheck(
+            kind,
+            100.0 * hits[kind] / total[kind],
+            100.0 * constant[kind] / total[kind],
+            above_chance(hits[kind], total[kind], constant[kind] / total[kind]),
+        )
+        for kind in sorted(total)
+    ]
+
+
+def restrict(per_seed: list[dict], asked: list[list[tuple[str, str]]], kinds: set[str]) -> list[dict]:
+    """The scores on the questions of ``kinds`` only (accuracy and 0/1 vectors; the rest as they are)."""
+    out = []
+    for scores, seed_questions in zip(per_seed, asked, strict=True):
+        keep = [kind in kinds for kind, _ in seed_questions]
+        seed = {}
+        for run, row in scores.items():
+            if "correct" in row:
+                correct = [c for c, k in zip(row["correct"], keep, strict=True) if k]
+                row = {**row, "correct": correct, "accuracy": 100.0 * sum(correct) / len(correct)}
+            seed[run] = row
+        out.append(seed)
+    return out
+
+
+def tables(per_seed: list[dict], asked: list[list[tuple[str, str]]] | None = None) -> str:
     """The tables as markdown: accuracy mean ± std over seeds with its 95 % interval, and each row
-    against its baseline (paired difference, interval, per-seed values, verdict)."""
+    against its baseline (paired difference, interval, per-seed values, verdict). With ``asked`` (each
+    seed's test questions as (kind, answer)) they score only the kinds the teacher has learned."""
     n = len(per_seed)
     present = set.intersection(*(set(s) for s in per_seed))
-    teacher = [s["teacher"]["accuracy"] for s in per_seed]
+    checks = check_kinds(per_seed, asked) if asked is not None else []
+    learned = {c.kind for c in checks if c.learned}
+    scored = restrict(per_seed, asked, learned) if learned else per_seed
+    teacher = [s["teacher"]["accuracy"] for s in scored]
+    count = len(scored[0]["teacher"]["correct"])
+    if learned:
+        dropped = sorted({c.kind for c in checks} - learned)
+        what = (
+            f"the question kinds the teacher has learned ({', '.join(sorted(learned))}: {count} questions per "
+            f"seed); the kinds it answers no better than a constant answer ({', '.join(dropped) or 'none'}) are "
+            "left out of every score but the last column's, see the per-kind table"
+        )
+    else:
+        what = f"all {count} questions per seed" + (" (the teacher has learned no kind)" if checks else "")
     out = [
-        f"Held-out accuracy (%) on the built-in world, {n} seed(s), {len(per_seed[0]['teacher']['correct'])} "
-        f"questions per seed; the main teacher: {_mean_std(teacher)}. Differences are paired (same questions), "
-        "in points: mean [95 % bootstrap interval over questions] (per seed); a row reads as better or worse only "
-        "when the interval excludes 0, every seed agrees in sign and the exact sign test on the questions the two "
-        "runs answer differently gives p < 0.05.\n"
+        f"Held-out accuracy (%) on the built-in world, {n} seed(s), on {what}; the main teacher: "
+        f"{_mean_std(teacher)}. Differences are paired (same questions), in points: mean [95 % bootstrap "
+        "interval over questions] (per seed); a row reads as better or worse only when the interval excludes 0, "
+        "every seed agrees in sign and the exact sign test on the questions the two runs answer differently "
+        "gives p < 0.05.\n"
     ]
     for title, rows in TABLES:
         rows = [r for r in rows if r[1] in present and (r[2] is None or r[2] in present)]
@@ -236,26 +321,26 @@ def tables(per_seed: list[dict]) -> str:
             continue
         out += [
             f"### {title}\n",
-            "| run | accuracy | 95 % interval | vs | difference | reading |",
-            "| --- | ---: | ---: | --- | ---: | --- |",
+            "| run | accuracy | 95 % interval | vs | difference | reading | all kinds |",
+            "| --- | ---: | ---: | --- | ---: | --- | ---: |",
         ]
         for label, key, base in rows:
-            acc = [s[key]["accuracy"] for s in per_seed]
-            cells = [label, _mean_std(acc), _interval(per_seed, key)]
+            cells = [label, _mean_std([s[key]["accuracy"] for s in scored]), _interval(scored, key)]
             if base is None:
                 cells += ["", "", ""]
             else:
-                diff = compare(per_seed, key, base)
+                diff = compare(scored, key, base)
                 cells += [base, diff.cell(), diff.reading()]
+            cells.append(_mean_std([s[key]["accuracy"] for s in per_seed]))
             out.append("| " + " | ".join(cells) + " |")
         if title.startswith("Table 6"):
             sizes = [("teacher small", "small"), ("teacher", "main"), ("teacher large", "large")]
             accs = ", ".join(
-                f"{label} {_mean_std([s[k]['accuracy'] for s in per_seed])}" for k, label in sizes if k in present
+                f"{label} {_mean_std([s[k]['accuracy'] for s in scored])}" for k, label in sizes if k in present
             )
             out.append(f"\nThe teachers themselves: {accs}.")
         out.append("")
-    out.append(kinds_table(per_seed))
+    out.append(kinds_table(per_seed, checks))
     out.append(vision_table(per_seed))
     return "\n".join(out)
 
@@ -268,7 +353,7 @@ KIND_ROWS = (
 )
 
 
-def kinds_table(per_seed: list[dict]) -> str:
+def kinds_table(per_seed: list[dict], checks: list[KindCheck] = ()) -> str:
     rows = [(label, key) for label, key in KIND_ROWS if all(key in s for s in per_seed)]
     kinds = sorted(per_seed[0][rows[0][1]]["per_type"]) if rows else []
     out = [
@@ -279,6 +364,14 @@ def kinds_table(per_seed: list[dict]) -> str:
     for label, key in rows:
         means = [statistics.mean(s[key]["per_type"][k] for s in per_seed) for k in kinds]
         out.append(f"| {label} | " + " | ".join(f"{m:.1f}" for m in means) + " |")
+    by_kind = {c.kind: c for c in checks}
+    if by_kind and set(kinds) <= set(by_kind):
+        out.append("| best constant answer | " + " | ".join(f"{by_kind[k].constant:.1f}" for k in kinds) + " |")
+        out.append(
+            "| teacher above it (p) | "
+            + " | ".join(f"{'yes' if by_kind[k].learned else 'no'} ({by_kind[k].p:.2g})" for k in kinds)
+            + " |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -321,7 +414,7 @@ def _add_diagnostics(scores: dict, seed_dir: Path) -> None:
             scores[key]["grad_vision"] = {k.removeprefix("grad_vision_"): v for k, v in means.items()}
 
 
-def draw_plots(out: Path, per_seed: list[dict]) -> tuple[list[Path], str | None]:
+def draw_plots(out: Path, per_seed: list[dict], checks: list[KindCheck] = ()) -> tuple[list[Path], str | None]:
     """The plots from seed 0's runs; returns the files drawn, and why none were when matplotlib is missing."""
     plt = pyplot()
     if plt is None:
@@ -331,7 +424,7 @@ def draw_plots(out: Path, per_seed: list[dict]) -> tuple[list[Path], str | None]
     drawn = [
         plot_curves(plt, sft, kd, out / "curves.png"),
         plot_knee(plt, kd, seed0 / "teacher" / "final", seed0 / "world" / "dft_train.json", out / "knee.png"),
-        plot_kinds(plt, per_seed, list(KIND_ROWS), out / "kinds.png"),
+        plot_kinds(plt, per_seed, list(KIND_ROWS), out / "kinds.png", {c.kind: c.constant for c in checks}),
         plot_vision(
             plt,
             {"SFT": sft, "DFT w/o switch": seed0 / _folder("DFT w/o switch"), "Switch-KD": kd},
@@ -355,8 +448,21 @@ def run_reproduce(cfg: DemoConfig, seeds: int = 1) -> str:
         per_seed.append(scores)
         (out / "scores.json").write_text(json.dumps(per_seed))
     minutes = (time.perf_counter() - started) / 60
-    text = tables(per_seed) + f"\nWall time: {minutes:.0f} min for {seeds} seed(s).\n"
+    kept = " (runs kept by --resume not counted)" if cfg.reuse else ""
+    return report(out, f"Wall time: {minutes:.0f} min for {seeds} seed(s){kept}.")
+
+
+def report(out: str | Path, wall: str = "") -> str:
+    """The tables (written to ``tables.md``) and the plots from ``<out>/scores.json`` and the seeds'
+    test questions, without training anything (``switchkd reproduce --report``)."""
+    out = Path(out)
+    scores = out / "scores.json"
+    if not scores.is_file():
+        raise FileNotFoundError(f"{scores} not found: run switchkd reproduce --out {out} first")
+    per_seed = json.loads(scores.read_text())
+    asked = [questions(out / f"seed{i}" / "world") for i in range(len(per_seed))]
+    text = tables(per_seed, asked) + (f"\n{wall}\n" if wall else "")
     (out / "tables.md").write_text(text)
-    drawn, why = draw_plots(out, per_seed)
+    drawn, why = draw_plots(out, per_seed, check_kinds(per_seed, asked))
     text += "\n" + (f"plots: {', '.join(str(p) for p in drawn)}" if drawn else why or "no plot had data to draw")
     return text + "\n"

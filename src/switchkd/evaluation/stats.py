@@ -128,3 +128,13 @@ def sign_test(wins: int, losses: int) -> float:
         return 1.0
     tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
     return min(1.0, 2 * tail)
+
+
+def above_chance(hits: int, n: int, chance: float) -> float:
+    """Exact one-sided binomial p-value of ``hits`` or more right out of ``n`` for a guesser right with
+    probability ``chance`` each time; 1.0 when ``n`` is 0."""
+    if not 0.0 <= chance <= 1.0:
+        raise ValueError(f"chance must lie in [0, 1], got {chance}")
+    if n == 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) * chance**i * (1.0 - chance) ** (n - i) for i in range(hits, n + 1)))

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from switchkd.evaluation.stats import Difference, accuracy_interval, paired_difference, sign_test
+from switchkd.evaluation.stats import Difference, above_chance, accuracy_interval, paired_difference, sign_test
 
 
 def test_identical_models_differ_by_exactly_nothing():
@@ -83,3 +83,23 @@ def test_a_few_discordant_questions_are_not_enough_whatever_the_bootstrap_says()
 def test_sign_test_hand_computed(wins, losses, p):
     # (8, 2): P(X <= 2) for Bin(10, 1/2) = (1 + 10 + 45) / 1024
     assert sign_test(wins, losses) == pytest.approx(p)
+
+
+@pytest.mark.parametrize(
+    "hits, n, chance, p",
+    [
+        (0, 5, 0.3, 1.0),
+        (3, 3, 0.5, 1 / 8),
+        (2, 3, 0.5, 4 / 8),  # 3 of 3 or 2 of 3: (1 + 3) / 8
+        (2, 4, 0.25, (6 * 9 + 4 * 3 + 1) / 256),  # C(4,2) .25^2 .75^2 + C(4,3) .25^3 .75 + .25^4
+        (0, 0, 0.5, 1.0),
+        (1, 1, 0.0, 0.0),
+    ],
+)
+def test_above_chance_hand_computed(hits, n, chance, p):
+    assert above_chance(hits, n, chance) == pytest.approx(p)
+
+
+def test_above_chance_refuses_a_probability_outside_0_1():
+    with pytest.raises(ValueError, match="chance must lie in"):
+        above_chance(1, 2, 1.5)
