@@ -60,6 +60,32 @@ def test_each_model_reads_the_sample_its_own_way_with_the_same_supervised_tokens
     assert "teacher" not in same[0]
 
 
+@pytest.mark.parametrize("student_longer", [True, False])
+def test_a_sample_cut_at_max_length_keeps_the_same_supervised_tokens_in_both_views(
+    tiny_world, siglip_teacher, student_longer
+):
+    # 16 image tokens for the student, 9 for the teacher: cut at one max_length, the two prompts would
+    # lose different numbers of answer tokens (the demo's heterogeneous DFT failed on exactly that)
+    student = VisionLanguageModel.from_pretrained(tiny_world.student)
+    teacher = VisionLanguageModel.from_pretrained(siglip_teacher)
+    if not student_longer:
+        student, teacher = teacher, student
+    full = LlavaDataset.for_model(tiny_world.paths["dft"], tiny_world.paths["dft"].parent, student, teacher=teacher)
+    uncut = full[0]
+    cut_at = uncut["input_ids"].numel() - 5
+    ds = LlavaDataset.for_model(
+        tiny_world.paths["dft"], tiny_world.paths["dft"].parent, student, teacher=teacher, max_length=cut_at
+    )
+    sample = ds[0]
+    assert sample["input_ids"].numel() == cut_at
+    own, theirs = sample["labels"], sample["teacher"]["labels"]
+    assert own[own != -100].tolist() == theirs[theirs != -100].tolist()
+    assert (own != -100).sum() < (uncut["labels"] != -100).sum()  # the cut went through the answers
+    shift = teacher.num_image_tokens - student.num_image_tokens
+    assert sample["teacher"]["input_ids"].numel() == cut_at + shift
+    assert sample["teacher"]["input_ids"][-5:].tolist() == sample["input_ids"][-5:].tolist()
+
+
 def test_vsd_reaches_the_student_encoder_and_the_adapter_and_nothing_of_the_teacher(tiny_world, siglip_teacher):
     distiller, student, teacher, _, batch = _pair(
         tiny_world, siglip_teacher, ce_weight=0.0, lambda_align=0.0, lambda_vsd=1.0

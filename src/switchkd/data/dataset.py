@@ -135,7 +135,11 @@ class LlavaDataset(Dataset):
                 pixel_values = preprocess_images([picture], self.image_processor, self.pad_to_square)[0]
             tok = self._tokenize(messages, self.num_image_tokens)
             if self.teacher is not None and self.teacher.num_image_tokens is not None:
-                theirs = self._tokenize(messages, self.teacher.num_image_tokens)
+                # The same conversation cut after the same text token: the views differ only in their
+                # image tokens, so a long sample keeps one-to-one supervised tokens in both.
+                images = tok.input_ids.count(self.image_token_id) // self.num_image_tokens
+                length = len(tok.input_ids) + images * (self.teacher.num_image_tokens - self.num_image_tokens)
+                theirs = self._tokenize(messages, self.teacher.num_image_tokens, max_length=length)
                 view["input_ids"] = torch.tensor(theirs.input_ids, dtype=torch.long)
                 view["labels"] = torch.tensor(theirs.labels, dtype=torch.long)
             if self.teacher is not None and self.teacher.image_processor is not None and picture is not None:
@@ -154,14 +158,14 @@ class LlavaDataset(Dataset):
             sample["teacher"] = view
         return sample
 
-    def _tokenize(self, messages, num_image_tokens: int):
+    def _tokenize(self, messages, num_image_tokens: int, max_length: int | None = None):
         return tokenize_conversation(
             messages,
             self.tokenizer,
             self.template,
             image_token_id=self.image_token_id,
             num_image_tokens=num_image_tokens,
-            max_length=self.max_length,
+            max_length=self.max_length if max_length is None else max_length,
             control_tokens=self.control_tokens,
         )
 
