@@ -144,13 +144,13 @@ def plot_kinds(
 def plot_vision(plt, runs: dict[str, Path], png: Path) -> Path | None:
     """The gradient norm each term sends into V^S over training, per run (log scale)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    styles = {"ce": "-", "align": "--", "vsd": ":"}
-    for label, run_dir in runs.items():
+    styles = {"ce": ("-", "CE"), "align": ("--", "Align"), "vsd": (":", "VSD")}
+    for i, (label, run_dir) in enumerate(runs.items()):
         rows = _log(run_dir)
-        for term, style in styles.items():
+        for term, (style, name) in styles.items():
             xs, ys = _series(rows, f"grad_vision_{term}")
             if len(xs) > 1 and all(y > 0 for y in ys):
-                ax.plot(xs, ys, style, label=f"{label}: {term.upper() if term == 'ce' else term.capitalize()}")
+                ax.plot(xs, ys, style, color=f"C{i}", label=f"{label}: {name}")  # one colour per run
     if not ax.lines:
         plt.close(fig)
         return None
