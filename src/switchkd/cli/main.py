@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         # Configuration, input and file-system errors (a missing file, a full disk) are the user's to
         # fix: one clear line, no traceback.
-        print(f"switchkd {args.command}: error: {exc}", file=sys.stderr)
+        # One write with its newline: under several processes sharing one stderr (torchrun), print's
+        # separate writes of text and newline let two ranks' errors run together on one line.
+        sys.stderr.write(f"switchkd {args.command}: error: {exc}\n")
+        sys.stderr.flush()
         return 2
 
 
