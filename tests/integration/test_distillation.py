@@ -230,3 +230,8 @@ def test_teacher_checkpointing_recomputes_one_layer_at_a_time_with_the_same_grad
         torch.testing.assert_close(grads[name], g, rtol=1e-12, atol=0, msg=name)
     assert all(p.grad is None for p in teacher.parameters())
     assert all("forward" not in vars(layer) for layer in layers)  # the per-layer wrapper is gone after the call
+    # a forward set on the instance before (as accelerate's hooks do) is wrapped, then put back
+    hooked = layers[0].forward
+    layers[0].forward = hooked
+    distiller(batch)["total"].backward()
+    assert vars(layers[0])["forward"] is hooked

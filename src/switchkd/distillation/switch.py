@@ -331,10 +331,15 @@ def _layers_checkpointed(model: nn.Module) -> Iterator[None]:
     once when backward recomputes it (all 36 layers of a 3B teacher, beside the student's gradients):
     per layer, only one layer's activations are alive in backward, for the same recompute FLOPs."""
     layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    # a forward already set on the instance (accelerate's hooks put one there) is wrapped and put back
+    before = [vars(layer).get("forward") for layer in layers]
     for layer in layers:
         layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
     try:
         yield
     finally:
-        for layer in layers:
-            del layer.forward  # the instance attribute; the class's forward is back
+        for layer, forward in zip(layers, before, strict=True):
+            if forward is None:
+                del layer.forward  # the instance attribute; the class's forward is back
+            else:
+                layer.forward = forward
