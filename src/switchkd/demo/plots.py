@@ -44,25 +44,34 @@ def _save(plt, fig, png: Path) -> Path:
     return png
 
 
-def plot_curves(plt, sft_dir: Path, kd_dir: Path, png: Path) -> Path | None:
-    """CE of the SFT and Switch-KD students, and Switch-KD's Align and VSD, over training (log scale)."""
-    sft, kd = _log(sft_dir), _log(kd_dir)
+def _log_lines(plt, lines: list[tuple], png: Path, *, ylabel: str, title: str, legend_size: int) -> Path | None:
+    """``lines`` ((rows, key, style, label, colour or None)) over steps on one log-scale figure; a line
+    needs two positive points. None when no line has them."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    for rows, key, label, style in (
-        (sft, "ce", "SFT: CE", "-"),
-        (kd, "ce", "Switch-KD: CE", "-"),
-        (kd, "align", "Switch-KD: Align", "--"),
-        (kd, "vsd", "Switch-KD: VSD", ":"),
-    ):
+    for rows, key, style, label, colour in lines:
         xs, ys = _series(rows, key)
         if len(xs) > 1 and all(y > 0 for y in ys):
-            ax.plot(xs, ys, style, label=label)
+            ax.plot(xs, ys, style, color=colour, label=label)
     if not ax.lines:
         plt.close(fig)
         return None
-    ax.set(xlabel="step", ylabel="loss (per token)", yscale="log", title="Student training: SFT vs Switch-KD")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="step", ylabel=ylabel, yscale="log", title=title)
+    ax.legend(fontsize=legend_size)
     return _save(plt, fig, png)
+
+
+def plot_curves(plt, sft_dir: Path, kd_dir: Path, png: Path) -> Path | None:
+    """CE of the SFT and Switch-KD students, and Switch-KD's Align and VSD, over training (log scale)."""
+    sft, kd = _log(sft_dir), _log(kd_dir)
+    lines = [
+        (sft, "ce", "-", "SFT: CE", None),
+        (kd, "ce", "-", "Switch-KD: CE", None),
+        (kd, "align", "--", "Switch-KD: Align", None),
+        (kd, "vsd", ":", "Switch-KD: VSD", None),
+    ]
+    return _log_lines(
+        plt, lines, png, ylabel="loss (per token)", title="Student training: SFT vs Switch-KD", legend_size=8
+    )
 
 
 @torch.no_grad()
@@ -143,17 +152,13 @@ def plot_kinds(
 
 def plot_vision(plt, runs: dict[str, Path], png: Path) -> Path | None:
     """The gradient norm each term sends into V^S over training, per run (log scale)."""
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
     styles = {"ce": ("-", "CE"), "align": ("--", "Align"), "vsd": (":", "VSD")}
-    for i, (label, run_dir) in enumerate(runs.items()):
-        rows = _log(run_dir)
-        for term, (style, name) in styles.items():
-            xs, ys = _series(rows, f"grad_vision_{term}")
-            if len(xs) > 1 and all(y > 0 for y in ys):
-                ax.plot(xs, ys, style, color=f"C{i}", label=f"{label}: {name}")  # one colour per run
-    if not ax.lines:
-        plt.close(fig)
-        return None
-    ax.set(xlabel="step", ylabel="‖gradient into V^S‖", yscale="log", title="What moves the student's encoder")
-    ax.legend(fontsize=7)
-    return _save(plt, fig, png)
+    logs = {label: _log(run_dir) for label, run_dir in runs.items()}
+    lines = [
+        (rows, f"grad_vision_{term}", style, f"{label}: {name}", f"C{i}")  # one colour per run
+        for i, (label, rows) in enumerate(logs.items())
+        for term, (style, name) in styles.items()
+    ]
+    return _log_lines(
+        plt, lines, png, ylabel="‖gradient into V^S‖", title="What moves the student's encoder", legend_size=7
+    )
