@@ -41,18 +41,18 @@ import torch
 
 from switchkd.config import ModelConfig
 from switchkd.data.images import load_image, preprocess_images
-from switchkd.demo.benchmark import WORLD, is_correct, load_world
+from switchkd.demo.benchmark import load_world
 from switchkd.demo.plots import plot_curves, plot_kinds, plot_knee, plot_vision, pyplot
 from switchkd.demo.run import (
     DemoConfig,
     hetero_student_init,
     prepare_world,
     run_stage,
+    score,
     student_init,
     train_teacher,
     train_teacher_variant,
 )
-from switchkd.evaluation import evaluate_model
 from switchkd.evaluation.stats import Difference, above_chance, accuracy_interval, paired_difference
 from switchkd.losses import LOSSES
 from switchkd.models import VisionLanguageModel
@@ -74,18 +74,6 @@ class TeacherSize:
 
 TEACHER_SIZES = (TeacherSize("small", 96, 2), TeacherSize("large", 192, 6))
 """Table 6's other teachers; the main one is ``DemoConfig.teacher_width`` x ``teacher_layers`` (128 x 4)."""
-
-
-def score(model_dir: Path, test_dir: Path) -> dict:
-    """Accuracy, per-kind accuracy and one 0/1 per question (in the test file's order)."""
-    model = VisionLanguageModel.from_pretrained(model_dir)
-    metrics, preds = evaluate_model(model, WORLD, test_dir, batch_size=32)
-    items = load_world(test_dir)
-    return {
-        "accuracy": metrics["accuracy"],
-        "per_type": metrics["per_type"],
-        "correct": [int(is_correct(preds.get(i.id, ""), i)) for i in items],
-    }
 
 
 @torch.no_grad()

@@ -305,15 +305,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     log.info("[6/6] evaluating on %s", paths["test"])
     models = {"teacher": teacher_dir, "student (PT+SFT)": sft.final_model, "student (Switch-KD)": dft.final_model}
     results, correct = {}, {}
-    items = load_world(paths["test"].parent)[: cfg.eval_limit]
     for name, path in models.items():
-        metrics, preds = evaluate_model(
-            VisionLanguageModel.from_pretrained(path), WORLD, paths["test"].parent, limit=cfg.eval_limit, batch_size=32
-        )
-        correct[name] = [int(is_correct(preds.get(i.id, ""), i)) for i in items]
+        metrics = score(path, paths["test"].parent, limit=cfg.eval_limit)
+        correct[name] = metrics.pop("correct")
         results[name] = {"world": metrics | {"interval": list(accuracy_interval([correct[name]]))}}
     gain = paired_difference([(correct["student (Switch-KD)"], correct["student (PT+SFT)"])])
-    table = world_table(results) + "\n\n" + gain_line(gain, len(items))
+    table = world_table(results) + "\n\n" + gain_line(gain, len(correct["student (PT+SFT)"]))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(table + "\n\n" + markdown_table(results) + "\n")
     plot = draw_kinds(results, out / "kinds.png")
@@ -326,6 +323,15 @@ def run_demo(cfg: DemoConfig) -> dict:
         "seconds": time.perf_counter() - started,
     }
     return summary
+
+
+def score(model_dir: Path, test_dir: Path, limit: int | None = None) -> dict:
+    """A model's world metrics (accuracy, per-kind accuracy, n) and one 0/1 per question (``correct``,
+    in the test file's order), on the first ``limit`` questions."""
+    model = VisionLanguageModel.from_pretrained(model_dir)
+    metrics, preds = evaluate_model(model, WORLD, test_dir, limit=limit, batch_size=32)
+    items = load_world(test_dir)[:limit]
+    return metrics | {"correct": [int(is_correct(preds.get(i.id, ""), i)) for i in items]}
 
 
 def first_test_image(paths: dict) -> str:
