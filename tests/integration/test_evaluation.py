@@ -1,7 +1,5 @@
 """End to end: a tiny model evaluated on a small fixture in each benchmark's file format."""
 
-import base64
-import io
 import json
 import os
 import signal
@@ -19,6 +17,8 @@ from switchkd.demo import WORLD
 from switchkd.evaluation import BENCHMARKS, markdown_table, run_eval
 from switchkd.evaluation.run import evaluate_model
 from switchkd.models import VisionLanguageModel
+from tests import llava_eval_files
+from tests.llava_eval_files import flat
 
 
 def _png(path, colour=(200, 30, 30)):
@@ -26,156 +26,42 @@ def _png(path, colour=(200, 30, 30)):
     Image.new("RGB", (40, 32), colour).save(path)
 
 
-def _jsonl(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
 def make_fixture(name: str, d):
-    if name == "vqav2":
-        _png(d / "val2014" / "a.jpg")
-        _jsonl(
-            d / "llava_vqav2_mscoco_val.jsonl",
-            [
-                {"question_id": 1, "image": "a.jpg", "text": "What colour?"},
-                {"question_id": 2, "image": "a.jpg", "text": "How many?"},
-            ],
-        )
-        (d / "v2_mscoco_val2014_annotations.json").write_text(
-            json.dumps(
-                {
-                    "annotations": [
-                        {"question_id": 1, "answers": [{"answer": "red"}] * 10},
-                        {"question_id": 2, "answers": [{"answer": "2"}] * 5 + [{"answer": "two"}] * 5},
-                    ]
-                }
-            )
-        )
-        return 2
-    if name == "gqa":
-        _png(d / "images" / "n1.jpg")
-        _jsonl(d / "llava_gqa_testdev_balanced.jsonl", [{"question_id": "q1", "image": "n1.jpg", "text": "Is it red?"}])
-        (d / "testdev_balanced_questions.json").write_text(json.dumps({"q1": {"answer": "yes"}}))
-        return 1
-    if name == "textvqa":
-        _png(d / "train_images" / "t.jpg")
-        _jsonl(
-            d / "llava_textvqa_val_v051_ocr.jsonl", [{"question_id": 7, "image": "t.jpg", "text": "What is written?"}]
-        )
-        (d / "TextVQA_0.5.1_val.json").write_text(json.dumps({"data": [{"question_id": 7, "answers": ["stop"] * 10}]}))
-        return 1
-    if name == "vizwiz":
-        _png(d / "val" / "VizWiz_val_1.jpg")
-        _jsonl(d / "llava_test.jsonl", [{"question_id": "v1", "image": "VizWiz_val_1.jpg", "text": "What is this?"}])
-        (d / "val.json").write_text(
-            json.dumps(
-                [
-                    {
-                        "image": "VizWiz_val_1.jpg",
-                        "question": "What is this?",
-                        "answers": [{"answer": "unanswerable"}] * 10,
-                    }
-                ]
-            )
-        )
-        return 1
-    if name == "scienceqa":
-        _png(d / "images" / "test" / "5" / "image.png")
-        (d / "problems.json").write_text(
-            json.dumps(
-                {
-                    "5": {"question": "Which is a mammal?", "choices": ["whale", "shark"], "answer": 0, "hint": ""},
-                    "6": {"question": "Text only?", "choices": ["a", "b"], "answer": 1, "hint": ""},
-                }
-            )
-        )
-        (d / "llava_test_CQM-A.json").write_text(
-            json.dumps([{"id": "5", "image": "5/image.png", "conversations": []}, {"id": "6", "conversations": []}])
-        )
-        return 1
-    if name == "mmmu":
-        _png(d / "img" / "m.png")
-        _jsonl(
-            d / "mmmu_dev.jsonl",
-            [
-                {
-                    "id": "m1",
-                    "question": "Which organ?",
-                    "options": ["heart", "lung", "liver", "kidney"],
-                    "answer": "B",
-                    "question_type": "multiple-choice",
-                    "image": "img/m.png",
-                },
-                {"id": "m2", "question": "What is 2+2?", "answer": "4", "question_type": "open", "image": "img/m.png"},
-            ],
-        )
-        return 2
-    if name in ("mmbench", "mmbench_cn"):
-        buf = io.BytesIO()
-        Image.new("RGB", (30, 30), (0, 0, 255)).save(buf, format="PNG")
-        b64 = base64.b64encode(buf.getvalue()).decode()
-        fname = "mmbench_dev_cn_20231003.tsv" if name == "mmbench_cn" else "mmbench_dev_20230712.tsv"
-        header = "index\tquestion\thint\tA\tB\tC\tD\tanswer\tcategory\timage\n"
-        rows = [f"{i}\tWhat colour?\tnan\tred\tblue\tgreen\tyellow\tB\tcolour\t{b64}\n" for i in range(2)]
-        (d / fname).write_text(header + "".join(rows))
-        return 2 * 4  # every rotation is asked
-    if name == "mme":
-        root = d / "MME_Benchmark_release_version" / "color"
-        _png(root / "000.png")
-        _jsonl(
-            d / "llava_mme.jsonl",
-            [
-                {
-                    "question_id": "color/000.png-0",
-                    "image": "color/000.png",
-                    "text": "Is it red? Please answer yes or no.",
-                    "category": "color",
-                },
-                {
-                    "question_id": "color/000.png-1",
-                    "image": "color/000.png",
-                    "text": "Is it blue? Please answer yes or no.",
-                    "category": "color",
-                },
-            ],
-        )
-        gt = d / "eval_tool" / "Your_Results"
-        gt.mkdir(parents=True)
-        (gt / "color.txt").write_text(
-            "000.png\tIs it red? Please answer yes or no.\tYes\n000.png\tIs it blue? Please answer yes or no.\tNo\n"
-        )
-        return 2
-    if name == "pope":
-        _png(d / "val2014" / "COCO_1.jpg")
-        for split in ("adversarial", "random"):
-            _jsonl(
-                d / "coco" / f"coco_pope_{split}.json",
-                [
-                    {"question_id": 1, "image": "COCO_1.jpg", "text": "Is there a dog in the image?", "label": "yes"},
-                    {"question_id": 2, "image": "COCO_1.jpg", "text": "Is there a cat in the image?", "label": "no"},
-                ],
-            )
-        return 4
-    if name == "world":
-        return None
-    raise AssertionError(name)
+    """A benchmark's files in LLaVA's layout (tests/llava_eval_files.py); None for the built-in world."""
+    return None if name == "world" else llava_eval_files.write(name, d)
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_each_benchmark_end_to_end_from_pre_written_answers(tiny_world, tmp_path, name, monkeypatch):
+    """The whole evaluation path (files, join, answers file, scoring) on answers written beforehand:
+    the metrics are the hand-computed ones and no question is asked again."""
+    import switchkd.evaluation.run as run_module
+
+    case = make_fixture(name, tmp_path / "data")
+    answers = tmp_path / "out" / f"student.{name}.predictions.jsonl"
+    answers.parent.mkdir()
+    rows = [{"question_id": qid, "text": text} for qid, text in case.predictions.items()]
+    answers.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    asked = []
+    monkeypatch.setattr(run_module, "answer_questions", lambda model, questions, **kw: asked.extend(questions) or {})
+    model = VisionLanguageModel.from_pretrained(tiny_world.student)
+    metrics, preds = evaluate_model(model, name, tmp_path / "data", answers_file=answers)
+    assert asked == [] and preds == case.predictions
+    assert flat(metrics) == pytest.approx(flat(case.expected))
 
 
 @pytest.mark.parametrize("name", sorted([*BENCHMARKS, "world"]))
-def test_each_benchmark_end_to_end(tiny_world, tmp_path, name):
+def test_each_benchmark_is_answered_by_a_model(tiny_world, tmp_path, name):
+    """A real (tiny) model answers every question of each layout: prompts and images as the files give them."""
     model = VisionLanguageModel.from_pretrained(tiny_world.student)
-    expected = make_fixture(name, tmp_path)
+    case = make_fixture(name, tmp_path)
     data = tiny_world.paths["test"].parent if name == "world" else tmp_path
     metrics, preds = evaluate_model(model, WORLD if name == "world" else name, data, batch_size=4)
-    count = expected if expected is not None else len(tiny_world.paths["test"].read_text().splitlines())
-    assert len(preds) == count
-    assert all(isinstance(p, str) for p in preds.values())
-    if name == "mme":
-        assert "perception" in metrics and "color" in metrics["subtasks"]
-    elif name == "pope":
-        assert {"adversarial", "random", "f1"} <= set(metrics)
-    else:
-        assert 0 <= metrics["accuracy"] <= 100
+    count = case.questions if case is not None else len(tiny_world.paths["test"].read_text().splitlines())
+    assert len(preds) == count and all(isinstance(p, str) for p in preds.values())
+    if case is not None:
+        assert set(preds) == set(case.predictions)
+        assert set(flat(metrics)) == set(flat(case.expected))  # what is reported, whatever the tiny model said
 
 
 def test_side_by_side_table_and_files(tiny_world, tmp_path):
@@ -214,7 +100,7 @@ def test_benchmark_image_paths_may_not_escape_their_folder(tiny_world, tmp_path,
     for path in data.rglob("*.json*"):
         if path.suffix in (".json", ".jsonl") and '"image"' in path.read_text():
             text = path.read_text()
-            for image in ("a.jpg", "COCO_1.jpg", "img/m.png"):
+            for image in ("COCO_val2014_000000000042.jpg", "COCO_val2014_000000310196.jpg", "img/m.png"):
                 text = text.replace(f'"{image}"', '"../../private.png"')
             path.write_text(text)
     model = VisionLanguageModel.from_pretrained(tiny_world.student)

@@ -299,51 +299,69 @@ def rotate_options(options: list[str], answer: str, shift: int) -> tuple[list[st
 
 
 # ---- MMMU open questions -----------------------------------------------------------------------------
+# MMMU's eval_utils.py, rule for rule: the response is stripped of spaces and periods and lower-cased
+# *before* it is split into sentences, so the split on ". " followed by a capital never fires and only
+# line breaks separate sub-responses; each sub-response keeps its shortest tail after an indicator
+# ("=" too, in the last one); one-character gold strings are padded with a space on either side.
+
+_OPEN_INDICATORS = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
+_NUMBER_PATTERNS = (
+    re.compile(r"-?\b\d{1,3}(?:,\d{3})+\b"),  # with thousands commas
+    re.compile(r"-?\d+(?:\.\d+)?[eE][+-]?\d+"),  # scientific
+    re.compile(r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])"),  # plain
+)
 
 
-def _to_number(text: str) -> float | None:
+def _as_number(text: str) -> float | None:
     try:
-        return round(float(text.replace(",", "")), 2)
+        return float(text.replace(",", ""))  # float() as MMMU calls it: "1_000", "inf" and "nan" count
     except ValueError:
         return None
 
 
-def _normalise_open(text: str) -> list:
-    text = text.strip().lower().rstrip(".")
-    number = _to_number(text)
-    return [number] if number is not None else [text]
+def normalize_open(text: str) -> list:
+    """MMMU's ``normalize_str``: a number rounded to 2 decimals, else the lower-cased string (one
+    character padded, ``[" x", "x "]``, so a gold ``x`` does not match every word with an x)."""
+    text = text.strip()
+    number = _as_number(text)
+    if number is not None:
+        return [round(number, 2)]
+    text = text.lower()
+    return [" " + text, text + " "] if len(text) == 1 else [text]
+
+
+def _key_responses(response: str) -> list[str]:
+    response = response.strip().strip(".").lower()
+    parts = re.split(r"\.\s(?=[A-Z])|\n", response)
+    keys = []
+    for index, part in enumerate(parts):
+        indicators = _OPEN_INDICATORS + (("=",) if index == len(parts) - 1 else ())
+        shortest = ""
+        for tail in (part.split(ind)[-1].strip() for ind in indicators if ind in part):
+            if not shortest or len(tail) < len(shortest):  # an empty tail is replaced by the next one
+                shortest = tail
+        if shortest and shortest not in (":", ",", ".", "!", "?", ";", "'"):
+            keys.append(shortest)
+    return keys or [response]
 
 
 def parse_open_response(response: str) -> list:
-    """MMMU's open-answer parsing: key sub-responses (after "is", "so", "therefore", "answer"...),
-    the numbers in them, and the normalised strings."""
-    indicators = ("could be ", "so ", "is ", "thus ", "therefore ", "final ", "answer ", "result ")
-    sentences = [s for s in re.split(r"\.\s(?=[A-Z])|\n", response.strip()) if s.strip()]
-    keys = []
-    for i, s in enumerate(sentences):
-        s = s.strip().rstrip(".")
-        found = [s.lower().split(ind)[-1].strip() for ind in indicators if ind in s.lower()]
-        if found:
-            keys.append(min(found, key=len))
-        elif i == len(sentences) - 1:
-            keys.append(s)
-    keys = keys or [response.strip()]
-    preds: list = []
-    for key in keys:
-        preds.extend(_to_number(n) for n in re.findall(r"-?\d+(?:,\d{3})*(?:\.\d+)?", key))
-        preds.extend(_normalise_open(key))
-    return list(dict.fromkeys(p for p in preds if p is not None and p != ""))
+    """MMMU's ``parse_open_response``: the key sub-responses, every number in them, each normalised."""
+    keys = _key_responses(response)
+    found = keys + [n for key in keys for pattern in _NUMBER_PATTERNS for n in pattern.findall(key)]
+    return list(dict.fromkeys(x for item in found for x in normalize_open(item)))
 
 
 def mmmu_open_correct(response: str, answers: str | list[str]) -> bool:
-    golds = answers if isinstance(answers, list) else [answers]
-    norm_golds = [g for a in golds for g in _normalise_open(str(a))]
+    """MMMU's ``eval_open``: a parsed number must equal a gold number; a parsed string must contain a
+    gold string. ``answers`` is one gold answer or a list of accepted ones."""
+    golds = [g for a in (answers if isinstance(answers, list) else [answers]) for g in normalize_open(str(a))]
     for pred in parse_open_response(response):
-        for gold in norm_golds:
-            if isinstance(gold, float) and pred == gold:
+        if isinstance(pred, str):
+            if any(isinstance(g, str) and g in pred for g in golds):
                 return True
-            if isinstance(gold, str) and isinstance(pred, str) and gold in pred:
-                return True
+        elif pred in golds:
+            return True
     return False
 
 

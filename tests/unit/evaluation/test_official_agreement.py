@@ -4,7 +4,7 @@ TextVQA evaluator; LLaVA's GQA conversion and GQA's eval.py; VLMEvalKit's exact 
 
 import pytest
 
-from switchkd.evaluation.scorers import extract_choice, gqa_correct, textvqa_accuracy, vqa_accuracy
+from switchkd.evaluation.scorers import extract_choice, gqa_correct, mmmu_open_correct, textvqa_accuracy, vqa_accuracy
 
 YES3 = ["yes"] * 3 + ["no"] * 7
 
@@ -235,3 +235,34 @@ CHOICE_CASES = [
 @pytest.mark.parametrize("prediction,options,want", CHOICE_CASES)
 def test_choice_reading(prediction, options, want):
     assert extract_choice(prediction, options) == want
+
+
+# MMMU's eval_utils.py followed by hand: the response is lower-cased before the sentence split (so
+# only line breaks split it); each part keeps its shortest tail after an indicator ("=" in the last);
+# numbers by MMMU's three patterns; one-character golds padded with a space.
+MMMU_OPEN_CASES = [
+    ("The force is 5 N. So the total is 10.", "5", False),  # one sentence; key "10"
+    ("x = 5", "x", False),  # key "5" after "="; " x" / "x " are not in it
+    ("The answer is x^2", "x", False),  # padded gold against "x^2"
+    ("The answer is x", "x", True),  # key "x" normalised to " x" / "x ", like the gold
+    ("Roughly 12,5", "12", False),  # (?![,\d]) refuses 12; 5 is found
+    ("The answer is 3.50", "3.5", True),
+    ("So the total is 1,200 dollars.", "1200", True),  # 1,200 by the comma pattern
+    ("Therefore the region is the cerebellum.", "cerebellum", True),
+    ("It is 4", "5", False),
+    ("The value is 3. So we get 4", "3", False),  # the ". S" split never fires after lower-casing
+    ("The value is 3\nSo we get 4", "3", True),  # a line break does split
+    ("y = 2x + 3\nso y = 5", "5", True),  # "=" only in the last part
+    ("y = 5\nso it is 6", "5", False),  # ... not in an earlier part: the keys are "6" alone
+    ("y = 5\nwhich we keep", "5", True),  # no key anywhere: the whole response, and its numbers
+    ("The result is \nseven", "seven", False),  # "is " leaves "", "result " then gives "is"
+    ("It is 3.43", ["24/7", "3.43"], True),  # a list of accepted answers
+    ("The answer is 1000.", "1,000", True),
+    ("about 2.5e3 units", "2500", True),  # scientific notation
+    ("Paris", "paris", True),  # no key: the whole response
+]
+
+
+@pytest.mark.parametrize("response,gold,want", MMMU_OPEN_CASES)
+def test_mmmu_open_answers_agree_with_mmmus_parser(response, gold, want):
+    assert mmmu_open_correct(response, gold) is want
