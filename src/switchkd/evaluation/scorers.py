@@ -290,14 +290,6 @@ def circular_accuracy(results: dict[str, list[bool]]) -> float:
     return sum(all(r) for r in results.values()) / len(results)
 
 
-def rotate_options(options: list[str], answer: str, shift: int) -> tuple[list[str], str]:
-    """Options shifted left by ``shift``, and the letter the right answer moves to."""
-    n = len(options)
-    rotated = options[shift:] + options[:shift]
-    index = (ord(answer) - ord("A") - shift) % n
-    return rotated, chr(ord("A") + index)
-
-
 # ---- MMMU open questions -----------------------------------------------------------------------------
 # MMMU's eval_utils.py, rule for rule: the response is stripped of spaces and periods and lower-cased
 # *before* it is split into sentences, so the split on ". " followed by a capital never fires and only
