@@ -138,7 +138,8 @@ def test_bf16_dft_casts_the_teacher_once_and_trains_like_float32(tiny_world, tmp
         curves[name] = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     for key in ("loss", "ce", "align", "vsd"):
         assert curves["bf16"][0][key] == pytest.approx(curves["fp32"][0][key], rel=0.05), key
-        assert curves["bf16"][0][key] == pytest.approx(curves["bf16_plain"][0][key], rel=0.02), key
+        # the same bf16 logits, the loss from them in float32 in both heads: only summation order differs
+        assert curves["bf16"][0][key] == pytest.approx(curves["bf16_plain"][0][key], rel=1e-5), key
     assert all(record["vsd"] > 0 for record in curves["bf16"])
     assert curves["bf16"][0]["loss"] != curves["fp32"][0]["loss"]  # bf16 did run
 
