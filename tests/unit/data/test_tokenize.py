@@ -71,6 +71,24 @@ def test_rendering_equals_apply_chat_template(qwen):
     assert prompt == tok(want, add_special_tokens=False)["input_ids"]
 
 
+def test_rendering_equals_qwens_shipped_chat_template(qwen, qwen_tokenizer_dir):
+    """Against the template Qwen ships in its tokenizer_config.json (not our own Jinja export). That
+    tokenizer's template is Qwen3's, which writes an empty <think> block into assistant turns after the
+    last user turn: every conversation is compared up to a user turn, awaiting the answer, where
+    ChatML and Qwen3 agree (system, earlier answers, image pads, non-ASCII text)."""
+    _tok, template, _img = qwen
+    shipped = AutoTokenizer.from_pretrained(qwen_tokenizer_dir)
+    assert "<|im_start|>" in shipped.chat_template and shipped.chat_template != template.jinja()
+    messages, _ = to_messages(RECORD, 0)
+    expanded = [{**m, "content": m["content"].replace("<image>", "<|image_pad|>" * N_IMG)} for m in messages]
+    system = [{"role": "system", "content": template.system_prompt}]
+    user_turns = [i for i, m in enumerate(expanded) if m["role"] == "user"]
+    assert len(user_turns) >= 3
+    for end in user_turns:
+        want = shipped.apply_chat_template(system + expanded[: end + 1], tokenize=False, add_generation_prompt=True)
+        assert template.render(expanded[: end + 1], add_generation_prompt=True) == want, end
+
+
 def test_image_placeholder_added_when_missing(qwen):
     tok, template, img = qwen
     record = {

@@ -265,6 +265,11 @@ def test_sampling_is_seeded(sharp_model):
     a = generate(sharp_model, ids, cfg=GenerationConfig(**cfg))
     b = generate(sharp_model, ids, cfg=GenerationConfig(**cfg))
     assert torch.equal(a, b)
+    # ... and it samples: other seeds draw other tokens, and not the greedy ones
+    greedy = generate(sharp_model, ids, cfg=GenerationConfig(max_new_tokens=8, stop_token_ids=[]))
+    others = [generate(sharp_model, ids, cfg=GenerationConfig(**{**cfg, "seed": s})) for s in range(4, 12)]
+    assert any(not torch.equal(o, a) for o in others)
+    assert any(not torch.equal(o, greedy) for o in [a, *others])
 
 
 def test_the_model_owns_one_template_for_data_prompts_and_its_saved_tokenizer(tmp_path, tiny_tokenizer_dir):
