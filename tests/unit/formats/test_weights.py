@@ -40,13 +40,29 @@ def test_a_sharded_checkpoint_is_read_through_its_index(tmp_path):
         checkpoint_index(tmp_path)
 
 
+class _Payload:
+    """Unpickling runs ``exec``: a stand-in for code planted in a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
 def test_a_pickle_with_code_or_a_damaged_file_is_refused_naming_the_file(tmp_path):
     torch.save({"a": torch.zeros(1), "cfg": OrderedDict(x=1)}, tmp_path / "pytorch_model.bin")
     with pytest.raises(FormatError, match="pytorch_model.bin: expected a flat dict of tensors"):
         checkpoint_index(tmp_path)
-    torch.save({"a": torch.zeros(1), "fn": Rule("a", "b")}, tmp_path / "pytorch_model.bin")
+    # A live payload: unpickling it writes a marker file (shown by loading it the unsafe way first).
+    marker = tmp_path / "payload-ran"
+    torch.save({"a": torch.zeros(1), "fn": _Payload(marker)}, tmp_path / "pytorch_model.bin")
+    torch.load(tmp_path / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()
+    marker.unlink()
     with pytest.raises(FormatError, match="pytorch_model.bin: not a plain tensor checkpoint"):
         checkpoint_index(tmp_path)
+    assert not marker.exists()
     (tmp_path / "pytorch_model.bin").unlink()
     (tmp_path / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
     with pytest.raises(FormatError, match="model.safetensors: not a readable safetensors file"):
