@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -259,3 +259,13 @@ class ModelConfig:
             raise ConfigError("give either `pretrained` or both `vision` and `llm`", key="pretrained")
         if self.projector_kwargs is None:
             self.projector_kwargs = {}
+        if self.pretrained is not None:
+            # a saved model brings every field with it: a value set beside it would be dropped unseen
+            for f in fields(self):
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                if f.name != "pretrained" and getattr(self, f.name) != default:
+                    raise ConfigError(
+                        f"cannot apply to a pretrained model, which keeps what its config.json says "
+                        f"({self.pretrained}); remove the key, or build the model from `vision` and `llm`",
+                        key=f.name,
+                    )

@@ -1,6 +1,7 @@
 """User-facing inference: chat, predict, attention maps (export and import: test_interop.py)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -142,3 +143,56 @@ def test_control_tokens_typed_in_questions_are_text(tiny_world):
     assert set(answers) == {"pad", "turn", "plain"}
     ids = build_prompt(model, [{"role": "user", "content": "<image>\n" + questions[0].text}])
     assert ids.count(model.image_token_id) == model.num_image_tokens
+
+
+def _damaged_copy(world, tmp_path, damage: str):
+    folder = tmp_path / damage
+    shutil.copytree(world.student, folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    if damage == "truncated":
+        weights.write_bytes(bytes(data[: len(data) // 2]))
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:  # a few bytes flipped inside the tensor data: the header still reads, the numbers are wrong
+        for offset in range(len(data) - 4000, len(data) - 3990):
+            data[offset] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    return folder
+
+
+CHECKSUM = "model.safetensors: does not match its checksum in model.safetensors.sha256"
+UNREADABLE = "model.safetensors: cannot be loaded"
+
+
+@pytest.mark.parametrize(
+    "damage,manifest,message",
+    [
+        ("truncated", True, CHECKSUM),
+        ("empty", True, CHECKSUM),
+        ("flipped", True, CHECKSUM),
+        ("truncated", False, UNREADABLE),  # a folder without the manifest: safetensors' own refusal
+        ("empty", False, UNREADABLE),
+    ],
+)
+def test_a_damaged_model_file_is_one_line_naming_it(tiny_world, tmp_path, damage, manifest, message):
+    folder = _damaged_copy(tiny_world, tmp_path, damage)
+    if not manifest:
+        (folder / "model.safetensors.sha256").unlink()
+    done = _cli("chat", "--model", str(folder), "--image", str(_test_image(tiny_world)), "--question", "hi")
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("INFO ")]
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert lines[0].startswith("switchkd chat: error: ") and message in lines[0]
+    assert str(folder / "model.safetensors") in lines[0]
+
+
+def test_the_checksum_is_checked_only_where_switchkd_wrote_one(tiny_world, tmp_path):
+    # a folder without the manifest (written by another tool) loads as it is, flipped bytes and all
+    folder = _damaged_copy(tiny_world, tmp_path, "flipped")
+    (folder / "model.safetensors.sha256").unlink()
+    VisionLanguageModel.from_pretrained(folder)
+    # an intact folder saved again carries a manifest that matches
+    model = VisionLanguageModel.from_pretrained(tiny_world.student)
+    model.save_pretrained(tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors.sha256").read_text().split()[1] == "model.safetensors"
+    VisionLanguageModel.from_pretrained(tmp_path / "again")

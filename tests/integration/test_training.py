@@ -755,3 +755,26 @@ def test_killed_lora_run_resumes_exactly(tiny_world, tmp_path):
     assert _trained_steps(out) == ([1, 2], list(range(3, steps + 1)))
     assert _curve_bits(out) == _curve_bits(full)
     _same_weights(full / "final", out / "final")
+
+
+def test_a_model_key_set_beside_pretrained_is_an_error_naming_it(tiny_world, tmp_path):
+    """A saved model keeps its own projector: ``model.projector=ldpv2`` beside ``model.pretrained`` was
+    dropped without a word (final/config.json still said mlp2x_gelu)."""
+    config = _config(tiny_world, tmp_path / "run")
+    for override, key in (
+        ("model.projector=ldpv2", "model.projector"),
+        ("model.vision_feature_layer=-1", "model.vision_feature_layer"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^{key}: cannot apply to a pretrained model") as info:
+            load_config(config, [override])
+        assert "\n" not in str(info.value)
+    done = subprocess.run(
+        [sys.executable, "-m", "switchkd", "train", "--config", str(config), "model.projector=ldpv2"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert done.returncode == 2 and done.stderr.startswith("switchkd train: error: model.projector: cannot apply")
+    assert not (tmp_path / "run").exists()
+    load_config(config)  # the pretrained model alone is fine

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
 import inspect
 import json
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
@@ -30,6 +32,8 @@ from switchkd.models.inputs import merge_image_features, position_ids_from_mask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# sha256 of the weights file, written beside it; other tools ignore it, switchkd checks it when present
+CHECKSUM_NAME = "model.safetensors.sha256"
 
 
 @dataclass
@@ -237,6 +241,7 @@ class VisionLanguageModel(nn.Module):
                 if first_of.setdefault(tensor.data_ptr(), name) == name:
                     keep[name] = state_dict[name].detach().contiguous().cpu()
             save_file(keep, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        (directory / CHECKSUM_NAME).write_text(f"{file_sha256(directory / WEIGHTS_NAME)}  {WEIGHTS_NAME}\n")
         self.tokenizer.save_pretrained(str(directory))
         self.image_processor.save_pretrained(str(directory))
 
@@ -264,14 +269,43 @@ class VisionLanguageModel(nn.Module):
         config = from_dict(ModelConfig, meta["model"])
         config.tokenizer = str(directory)
         config.image_processor = str(directory)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}")
+        verify_checksum(weights, directory / CHECKSUM_NAME)
         model = cls.from_config(config, fresh_weights=False, dtype=dtype)  # built in dtype: no float32 copy first
-        load_model(model, str(directory / WEIGHTS_NAME), strict=True)
+        try:
+            load_model(model, str(weights), strict=True)
+        except (SafetensorError, RuntimeError) as exc:  # a damaged file, or tensors this config does not have
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{weights}: cannot be loaded ({first})") from None
         model.config.tokenizer = model.config.image_processor = None
         if dtype is not None:
             model.to(dtype)  # what the builders left in float32 (buffers, a projector's norm)
         if device is not None:
             model.to(device)
         return model.eval()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(weights: Path, manifest: Path) -> None:
+    """One line when ``weights`` differs from the checksum ``save_pretrained`` wrote beside it (a file
+    damaged or changed since); nothing to check where there is no manifest (folders from other tools)."""
+    if not manifest.is_file():
+        return
+    want = manifest.read_text().split()[:1]
+    if not want or file_sha256(weights) != want[0]:
+        raise ValueError(
+            f"{weights}: does not match its checksum in {manifest.name} (damaged or changed since it was "
+            f"saved; delete {manifest.name} to load it anyway)"
+        )
 
 
 def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None, *, section: str = "model"):
