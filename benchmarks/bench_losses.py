@@ -84,7 +84,7 @@ def _literal_bild(student, teacher, tau):
 
 
 def worker(spec: dict) -> dict:
-    from switchkd.losses import bild, get_loss, knee_select
+    from switchkd.losses import DistillLoss, bild, knee_select
 
     torch.manual_seed(0)
     torch.set_num_threads(spec["threads"])
@@ -113,7 +113,7 @@ def worker(spec: dict) -> dict:
                 knee_select(teacher, method=spec["method"])
                 knee_select(student, method=spec["method"])
         else:
-            fn = get_loss(spec["loss"], knee=spec.get("knee", "fast"))
+            fn = DistillLoss(spec["loss"], knee=spec.get("knee", "fast"))
 
             def step():
                 s = student.clone().requires_grad_(True)

@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from switchkd.config import DistillConfig
 from switchkd.data.dataset import Collator, LlavaDataset
-from switchkd.distillation import DistillConfig, VisualSwitchDistiller
+from switchkd.distillation import VisualSwitchDistiller
 from switchkd.losses import LOSSES, DistillLoss
 from switchkd.models import VisionLanguageModel
 

@@ -9,10 +9,10 @@ import yaml
 from safetensors import safe_open
 from torch.utils.data import DataLoader
 
-from switchkd.config import ModelConfig
+from switchkd.config import DistillConfig, ModelConfig
 from switchkd.data.dataset import Collator, LlavaDataset
 from switchkd.demo.presets import qwen2_config, vision_config
-from switchkd.distillation import DistillConfig, VisualSwitchDistiller
+from switchkd.distillation import VisualSwitchDistiller
 from switchkd.distillation.adapter import SwitchAdapter
 from switchkd.models import VisionLanguageModel, build_vlm
 from switchkd.training import checkpoints, load_config, train

@@ -281,25 +281,27 @@ def _same_weights(a: Path, b: Path) -> None:
     assert not different, different[:5]
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_exactly(tiny_world, tmp_path):
-    """SIGKILL right after the step-2 checkpoint; ``--resume`` loads it, trains steps 3-8 only (across
-    epochs 0, 1 and 2), and ends bit for bit where the uninterrupted run ends (same process setup, same
-    thread count, so the same arithmetic)."""
-    steps = 8
-    data = _twelve_records(tiny_world, tmp_path)
+def _killed_then_resumed_equals_uninterrupted(world, tmp_path: Path, steps: int, **overrides) -> None:
+    """SIGKILL right after the step-2 checkpoint; ``--resume`` loads it and trains steps 3..``steps``
+    only, ending bit for bit where the uninterrupted run ends (same process setup and thread count,
+    so the same arithmetic)."""
+    data = _twelve_records(world, tmp_path)
     full = tmp_path / "full"
-    _cli_train(_with_data(_config(tiny_world, full, max_steps=steps, save_every=2), data))
-    assert [json.loads(line)["epoch"] for line in (full / "log.jsonl").read_text().splitlines()][-1] == 2
-
+    _cli_train(_with_data(_config(world, full, max_steps=steps, save_every=2, **overrides), data))
     out = tmp_path / "killed"
-    config = _with_data(_config(tiny_world, out, max_steps=steps, save_every=2), data)
+    config = _with_data(_config(world, out, max_steps=steps, save_every=2, **overrides), data)
     assert _kill_after_first_checkpoint(config, out, tmp_path) == 2
     _mark_kept_log(out)
     _assert_resumed(_cli_train(config, "--resume").stderr, out, 2)
     assert _trained_steps(out) == ([1, 2], list(range(3, steps + 1)))
     assert _curve_bits(out) == _curve_bits(full)
     _same_weights(full / "final", out / "final")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_exactly(tiny_world, tmp_path):
+    _killed_then_resumed_equals_uninterrupted(tiny_world, tmp_path, 8)  # 8 steps: across epochs 0, 1 and 2
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()][-1] == 2
 
 
 @pytest.mark.slow
@@ -743,18 +745,7 @@ def test_lora_dft_trains_adapters_and_the_projector_and_merges_to_the_adapter_mo
 
 @pytest.mark.slow
 def test_killed_lora_run_resumes_exactly(tiny_world, tmp_path):
-    steps = 6
-    data = _twelve_records(tiny_world, tmp_path)
-    full = tmp_path / "full"
-    _cli_train(_with_data(_config(tiny_world, full, max_steps=steps, save_every=2, lora=LORA), data))
-    out = tmp_path / "killed"
-    config = _with_data(_config(tiny_world, out, max_steps=steps, save_every=2, lora=LORA), data)
-    assert _kill_after_first_checkpoint(config, out, tmp_path) == 2
-    _mark_kept_log(out)
-    _assert_resumed(_cli_train(config, "--resume").stderr, out, 2)
-    assert _trained_steps(out) == ([1, 2], list(range(3, steps + 1)))
-    assert _curve_bits(out) == _curve_bits(full)
-    _same_weights(full / "final", out / "final")
+    _killed_then_resumed_equals_uninterrupted(tiny_world, tmp_path, 6, lora=LORA)
 
 
 def test_a_model_key_set_beside_pretrained_is_an_error_naming_it(tiny_world, tmp_path):

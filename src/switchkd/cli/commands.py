@@ -1,18 +1,26 @@
-"""Subcommands: ``COMMANDS[name] = (add_arguments, run, help)``; each ``run`` is a thin call into the library."""
+"""The subcommands, one table: ``COMMANDS[name] = Command(help, arguments, run)``.
+
+Each command is two functions: ``<name>_arguments`` declares its options and ``<name>_command`` parses
+them into a config or a few values, calls one library function and prints the outcome. Nothing else
+lives here: reading, writing, resuming and checking belong to the library (a missing model folder is
+``from_pretrained``'s error, not a second check here).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 
-def add_build(p: argparse.ArgumentParser) -> None:
+def build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML with a `model:` section (vision, llm, projector, ...)")
     p.add_argument("--out", required=True, help="folder to write the assembled model to")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.projector=ldpv2")
 
 
-def run_build(args: argparse.Namespace) -> int:
+def build_command(args: argparse.Namespace) -> int:
     from switchkd.config import load_model_config
     from switchkd.models import build_vlm
 
@@ -23,7 +31,7 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train(p: argparse.ArgumentParser) -> None:
+def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="run YAML (model, teacher, data, train, distill sections)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
     p.add_argument(
@@ -37,7 +45,7 @@ def add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5 distill.loss=bild_rkl")
 
 
-def run_train(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
     from switchkd.training import load_config, train
     from switchkd.training.dry_run import dry_run
 
@@ -52,7 +60,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_placement(p: argparse.ArgumentParser) -> None:
+def placement_arguments(p: argparse.ArgumentParser) -> None:
     """--device and --torch-dtype, the same for every command that runs a model."""
     p.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda, cuda:1 ...")
     p.add_argument(
@@ -71,7 +79,7 @@ def _load_model(path: str, device: str, dtype: str):
     return VisionLanguageModel.from_pretrained(path, dtype=torch_dtype, device=device)
 
 
-def add_chat(p: argparse.ArgumentParser) -> None:
+def chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a saved switchkd model folder")
     p.add_argument("--image", required=True, help="the image to talk about")
     how = p.add_mutually_exclusive_group(required=True)
@@ -79,7 +87,7 @@ def add_chat(p: argparse.ArgumentParser) -> None:
     how.add_argument("--interactive", action="store_true", help="multi-turn chat on standard input ('exit' ends)")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.epilog = CHAT_EPILOG
-    add_placement(p)
+    placement_arguments(p)
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy decoding (switchkd's addition)")
     p.add_argument(
         "--top-p", type=float, default=1.0, help="nucleus sampling when --temperature > 0 (switchkd's addition)"
@@ -103,15 +111,13 @@ CHAT_EPILOG = (
 )
 
 
-def run_chat(args: argparse.Namespace) -> int:
+def chat_command(args: argparse.Namespace) -> int:
     import sys
 
     from switchkd.data.images import load_image
     from switchkd.inference.chat import ChatSession, chat_loop
     from switchkd.models.generation import GenerationConfig
 
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"model folder not found: {args.model}")
     image = load_image(args.image)
     model = _load_model(args.model, args.device, args.torch_dtype)
     gen = GenerationConfig(
@@ -130,53 +136,34 @@ def run_chat(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_predict(p: argparse.ArgumentParser) -> None:
+def predict_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--questions", required=True, help="LLaVA question JSONL: question_id, image, text")
     p.add_argument("--image-root", default=None, help="folder the image paths are relative to")
     p.add_argument("--out", required=True, help="answers JSONL; ids already in it are skipped (resume)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=128)
-    add_placement(p)
+    placement_arguments(p)
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    import json
+def predict_command(args: argparse.Namespace) -> int:
+    from switchkd.inference.predict import predict_file, read_questions
 
-    from switchkd.inference.predict import answer_questions, answered_ids, read_questions
-
-    rows = read_questions(args.questions, args.image_root)
-    out = Path(args.out)
-    done = answered_ids(out)
-    todo = [q for q in rows if q.id not in done]
+    questions = read_questions(args.questions, args.image_root)  # every row checked before the model loads
     model = _load_model(args.model, args.device, args.torch_dtype)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="predict", dynamic_ncols=True)
-    for start in range(0, len(todo), args.batch_size):
-        chunk = todo[start : start + args.batch_size]
-        answers = answer_questions(model, chunk, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
-        with out.open("a") as f:  # appended batch by batch: an interrupted run resumes where it stopped
-            for q in chunk:
-                f.write(
-                    json.dumps(
-                        {
-                            "question_id": q.id,
-                            "prompt": q.text,
-                            "text": answers[q.id],
-                            "model_id": Path(args.model).name,
-                        }
-                    )
-                    + "\n"
-                )
-        bar.update(len(chunk))
-    bar.close()
-    print(f"{len(todo)} answered, {len(done)} already present -> {out}")
+    answered, present = predict_file(
+        model,
+        questions,
+        args.out,
+        model_id=Path(args.model).name,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    print(f"{answered} answered, {present} already present -> {args.out}")
     return 0
 
 
-def add_eval(p: argparse.ArgumentParser) -> None:
+def eval_arguments(p: argparse.ArgumentParser) -> None:
     from switchkd.evaluation import BENCHMARKS
 
     p.add_argument("--model", required=True, nargs="+", help="one or more saved model folders (side by side)")
@@ -191,10 +178,10 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="folder for predictions (resumable), results.json and results.md")
-    add_placement(p)
+    placement_arguments(p)
 
 
-def run_eval_cmd(args: argparse.Namespace) -> int:
+def eval_command(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from switchkd.demo import WORLD
@@ -216,13 +203,13 @@ def run_eval_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo(p: argparse.ArgumentParser) -> None:
+def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="folder for the world, the runs and the results")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a much shorter run (a smoke test, numbers meaningless)")
 
 
-def run_demo_cmd(args: argparse.Namespace) -> int:
+def demo_command(args: argparse.Namespace) -> int:
     from switchkd.demo import DemoConfig, run_demo
 
     cfg = DemoConfig.quick(args.out) if args.quick else DemoConfig(out=args.out)
@@ -239,30 +226,30 @@ def run_demo_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export(p: argparse.ArgumentParser) -> None:
+def export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a saved switchkd model folder")
     p.add_argument("--to", required=True, choices=["llava-hf"], help="target format")
     p.add_argument("--out", required=True)
 
 
-def run_export(args: argparse.Namespace) -> int:
+def export_command(args: argparse.Namespace) -> int:
     from switchkd.formats.llava_hf import export_llava_hf
     from switchkd.models import VisionLanguageModel
 
-    if not Path(args.model).is_dir():
-        raise FileNotFoundError(f"model folder not found: {args.model}")
     out = export_llava_hf(VisionLanguageModel.from_pretrained(args.model), args.out)
     print(f"exported to {out} (load with transformers.LlavaForConditionalGeneration.from_pretrained)")
     return 0
 
 
-def add_import(p: argparse.ArgumentParser) -> None:
+def import_arguments(p: argparse.ArgumentParser) -> None:
+    from switchkd.formats import IMPORT_FORMATS
+
     p.add_argument("source", help="the folder to read")
     p.add_argument(
         "--from",
         dest="fmt",
         required=True,
-        choices=["llava-hf", "switchkd-release", "mobilevlm"],
+        choices=IMPORT_FORMATS,
         help="llava-hf: a LlavaForConditionalGeneration folder; switchkd-release: the released Switch-KD "
         "checkpoint (xtuner layout); mobilevlm: a MobileVLM V2 checkpoint",
     )
@@ -287,48 +274,31 @@ def add_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("--system-prompt", default="You are a helpful assistant.")
 
 
-def run_import(args: argparse.Namespace) -> int:
-    if args.fmt == "llava-hf":
-        from switchkd.formats.llava_hf import import_llava_hf
+def import_command(args: argparse.Namespace) -> int:
+    from switchkd.formats import import_model
 
-        given = [f"--{k}" for k in ("vision", "llm", "tokenizer") if getattr(args, k) is not None]
-        if given:
-            raise ValueError(f"{', '.join(given)}: only for the release layouts; a LLaVA folder holds every part")
-        import_llava_hf(args.source, args.out, args.chat_template, args.system_prompt)
-    else:
-        from switchkd.formats.release import import_release
-
-        import_release(
-            args.source,
-            args.out,
-            args.fmt,
-            vision=args.vision,
-            llm=args.llm,
-            tokenizer=args.tokenizer,
-            grid=args.ldpv2_grid,
-            chat_template=args.chat_template,
-            system_prompt=args.system_prompt,
-        )
+    options = {"chat_template": args.chat_template, "system_prompt": args.system_prompt}
+    if args.fmt != "llava-hf":
+        options["grid"] = args.ldpv2_grid
+    extra = {k: getattr(args, k) for k in ("vision", "llm", "tokenizer") if getattr(args, k) is not None}
+    import_model(args.source, args.out, args.fmt, **options, **extra)
     print(f"imported to {args.out} (a switchkd model folder: chat, eval, export, or teacher.pretrained)")
     return 0
 
 
-def add_attention(p: argparse.ArgumentParser) -> None:
+def attention_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the (student) model folder")
     p.add_argument("--teacher", default=None, help="a second model drawn beside it")
     p.add_argument("--image", required=True)
     p.add_argument("--question", required=True)
     p.add_argument("--out", required=True, help="PNG to write")
-    add_placement(p)
+    placement_arguments(p)
 
 
-def run_attention(args: argparse.Namespace) -> int:
+def attention_command(args: argparse.Namespace) -> int:
     from switchkd.data.images import load_image
     from switchkd.inference.attention import attention_figure
 
-    for path in [args.model] + ([args.teacher] if args.teacher else []):
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"model folder not found: {path}")
     image = load_image(args.image)
     models = {}
     if args.teacher:
@@ -338,7 +308,7 @@ def run_attention(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_reproduce(p: argparse.ArgumentParser) -> None:
+def reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds to average over (mean ± std)")
     p.add_argument("--out", default="runs/reproduce")
     p.add_argument("--quick", action="store_true", help="tiny runs (a smoke test, numbers meaningless)")
@@ -348,7 +318,7 @@ def add_reproduce(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true", help="only rebuild tables.md and the plots from <out>/scores.json")
 
 
-def run_reproduce_cmd(args: argparse.Namespace) -> int:
+def reproduce_command(args: argparse.Namespace) -> int:
     from switchkd.demo import DemoConfig, run_reproduce
     from switchkd.demo.reproduce import report
 
@@ -362,27 +332,63 @@ def run_reproduce_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "reproduce": (
-        add_reproduce,
-        run_reproduce_cmd,
-        "the paper's ablations (Tables 3-6) in miniature: mean ± std over seeds, paired intervals, plots",
-    ),
-    "attention": (
-        add_attention,
-        run_attention,
-        "draw the answer's attention over the image (teacher and student side by side)",
-    ),
-    "export": (add_export, run_export, "write a model in the Hugging Face LLaVA format (mlp2x_gelu projector)"),
-    "import": (add_import, run_import, "read a LLaVA-HF, released Switch-KD or MobileVLM V2 model into switchkd"),
-    "demo": (add_demo, run_demo_cmd, "the built-in end-to-end run: world, teacher, Switch-KD student, table"),
-    "chat": (add_chat, run_chat, "talk with a model about an image (the released chat.py's options)"),
-    "predict": (add_predict, run_predict, "answer a LLaVA-format question file (JSONL in, JSONL out, resumable)"),
-    "eval": (add_eval, run_eval_cmd, "score models on benchmarks; several models side by side"),
-    "train": (
-        add_train,
-        run_train,
+def config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--show", action="store_true", help="print the run config schema (what this command does)")
+    p.add_argument("--config", default=None, help="a run YAML: show its values (defaults filled in) instead")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to --config, e.g. train.lr=2e-5")
+
+
+def config_command(args: argparse.Namespace) -> int:
+    from switchkd.config import Config, describe, load_config
+
+    cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    print("\n".join(describe(Config, cfg)))
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
         "train a stage (pt, dpt, sft, dft) from a YAML config; works under torchrun / accelerate launch",
+        train_arguments,
+        train_command,
     ),
-    "build": (add_build, run_build, "assemble a VLM from local component folders (or config dicts) and save it"),
+    "config": Command(
+        "print every run config section and field with its default (or a YAML's values) and what it means",
+        config_arguments,
+        config_command,
+    ),
+    "build": Command(
+        "assemble a VLM from local component folders (or config dicts) and save it", build_arguments, build_command
+    ),
+    "eval": Command("score models on benchmarks; several models side by side", eval_arguments, eval_command),
+    "predict": Command(
+        "answer a LLaVA-format question file (JSONL in, JSONL out, resumable)", predict_arguments, predict_command
+    ),
+    "chat": Command("talk with a model about an image (the released chat.py's options)", chat_arguments, chat_command),
+    "attention": Command(
+        "draw the answer's attention over the image (teacher and student side by side)",
+        attention_arguments,
+        attention_command,
+    ),
+    "export": Command(
+        "write a model in the Hugging Face LLaVA format (mlp2x_gelu projector)", export_arguments, export_command
+    ),
+    "import": Command(
+        "read a LLaVA-HF, released Switch-KD or MobileVLM V2 model into switchkd", import_arguments, import_command
+    ),
+    "demo": Command(
+        "the built-in end-to-end run: world, teacher, Switch-KD student, table", demo_arguments, demo_command
+    ),
+    "reproduce": Command(
+        "the paper's ablations (Tables 3-6) in miniature: mean ± std over seeds, paired intervals, plots",
+        reproduce_arguments,
+        reproduce_command,
+    ),
 }

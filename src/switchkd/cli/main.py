@@ -23,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"switchkd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (add_arguments, _run, help_text) in commands.COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    for name, command in commands.COMMANDS.items():
+        command.arguments(sub.add_parser(name, help=command.help, description=command.help))
     return parser
 
 
@@ -37,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("accelerate", "deepspeed", "DeepSpeed", "torch.distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    _add, run, _help = commands.COMMANDS[args.command]
     try:
-        code = int(run(args) or 0)
+        code = int(commands.COMMANDS[args.command].run(args) or 0)
         _leave_process_group()
         return code
     except (ValueError, OSError) as exc:

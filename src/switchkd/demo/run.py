@@ -26,13 +26,12 @@ from pathlib import Path
 
 import torch
 
-from switchkd.config import ModelConfig, from_dict
+from switchkd.config import DistillConfig, ModelConfig, from_dict
 from switchkd.demo.benchmark import WORLD, is_correct, load_world
 from switchkd.demo.plots import plot_kinds, pyplot
 from switchkd.demo.presets import qwen2_config, vision_config
 from switchkd.demo.tokenizer import train_tokenizer
 from switchkd.demo.world import WorldConfig, corpus, write_world
-from switchkd.distillation import DistillConfig
 from switchkd.evaluation import evaluate_model, markdown_table
 from switchkd.evaluation.stats import Difference, accuracy_interval, paired_difference
 from switchkd.models import VisionLanguageModel, build_vlm

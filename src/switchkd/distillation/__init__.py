@@ -1,5 +1,5 @@
-"""The visual-switch distillation objective."""
+"""The visual-switch distillation objective (its settings: ``switchkd.config.DistillConfig``)."""
 
-from switchkd.distillation.switch import DistillConfig, VisualSwitchDistiller, check_pair
+from switchkd.distillation.switch import VisualSwitchDistiller, check_pair
 
-__all__ = ["DistillConfig", "VisualSwitchDistiller", "check_pair"]
+__all__ = ["VisualSwitchDistiller", "check_pair"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 
 import torch
@@ -20,45 +20,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from switchkd.config import ConfigError
+from switchkd.config import DistillConfig
 from switchkd.data.dataset import teacher_view_of
-from switchkd.distillation.adapter import ADAPTER_KINDS, RESAMPLE, SwitchAdapter, grid_side
-from switchkd.losses import DistillLoss, LossRows, cross_entropy_rows, loss_head, per_token, supervised_positions
-
-
-@dataclass
-class DistillConfig:
-    """The Switch-KD objective."""
-
-    loss: DistillLoss = field(default_factory=DistillLoss)
-    """The distillation loss and its options (``loss: dbild_rkl`` or ``loss: {name: ..., temperature: ...}``)."""
-    lambda_align: float = 1.0
-    """λ1: weight of D(z^T, z^S), the standard alignment pathway."""
-    lambda_vsd: float = 1.0
-    """λ2: weight of D(z^T, z^Switch), the visual-switch pathway."""
-    visual_switch: bool = True
-    """Run the visual-switch pathway (paper Table 3 ablation when false)."""
-    ce_weight: float = 1.0
-    """Weight of the plain LM cross-entropy (temperature 1, see DESIGN.md)."""
-    switch_adapter: str = "auto"
-    """How the student's vision features reach the teacher projector: auto (a linear adapter when the
-    vision widths or patch grids differ, none when they match), linear, mlp2x_gelu, or none (the paper:
-    the pair must match). The adapter trains with L_VSD and is not part of the exported student."""
-    switch_resample: str = "interpolate"
-    """How the adapter maps the student's patch grid onto the teacher's: interpolate (bilinear) or pool."""
-    teacher_checkpointing: bool = False
-    """Recompute the switch pathway's teacher layers in backward, one decoder layer at a time, instead of
-    storing their activations (only each layer's input is kept)."""
-
-    def __post_init__(self) -> None:
-        for key in ("lambda_align", "lambda_vsd", "ce_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError("loss weights must be >= 0", key=key)
-        if self.switch_adapter not in ("auto", "none", *ADAPTER_KINDS):
-            valid = ", ".join(("auto", "none", *ADAPTER_KINDS))
-            raise ConfigError(f"must be one of {valid}, got {self.switch_adapter!r}", key="switch_adapter")
-        if self.switch_resample not in RESAMPLE:
-            raise ConfigError(f"must be one of {', '.join(RESAMPLE)}", key="switch_resample")
+from switchkd.distillation.adapter import SwitchAdapter, grid_side
+from switchkd.losses import LossRows, cross_entropy_rows, loss_head, per_token, supervised_positions
 
 
 def check_pair(student, teacher) -> int:

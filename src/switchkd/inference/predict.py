@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,37 @@ def read_answers(path: str | Path, keys: tuple[str, ...] = ("question_id",), *, 
 def answered_ids(path: str | Path) -> set:
     """Question ids already answered in an answers JSONL (a torn last line is cut, see ``read_answers``)."""
     return set(read_answers(path, cut_torn=True))
+
+
+def predict_file(
+    model,
+    questions: list[Question],
+    out: str | Path,
+    *,
+    model_id: str = "model",
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+) -> tuple[int, int]:
+    """Answer ``questions`` into the answers JSONL ``out``, appended and flushed batch by batch, so an
+    interrupted run resumes where it stopped: ids already in ``out`` are skipped (a torn last line is
+    cut and its question asked again). Each row: question_id, prompt, text, model_id (LLaVA's answer
+    file). Returns (answered now, already there)."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    done = answered_ids(out)
+    todo = [q for q in questions if q.id not in done]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(questions), initial=len(questions) - len(todo), desc="predict", dynamic_ncols=True) as bar:
+        for batch in _batches(todo, batch_size):
+            answers = answer_questions(model, batch, batch_size=batch_size, max_new_tokens=max_new_tokens)
+            rows = [{"question_id": q.id, "prompt": q.text, "text": answers[q.id], "model_id": model_id} for q in batch]
+            with out.open("a", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r) + "\n" for r in rows))
+                f.flush()
+                os.fsync(f.fileno())
+            bar.update(len(batch))
+    return len(todo), len(done)
 
 
 def _lines(path: Path) -> list[str]:

@@ -12,7 +12,7 @@ from switchkd.losses.bild import bild_rows
 from switchkd.losses.head import auto_chunk_rows, loss_head
 from switchkd.losses.kl import forward_kl, reverse_kl
 from switchkd.losses.knee import Selection, fast_select, fixed_select, knee_k, knee_select, sort_select
-from switchkd.losses.registry import LOSSES, DistillLoss, bild, dbild, get_loss
+from switchkd.losses.registry import LOSSES, DistillLoss, bild, dbild
 from switchkd.losses.rows import LossRows, compute_dtype, reduce_rows, upcast
 from switchkd.losses.sequence import IGNORE_INDEX, cross_entropy_rows, per_token, row_chunks, supervised_positions
 
@@ -31,7 +31,6 @@ __all__ = [
     "fast_select",
     "fixed_select",
     "forward_kl",
-    "get_loss",
     "knee_k",
     "knee_select",
     "loss_head",

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from switchkd.config import ConfigError
+from switchkd.errors import ConfigError
 from switchkd.losses.bild import KL_DIRECTIONS, bild_rows
 from switchkd.losses.kl import forward_kl, reverse_kl
 from switchkd.losses.knee import Selection, fixed_select, knee_select
@@ -97,10 +97,6 @@ class DistillLoss:
         self, student_rows: torch.Tensor, teacher_rows: torch.Tensor, *, reduction: str = "mean"
     ) -> torch.Tensor:
         return reduce_rows(self.rows(student_rows, teacher_rows).loss, reduction)
-
-
-def get_loss(name: str, **options) -> DistillLoss:
-    return DistillLoss(name, **options)
 
 
 def _named(family: str, kl: str) -> str:

@@ -17,7 +17,6 @@ warning, to the newest complete and intact checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -36,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from safetensors.torch import load_model as load_module_weights
 from safetensors.torch import save_model as save_module_weights
 
+from switchkd.models.vlm import file_sha256
 from switchkd.training.lora import merge_lora
 from switchkd.training.run import Run, TrainState
 
@@ -135,7 +135,7 @@ def _write_state(run: Run, tmp: Path, state: TrainState) -> None:
     meta = {"format": FORMAT, "run_id": run.run_id, "state": state.to_json(), "scheduler": _scheduler_state(run)}
     if acc.scaler is not None:
         meta["scaler"] = acc.scaler.state_dict()
-    meta["sha256"] = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+    meta["sha256"] = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
     (tmp / STATE_NAME).write_text(json.dumps(meta))
 
 
@@ -183,14 +183,6 @@ def _set_rng_state(saved: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in saved["cuda"]])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def damage(folder: Path, run_id: str, *, engine: bool = False) -> str | None:
     """Why ``folder`` cannot be resumed by run ``run_id`` (unreadable state, another run's checkpoint, a
     missing file, a checksum that does not match, with ``engine`` an engine file that is more than
@@ -208,7 +200,7 @@ def damage(folder: Path, run_id: str, *, engine: bool = False) -> str | None:
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != want:
+        if file_sha256(path) != want:
             return f"{name} does not match its checksum"
     return unsafe_engine_file(folder / "state") if engine else None
 

@@ -11,13 +11,12 @@ import json
 import torch
 from transformers import AutoConfig
 
-from switchkd.config import ConfigError, ModelConfig, from_dict, require_folder
+from switchkd.config import Config, ConfigError, ModelConfig, from_dict, require_folder
 from switchkd.data.images import load_image, resolve_image_path
 from switchkd.data.records import load_records, require_records, to_messages
 from switchkd.distillation.switch import check_pair, switch_adapter
 from switchkd.models import build_vlm
 from switchkd.models.builders import processor_source, tokenizer_source
-from switchkd.training.config import Config
 from switchkd.training.stages import STAGES, trainable_parts
 
 CHECK_RECORDS = 200

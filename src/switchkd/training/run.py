@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from switchkd.training.config import Config
+from switchkd.config import Config
 
 
 @dataclass

@@ -12,14 +12,13 @@ from accelerate import Accelerator
 from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, set_seed
 from torch.utils.data import DataLoader
 
-from switchkd.config import ConfigError
+from switchkd.config import Config, ConfigError, TrainConfig, save_config
 from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, ShuffleSampler
 from switchkd.data.records import RecordStore, require_records
 from switchkd.distillation.switch import VisualSwitchDistiller
 from switchkd.models import build_vlm
 from switchkd.models.placement import DTYPES
 from switchkd.training.checkpoint import restore_latest
-from switchkd.training.config import Config, TrainConfig, save_config
 from switchkd.training.lora import apply_lora
 from switchkd.training.objectives import LanguageModelingObjective
 from switchkd.training.outdir import claim, release, run_id_of

@@ -10,16 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from switchkd.config import STAGES  # the table is data in the config schema
+
 log = logging.getLogger("switchkd.train")
-
-PARTS = ("vision", "projector", "llm")
-
-STAGES: dict[str, dict] = {
-    "pt": {"trainable": {"vision": False, "projector": True, "llm": False}, "teacher": False},
-    "dpt": {"trainable": {"vision": False, "projector": True, "llm": False}, "teacher": True},
-    "sft": {"trainable": {"vision": True, "projector": True, "llm": True}, "teacher": False},
-    "dft": {"trainable": {"vision": True, "projector": True, "llm": True}, "teacher": True},
-}
 
 _MODULE = {"vision": "vision_tower", "projector": "projector", "llm": "llm"}
 

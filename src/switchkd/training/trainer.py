@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from switchkd.config import Config
 from switchkd.data.dataset import raise_sample_error
 from switchkd.training.checkpoint import save_checkpoint, save_model, skipped_everywhere
-from switchkd.training.config import Config
 from switchkd.training.outdir import release
 from switchkd.training.run import Run
 from switchkd.training.setup import setup

@@ -1,21 +1,93 @@
-"""The run configuration: model, teacher, data, training and distillation sections.
-
-Usage:
+"""The run configuration, every section in one place: ``model`` and ``teacher`` (ModelConfig), ``data``
+(DataConfig), ``train`` (TrainConfig, with ``lora``: LoraSettings) and ``distill`` (DistillConfig,
+with ``loss``: the loss and its options, ``switchkd.losses.DistillLoss``). ``switchkd config --show``
+prints them with their defaults and the documentation under each field.
 
     cfg = load_config("configs/paper/dft_siglip_qwen2.5-0.5b_from_3b.yaml", ["train.lr=1e-5"])
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from switchkd.config import ConfigError, ModelConfig, from_dict, read_config, to_dict
-from switchkd.distillation.switch import DistillConfig
-from switchkd.training.stages import PARTS, STAGES
+from switchkd.config.core import ConfigError, from_dict, read_config, to_dict
+from switchkd.losses import DistillLoss
+
+PARTS = ("vision", "projector", "llm")
+"""The parts of a VLM that a stage trains or freezes."""
+
+STAGES: dict[str, dict] = {
+    "pt": {"trainable": {"vision": False, "projector": True, "llm": False}, "teacher": False},
+    "dpt": {"trainable": {"vision": False, "projector": True, "llm": False}, "teacher": True},
+    "sft": {"trainable": {"vision": True, "projector": True, "llm": True}, "teacher": False},
+    "dft": {"trainable": {"vision": True, "projector": True, "llm": True}, "teacher": True},
+}
+"""pt: projector only, no teacher; dpt: pt with the distillation terms (Table 5); sft: everything, no
+teacher (the baseline); dft: everything, with the visual-switch distiller (Table 2)."""
+
+
+@dataclass
+class ModelConfig:
+    """How one VLM (vision tower -> projector -> LLM) is assembled."""
+
+    vision: str | dict | None = None
+    """Vision encoder: a local Hugging Face folder (CLIP, SigLIP or any AutoModel vision encoder),
+    or a dict of config fields with ``model_type`` (e.g. ``clip_vision_model``) for a fresh model."""
+    llm: str | dict | None = None
+    """Causal LLM: a local Hugging Face folder, or a dict of config fields with ``model_type``."""
+    projector: str = "mlp2x_gelu"
+    """Projector by exact name: mlp2x_gelu, ldpv2, identity."""
+    projector_kwargs: dict = field(default_factory=dict)
+    """Extra projector arguments, e.g. ``{grid: 12}`` for ldpv2."""
+    vision_feature_layer: int = -2
+    """Hidden-state index taken from the vision encoder (-2: the penultimate layer, as LLaVA)."""
+    drop_cls: bool | None = None
+    """Drop the encoder's CLS token; null decides from the encoder (CLIP has one, SigLIP none)."""
+    tokenizer: str | None = None
+    """Tokenizer folder; null uses the LLM folder's."""
+    image_processor: str | dict | None = None
+    """Image processor folder, or a dict of settings; null uses the vision folder's, or builds one
+    matching the vision config (CLIP or SigLIP normalisation)."""
+    image_token: str = "<|image_pad|>"
+    """Placeholder token that stands for one image token in ``input_ids``."""
+    chat_template: str = "chatml"
+    """Chat template by name (see ``switchkd.data.templates``)."""
+    system_prompt: str | None = "You are a helpful assistant."
+    """System line of the chat template; null for none."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel for the LLM and the vision encoder: sdpa, eager, flash_attention_2."""
+    pretrained: str | None = None
+    """A saved switchkd model folder; when set, everything above comes from it."""
+
+    def __post_init__(self) -> None:
+        if self.pretrained is None and (self.vision is None or self.llm is None):
+            raise ConfigError("give either `pretrained` or both `vision` and `llm`", key="pretrained")
+        if self.projector_kwargs is None:
+            self.projector_kwargs = {}
+        if self.pretrained is not None:
+            # a saved model brings every field with it: a value set beside it would be dropped unseen
+            for f in fields(self):
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                if f.name != "pretrained" and getattr(self, f.name) != default:
+                    raise ConfigError(
+                        f"cannot apply to a pretrained model, which keeps what its config.json says "
+                        f"({self.pretrained}); remove the key, or build the model from `vision` and `llm`",
+                        key=f.name,
+                    )
+
+
+def load_model_config(path: str | Path | None, overrides: list[str] | None = None) -> ModelConfig:
+    """A ``ModelConfig`` from a file's ``model:`` section (or a file of only model keys) and
+    ``model.key=value`` overrides (the ``model.`` prefix may be left out)."""
+    overrides = [o if o.startswith("model.") else f"model.{o}" for o in overrides or []]
+    data = read_config(path, overrides, section="model")
+    if "model" not in data:
+        raise ConfigError("give a config file with a `model:` section, or model.* overrides")
+    return from_dict(ModelConfig, data["model"], prefix="model.")
 
 
 @dataclass
@@ -156,6 +228,36 @@ class TrainConfig:
             raise ConfigError("must be > 0", key="lr" if self.lr <= 0 else "epochs")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError("must be in [0, 1)", key="warmup_ratio")
+
+
+@dataclass
+class DistillConfig:
+    """The Switch-KD objective."""
+
+    loss: DistillLoss = field(default_factory=DistillLoss)
+    """The distillation loss and its options (``loss: dbild_rkl`` or ``loss: {name: ..., temperature: ...}``)."""
+    lambda_align: float = 1.0
+    """λ1: weight of D(z^T, z^S), the standard alignment pathway."""
+    lambda_vsd: float = 1.0
+    """λ2: weight of D(z^T, z^Switch), the visual-switch pathway."""
+    visual_switch: bool = True
+    """Run the visual-switch pathway (paper Table 3 ablation when false)."""
+    ce_weight: float = 1.0
+    """Weight of the plain LM cross-entropy (temperature 1, see DESIGN.md)."""
+    switch_adapter: Literal["auto", "linear", "mlp2x_gelu", "none"] = "auto"
+    """How the student's vision features reach the teacher projector: auto (a linear adapter when the
+    vision widths or patch grids differ, none when they match), linear, mlp2x_gelu, or none (the paper:
+    the pair must match). The adapter trains with L_VSD and is not part of the exported student."""
+    switch_resample: Literal["interpolate", "pool"] = "interpolate"
+    """How the adapter maps the student's patch grid onto the teacher's: interpolate (bilinear) or pool."""
+    teacher_checkpointing: bool = False
+    """Recompute the switch pathway's teacher layers in backward, one decoder layer at a time, instead of
+    storing their activations (only each layer's input is kept)."""
+
+    def __post_init__(self) -> None:
+        for key in ("lambda_align", "lambda_vsd", "ce_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError("loss weights must be >= 0", key=key)
 
 
 @dataclass

@@ -1,37 +1,23 @@
-"""Typed configuration: dataclasses, YAML files and dotted command-line overrides.
-
-Every setting is a field with a docstring-like comment; ``load_config("x.yaml", ["train.lr=2e-5"])``
-reads a file, applies overrides with one generic function and validates the result. Unknown keys
-are errors that list the valid ones, so a typo never silently falls back to a default.
+"""The generic machinery of typed configuration, apart from any section: dataclasses from plain dicts
+(unknown keys are errors listing the valid ones, values coerced to the annotated types), YAML files,
+dotted command-line overrides, and each field's documentation (the string under it) for ``--show``.
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
+import textwrap
 import types
 import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value or combination that cannot work, with the dotted key that is wrong.
-
-    A section's own check names the field (``key="lr"``); ``from_dict`` puts the section's path in
-    front, so the message reads ``train.lr: ...`` wherever the section sits.
-    """
-
-    def __init__(self, message: str, *, key: str | None = None):
-        self.key, self.problem = key, message
-        super().__init__(f"{key}: {message}" if key else message)
-
-    def under(self, section: str) -> ConfigError:
-        """The same error with its key inside ``section`` (``pretrained`` -> ``teacher.pretrained``)."""
-        return ConfigError(self.problem, key=f"{section}.{self.key}" if self.key else section)
-
+from switchkd.errors import ConfigError
 
 # --------------------------------------------------------------------------------------------
 # Generic machinery: dict <-> dataclass, overrides.
@@ -177,16 +163,6 @@ def read_config(
     return apply_overrides(data, list(overrides or []))
 
 
-def load_model_config(path: str | Path | None, overrides: list[str] | None = None) -> ModelConfig:
-    """A ``ModelConfig`` from a file's ``model:`` section (or a file of only model keys) and
-    ``model.key=value`` overrides (the ``model.`` prefix may be left out)."""
-    overrides = [o if o.startswith("model.") else f"model.{o}" for o in overrides or []]
-    data = read_config(path, overrides, section="model")
-    if "model" not in data:
-        raise ConfigError("give a config file with a `model:` section, or model.* overrides")
-    return from_dict(ModelConfig, data["model"], prefix="model.")
-
-
 def require_folder(source: str | Path, key: str) -> Path:
     """A local folder, or a ConfigError naming ``key``: models and data are never downloaded at run time."""
     path = Path(source)
@@ -216,56 +192,49 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-# --------------------------------------------------------------------------------------------
-# The model.
-# --------------------------------------------------------------------------------------------
+def field_docs(cls) -> dict[str, str]:
+    """Each field's documentation: the string literal written under it in the class body."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if (
+                isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
-@dataclass
-class ModelConfig:
-    """How one VLM (vision tower -> projector -> LLM) is assembled."""
+def _section_type(tp):
+    """The dataclass a field holds (``X`` or ``X | None``), or None for a plain value."""
+    _, inner = _is_optional(tp)
+    return inner if dataclasses.is_dataclass(inner) else None
 
-    vision: str | dict | None = None
-    """Vision encoder: a local Hugging Face folder (CLIP, SigLIP or any AutoModel vision encoder),
-    or a dict of config fields with ``model_type`` (e.g. ``clip_vision_model``) for a fresh model."""
-    llm: str | dict | None = None
-    """Causal LLM: a local Hugging Face folder, or a dict of config fields with ``model_type``."""
-    projector: str = "mlp2x_gelu"
-    """Projector by exact name: mlp2x_gelu, ldpv2, identity."""
-    projector_kwargs: dict = field(default_factory=dict)
-    """Extra projector arguments, e.g. ``{grid: 12}`` for ldpv2."""
-    vision_feature_layer: int = -2
-    """Hidden-state index taken from the vision encoder (-2: the penultimate layer, as LLaVA)."""
-    drop_cls: bool | None = None
-    """Drop the encoder's CLS token; null decides from the encoder (CLIP has one, SigLIP none)."""
-    tokenizer: str | None = None
-    """Tokenizer folder; null uses the LLM folder's."""
-    image_processor: str | dict | None = None
-    """Image processor folder, or a dict of settings; null uses the vision folder's, or builds one
-    matching the vision config (CLIP or SigLIP normalisation)."""
-    image_token: str = "<|image_pad|>"
-    """Placeholder token that stands for one image token in ``input_ids``."""
-    chat_template: str = "chatml"
-    """Chat template by name (see ``switchkd.data.templates``)."""
-    system_prompt: str | None = "You are a helpful assistant."
-    """System line of the chat template; null for none."""
-    attn_implementation: str = "sdpa"
-    """Attention kernel for the LLM and the vision encoder: sdpa, eager, flash_attention_2."""
-    pretrained: str | None = None
-    """A saved switchkd model folder; when set, everything above comes from it."""
 
-    def __post_init__(self) -> None:
-        if self.pretrained is None and (self.vision is None or self.llm is None):
-            raise ConfigError("give either `pretrained` or both `vision` and `llm`", key="pretrained")
-        if self.projector_kwargs is None:
-            self.projector_kwargs = {}
-        if self.pretrained is not None:
-            # a saved model brings every field with it: a value set beside it would be dropped unseen
-            for f in fields(self):
-                default = f.default_factory() if f.default_factory is not MISSING else f.default
-                if f.name != "pretrained" and getattr(self, f.name) != default:
-                    raise ConfigError(
-                        f"cannot apply to a pretrained model, which keeps what its config.json says "
-                        f"({self.pretrained}); remove the key, or build the model from `vision` and `llm`",
-                        key=f.name,
-                    )
+def describe(cls, value=None, *, indent: int = 0) -> list[str]:
+    """The fields of config dataclass ``cls`` as commented YAML lines: each field's documentation above
+    it, then ``key: value`` with ``value``'s setting (or the default, or ``<required>``); sections nest."""
+    hints, docs, pad, lines = typing.get_type_hints(cls), field_docs(cls), "  " * indent, []
+    for f in dataclasses.fields(cls):
+        if docs.get(f.name):
+            lines += [f"{pad}# {line}" for line in textwrap.wrap(docs[f.name], 100 - len(pad))]
+        if value is not None:
+            current = getattr(value, f.name)
+        elif f.default is not MISSING:
+            current = f.default
+        elif f.default_factory is not MISSING:
+            current = f.default_factory()
+        else:
+            current = None
+        section = _section_type(hints[f.name])
+        if section is not None and (current is not None or value is None):
+            lines.append(f"{pad}{f.name}:")
+            lines += describe(section, current, indent=indent + 1)
+            continue
+        shown = "<required>" if value is None and f.default is MISSING and f.default_factory is MISSING else current
+        text = yaml.safe_dump(shown, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+        lines.append(f"{pad}{f.name}: {text}")
+    return lines
