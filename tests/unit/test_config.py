@@ -98,3 +98,44 @@ def test_model_config_overrides_reach_a_file_with_a_model_section(tmp_path: Path
     assert load_model_config(None, ["vision=/v", "llm=/l"]).vision == "/v"
     with pytest.raises(ConfigError, match="model.projektor"):
         load_model_config(sectioned, ["model.projektor=x"])
+
+
+def _sections(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    from switchkd.config.core import _section_type
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        yield cls, prefix + f.name, f.name
+        section = _section_type(hints[f.name])
+        if section is not None:
+            yield from _sections(section, f"{prefix}{f.name}.")
+
+
+def test_every_run_config_field_is_documented_and_shown(tmp_path):
+    """``switchkd config --show`` is the schema's reference: every field of every section has the
+    documentation written under it, and the printout holds each field with that text."""
+    from switchkd.config import Config, describe, field_docs, load_config
+
+    shown = "\n".join(describe(Config))
+    missing = [dotted for cls, dotted, name in _sections(Config) if not field_docs(cls).get(name)]
+    assert not missing, missing
+    for cls, dotted, name in _sections(Config):
+        first_words = " ".join(field_docs(cls)[name].split()[:4])
+        assert f"{name}:" in shown and first_words in " ".join(shown.replace("#", " ").split()), dotted
+    assert "\n  lr: 2.0e-05\n" in shown and "\n  stage: dft\n" in shown
+    # with a config: its values, overrides applied
+    path = tmp_path / "run.yaml"
+    path.write_text("model: {vision: /v, llm: /l}\ndata: {train: d.json}\nteacher: {pretrained: /t}\n")
+    values = "\n".join(describe(Config, load_config(path, ["train.lr=0.5", "distill.loss=bild_fkl"])))
+    assert "\n  lr: 0.5\n" in values and "\n    name: bild_fkl\n" in values and "\n  pretrained: /t\n" in values
+
+
+def test_config_command_prints_the_schema(capsys):
+    from switchkd.cli.main import main
+
+    assert main(["config", "--show"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# The student (or the only model, for pt/sft).\nmodel:\n") and "teacher_checkpointing:" in out

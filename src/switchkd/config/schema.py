@@ -138,11 +138,13 @@ class LoraSettings:
     alpha: float = 16.0
     """Scale alpha (the update is alpha / r * B A)."""
     dropout: float = 0.05
+    """Dropout on the adapters' input during training."""
     target_modules: list = field(default_factory=lambda: list(LLM_LORA_TARGETS))
     """Linear layers of the LLM that get adapters (Qwen2 names)."""
     vision: bool = False
     """Adapters in the vision tower too (its layers up to the feature layer), instead of training it fully."""
     vision_target_modules: list = field(default_factory=lambda: list(VISION_LORA_TARGETS))
+    """Linear layers of the vision tower that get adapters when ``vision`` is true (CLIP/SigLIP names)."""
 
     def __post_init__(self) -> None:
         if self.rank < 0:
@@ -160,19 +162,25 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA for the trainable LLM (and optionally vision tower): ``lora: {rank: 16, alpha: 32}``."""
     output_dir: str = "runs/train"
+    """The run's folder: config.yaml, log.jsonl, checkpoints/, final/ (a run owns it: see --resume, --overwrite)."""
     lr: float = 2e-5
     """Peak learning rate (paper: PT 1e-3, DFT 2e-5)."""
     weight_decay: float = 0.0
+    """AdamW weight decay (not applied to biases and norms); the paper does not say, LLaVA uses 0."""
     epochs: float = 1.0
+    """Passes over the data (fractions allowed); the paper: 1."""
     max_steps: int | None = None
     """Optimizer steps; overrides epochs when set."""
     per_device_batch_size: int = 4
+    """Samples per process per micro-batch (the paper's global batch: PT 256, DFT 128, e.g. 8 GPUs x 16)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step; global batch = per_device_batch_size x grad_accum x processes."""
     warmup_ratio: float = 0.03
+    """Fraction of the steps with a linear warm-up from 0 (the paper: 0.03)."""
     scheduler: Literal["cosine", "constant"] = "cosine"
     """cosine (with linear warm-up) or constant (with warm-up)."""
     max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this (null: no clipping)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """no, bf16 or fp16 (autocast where the device supports it)."""
     gradient_checkpointing: bool = False
@@ -182,11 +190,14 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage (the paper: 2)."""
     seed: int = 0
+    """Seeds initialisation, data order and dropout; the same seed, code, torch build and thread count
+    give the same run bit for bit."""
     save_every: int | None = None
     """Write a resumable checkpoint every N optimizer steps (and always at the end)."""
     save_total_limit: int | None = 2
     """Keep at most this many step checkpoints (the final model is always kept)."""
     log_every: int = 1
+    """Write a log.jsonl record every N optimizer steps (and at the last)."""
     diagnostics_every: int = 0
     """Every N steps (a multiple of log_every; 0: never), log what moves the vision tower: the gradient
     norm that each loss term alone sends into it (``grad_vision_ce``/``_align``/``_vsd``) and, with a
@@ -194,6 +205,7 @@ class TrainConfig:
     (``feature_distance``). One extra forward and backward per term at those steps; training itself is
     unchanged. One process or DDP only (sharded parameters cannot be differentiated one term at a time)."""
     tensorboard: bool = False
+    """Also log to TensorBoard under output_dir (the ``tensorboard`` extra)."""
     progress: bool = True
     """Show a progress bar."""
     loss_head: Literal["fused", "plain"] = "fused"
@@ -267,8 +279,11 @@ class Config:
     teacher: ModelConfig | None = None
     """The frozen teacher, for dpt/dft."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The training records and how they are read and batched."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """The stage, optimisation, precision, parallelism, checkpoints and logging."""
     distill: DistillConfig = field(default_factory=DistillConfig)
+    """The Switch-KD objective (dpt/dft): the loss, the λ weights, the visual switch."""
 
     def __post_init__(self) -> None:
         if self.data.train is None:
