@@ -113,13 +113,13 @@ def test_the_adapter_kinds_and_resamplings(tiny_world, siglip_teacher):
     distiller, *_ = _pair(tiny_world, siglip_teacher, switch_adapter="mlp2x_gelu", switch_resample="pool")
     assert "pool" in repr(distiller.switch_adapter) and "mlp2x_gelu" in repr(distiller.switch_adapter)
     # hand-checked resampling: 4 x 4 -> 2 x 2 average pooling, and interpolation of a constant grid
-    pool = SwitchAdapter(1, 1, 4, 2, resample="pool")
+    pool = SwitchAdapter(1, 1, in_grid=4, out_grid=2, resample="pool")
     with torch.no_grad():
         pool.map.weight.fill_(1.0)
         pool.map.bias.zero_()
     grid = torch.arange(16.0).reshape(1, 16, 1)
     assert pool(grid).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
-    interp = SwitchAdapter(2, 2, 4, 3)
+    interp = SwitchAdapter(2, 2, in_grid=4, out_grid=3)
     with torch.no_grad():
         interp.map.weight.copy_(torch.eye(2))
         interp.map.bias.zero_()

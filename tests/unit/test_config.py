@@ -138,4 +138,6 @@ def test_config_command_prints_the_schema(capsys):
 
     assert main(["config", "--show"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# The student (or the only model, for pt/sft).\nmodel:\n") and "teacher_checkpointing:" in out
+    assert (
+        out.startswith("# The student (or the only model, for pt/sft).\nmodel:\n") and "teacher_checkpointing:" in out
+    )

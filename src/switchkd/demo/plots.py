@@ -87,7 +87,7 @@ def _knees(model_dir: Path, dft_file: Path, rows: int = 16) -> torch.Tensor:
     return knee_k(logits.float())
 
 
-def plot_knee(plt, kd_dir: Path, teacher_dir: Path, dft_file: Path, png: Path) -> Path | None:
+def plot_knee(plt, kd_dir: Path, teacher_dir: Path, *, dft_file: Path, png: Path) -> Path | None:
     """Left: the mean knee k of teacher and student over Switch-KD training; right: the distribution of k
     over answer tokens for the teacher and the final student."""
     rows = _log(kd_dir)
@@ -111,7 +111,7 @@ def plot_knee(plt, kd_dir: Path, teacher_dir: Path, dft_file: Path, png: Path) -
 
 
 def plot_kinds(
-    plt, per_seed: list[dict], rows: list[tuple[str, str]], png: Path, constant: dict[str, float] | None = None
+    plt, per_seed: list[dict], rows: list[tuple[str, str]], *, png: Path, constant: dict[str, float] | None = None
 ) -> Path | None:
     """Per-kind accuracy bars of ``rows`` ((label, key) into each seed's scores), mean over seeds, with
     the seeds' std as error bars when there are several; ``constant`` (kind: %) marks what the best

@@ -119,7 +119,9 @@ def run_seed(cfg: DemoConfig) -> dict[str, dict]:
     teachers = {"teacher": teacher_dir}
     for size in TEACHER_SIZES:
         variant = replace(cfg, teacher_width=size.width, teacher_layers=size.layers)
-        folder = train_teacher_variant(variant, f"teacher_{size.name}", tokenizer, mixed, encoder)
+        folder = train_teacher_variant(
+            variant, f"teacher_{size.name}", tokenizer=tokenizer, mixed=mixed, encoder_from=encoder
+        )
         teachers[f"teacher {size.name}"] = folder
         runs[f"teacher {size.name} DFT"] = (pt, "dft", cfg.distill, ModelConfig(pretrained=str(folder)))
     scores: dict[str, dict] = {}
@@ -411,8 +413,12 @@ def draw_plots(out: Path, per_seed: list[dict], checks: list[KindCheck] = ()) ->
     kd, sft = seed0 / _folder(SWITCH_KD), seed0 / _folder("PT+SFT")
     drawn = [
         plot_curves(plt, sft, kd, out / "curves.png"),
-        plot_knee(plt, kd, seed0 / "teacher" / "final", seed0 / "world" / "dft_train.json", out / "knee.png"),
-        plot_kinds(plt, per_seed, list(KIND_ROWS), out / "kinds.png", {c.kind: c.constant for c in checks}),
+        plot_knee(
+            plt, kd, seed0 / "teacher" / "final", dft_file=seed0 / "world" / "dft_train.json", png=out / "knee.png"
+        ),
+        plot_kinds(
+            plt, per_seed, list(KIND_ROWS), png=out / "kinds.png", constant={c.kind: c.constant for c in checks}
+        ),
         plot_vision(
             plt,
             {"SFT": sft, "DFT w/o switch": seed0 / _folder("DFT w/o switch"), "Switch-KD": kd},

@@ -170,7 +170,7 @@ def prepare_world(cfg: DemoConfig) -> tuple[dict, Path, Path]:
     return paths, tokenizer, mixed
 
 
-def train_teacher_variant(cfg: DemoConfig, name: str, tokenizer: Path, mixed: Path, encoder_from: Path) -> Path:
+def train_teacher_variant(cfg: DemoConfig, name: str, *, tokenizer: Path, mixed: Path, encoder_from: Path) -> Path:
     """Another teacher for the same student (paper Table 6): an LLM of ``cfg.teacher_width`` x
     ``cfg.teacher_layers`` on the shared pretrained encoder (``encoder_from``, the one the student starts
     from), trained as the main teacher's second phase is."""
@@ -367,4 +367,4 @@ def draw_kinds(results: dict, png: Path) -> Path | None:
     if plt is None:
         return None
     scores = [{name: r["world"] for name, r in results.items()}]
-    return plot_kinds(plt, scores, [(name.removeprefix("student "), name) for name in results], png)
+    return plot_kinds(plt, scores, [(name.removeprefix("student "), name) for name in results], png=png)

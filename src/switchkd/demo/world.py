@@ -189,11 +189,41 @@ def _balanced_kinds(rng: random.Random, n: int) -> list[str]:
     return kinds
 
 
+def _questions(kinds: list[str], objs, rng: random.Random, yes_turn: int) -> tuple[list[dict], int]:
+    """One image's questions of the given kinds; existence questions alternate yes and no exactly."""
+    qas = []
+    for kind in kinds:
+        want = None
+        if kind == "exists":
+            want, yes_turn = yes_turn % 2 == 0, yes_turn + 1
+        qas.append(ask(kind, objs, rng, want))
+    return qas, yes_turn
+
+
+def _conversation(record_id: str, image: str, qas: list[dict]) -> dict:
+    convs = []
+    for j, qa in enumerate(qas):
+        convs.append({"from": "human", "value": ("<image>\n" if j == 0 else "") + qa["question"]})
+        convs.append({"from": "gpt", "value": qa["answer"]})
+    return {"id": record_id, "image": image, "conversations": convs}
+
+
+def _question_rows(prefix: str, image: str, qas: list[dict]) -> list[dict]:
+    rows = []
+    for j, qa in enumerate(qas):
+        row = {"question_id": f"{prefix}-{j}", "image": image, "text": qa["question"], "answer": qa["answer"]}
+        row["type"] = qa["kind"]
+        if "options" in qa:
+            row["options"] = qa["options"]
+        rows.append(row)
+    return rows
+
+
 def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
     """Images and LLaVA-format files for the three splits; returns the paths written."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    pt, dft, val, test = [], [], [], []
+    records: dict[str, list] = {"pt": [], "dft": [], "val": [], "test": []}
     yes_turn = 0  # alternate yes/no exactly, split by split
     for split, count, offset in (
         ("train", cfg.train_images, 0),
@@ -201,50 +231,28 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
         ("test", cfg.test_images, 2),
     ):
         rng = random.Random(f"{cfg.seed}-{split}-{offset}")
-        kinds = _balanced_kinds(
-            rng, count * (cfg.turns_per_image if split == "train" else cfg.questions_per_test_image)
-        )
+        per_image = cfg.turns_per_image if split == "train" else cfg.questions_per_test_image
+        kinds = _balanced_kinds(rng, count * per_image)
         for i in range(count):
             objs = sample_scene(rng, cfg)
             name = f"{split}_{i:05d}.png"
+            image = f"images/{name}"
             render(objs, cfg, rng).save(out / "images" / name)
             if split == "train":
-                pt.append(
-                    {
-                        "id": f"pt-{i}",
-                        "image": f"images/{name}",
-                        "conversations": [
-                            {"from": "human", "value": f"<image>\n{rng.choice(CAPTION_PROMPTS)}"},
-                            {"from": "gpt", "value": caption(objs)},
-                        ],
-                    }
-                )
-            per_image = cfg.turns_per_image if split == "train" else cfg.questions_per_test_image
-            qas = []
-            for j in range(per_image):
-                kind = kinds[i * per_image + j]
-                want = None
-                if kind == "exists":
-                    want, yes_turn = yes_turn % 2 == 0, yes_turn + 1
-                qas.append(ask(kind, objs, rng, want))
+                caption_turns = [
+                    {"from": "human", "value": f"<image>\n{rng.choice(CAPTION_PROMPTS)}"},
+                    {"from": "gpt", "value": caption(objs)},
+                ]
+                records["pt"].append({"id": f"pt-{i}", "image": image, "conversations": caption_turns})
+            qas, yes_turn = _questions(kinds[i * per_image : (i + 1) * per_image], objs, rng, yes_turn)
             if split == "train":
-                convs = []
-                for j, qa in enumerate(qas):
-                    convs.append({"from": "human", "value": ("<image>\n" if j == 0 else "") + qa["question"]})
-                    convs.append({"from": "gpt", "value": qa["answer"]})
-                dft.append({"id": f"dft-{i}", "image": f"images/{name}", "conversations": convs})
+                records["dft"].append(_conversation(f"dft-{i}", image, qas))
             else:
-                for j, qa in enumerate(qas):
-                    row = {
-                        "question_id": f"{split}-{i}-{j}",
-                        "image": f"images/{name}",
-                        "text": qa["question"],
-                        "answer": qa["answer"],
-                        "type": qa["kind"],
-                    }
-                    if "options" in qa:
-                        row["options"] = qa["options"]
-                    (val if split == "val" else test).append(row)
+                records[split] += _question_rows(f"{split}-{i}", image, qas)
+    return _write_world_files(out, cfg, records)
+
+
+def _write_world_files(out: Path, cfg: WorldConfig, records: dict[str, list]) -> dict[str, Path]:
     paths = {
         "pt": out / "pt_train.json",
         "dft": out / "dft_train.json",
@@ -253,11 +261,11 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
         "stats": out / "stats.json",
         "config": out / "world.json",
     }
-    paths["pt"].write_text(json.dumps(pt, indent=1))
-    paths["dft"].write_text(json.dumps(dft, indent=1))
-    for key, rows in (("val", val), ("test", test)):
-        paths[key].write_text("".join(json.dumps(r) + "\n" for r in rows))
-    paths["stats"].write_text(json.dumps(world_stats(dft, test), indent=2))
+    paths["pt"].write_text(json.dumps(records["pt"], indent=1))
+    paths["dft"].write_text(json.dumps(records["dft"], indent=1))
+    for key in ("val", "test"):
+        paths[key].write_text("".join(json.dumps(r) + "\n" for r in records[key]))
+    paths["stats"].write_text(json.dumps(world_stats(records["dft"], records["test"]), indent=2))
     paths["config"].write_text(json.dumps(asdict(cfg), indent=2))
     return paths
 

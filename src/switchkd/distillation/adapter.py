@@ -35,6 +35,7 @@ class SwitchAdapter(nn.Module):
         self,
         in_dim: int,
         out_dim: int,
+        *,
         in_grid: int,
         out_grid: int,
         kind: str = "linear",

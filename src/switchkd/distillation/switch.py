@@ -72,7 +72,7 @@ def switch_adapter(student, teacher, cfg: DistillConfig) -> SwitchAdapter | None
             )
         return None
     in_grid, out_grid = grid_side(s_tokens, "student"), grid_side(t_tokens, "teacher")
-    return SwitchAdapter(s_dim, t_dim, in_grid, out_grid, kind=kind, resample=cfg.switch_resample)
+    return SwitchAdapter(s_dim, t_dim, in_grid=in_grid, out_grid=out_grid, kind=kind, resample=cfg.switch_resample)
 
 
 class VisualSwitchDistiller(nn.Module):
@@ -80,7 +80,7 @@ class VisualSwitchDistiller(nn.Module):
     wrapped by DDP/FSDP/DeepSpeed, never in the state dict). Moving or casting the distiller
     (``.to(device)``, ``.bfloat16()``) moves and casts the teacher with it."""
 
-    def __init__(self, student, teacher, cfg: DistillConfig, chunk_rows: int | None = None, fused: bool = True):
+    def __init__(self, student, teacher, cfg: DistillConfig, *, chunk_rows: int | None = None, fused: bool = True):
         super().__init__()
         self.student = student
         self._teacher = [teacher]  # a list hides it from nn.Module registration

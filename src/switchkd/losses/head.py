@@ -20,6 +20,7 @@ Only the weighted ``total`` carries a gradient in the fused head; ``sums`` are d
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -86,23 +87,24 @@ def _weighted(sums: dict[str, torch.Tensor], weights: dict[str, float]) -> torch
 
 
 def _fused(pathways, chunk_loss, weights, *, vocab, chunks):
-    names = list(pathways)
     flat: list[torch.Tensor | None] = []
     for hidden, head in pathways.values():
         flat += [hidden, head.weight, head.bias]
-    spec = _Spec(names, chunk_loss, weights, vocab, chunks)
-    total, stacked = _FusedHead.apply(spec, *flat)
-    return total, {key: value.to(dtype) for (key, dtype), value in zip(spec.keys, stacked.unbind())}
+    plan = _Plan(names=tuple(pathways), chunk_loss=chunk_loss, weights=weights, vocab=vocab, chunks=tuple(chunks))
+    total, stacked, keys = _FusedHead.apply(plan, *flat)
+    return total, {key: value.to(dtype) for (key, dtype), value in zip(keys, stacked.unbind())}
 
 
-class _Spec:
-    """What the fused function needs besides tensors; ``keys`` is filled by forward: the name and dtype
-    of each detached sum it returns, in order."""
+@dataclass(frozen=True, kw_only=True)
+class _Plan:
+    """What the fused function needs besides tensors: the pathways' names (in ``flat``'s order), the
+    chunk loss and its weights, the vocabulary width and the row chunks."""
 
-    def __init__(self, names, chunk_loss, weights, vocab, chunks):
-        self.names, self.chunk_loss, self.weights = names, chunk_loss, weights
-        self.vocab, self.chunks = vocab, chunks
-        self.keys: list[tuple[str, torch.dtype]] = []
+    names: tuple[str, ...]
+    chunk_loss: ChunkLoss
+    weights: dict[str, float]
+    vocab: int
+    chunks: tuple[slice, ...]
 
 
 def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
@@ -129,36 +131,37 @@ def _add_outer_in_blocks(out: torch.Tensor, g: torch.Tensor, h: torch.Tensor, vo
 
 
 class _FusedHead(torch.autograd.Function):
-    """``(weighted total, detached sums)`` from ``(hidden, weight, bias)`` per pathway; the gradients
-    of the total are computed chunk by chunk in forward and only scaled in backward."""
+    """``(weighted total, detached sums stacked, their (name, dtype) keys)`` from ``(hidden, weight,
+    bias)`` per pathway; the gradients of the total are computed chunk by chunk in forward, kept on
+    ``ctx`` and only scaled in backward."""
 
     @staticmethod
-    def forward(ctx, spec: _Spec, *flat):
-        n = len(spec.names)
+    def forward(ctx, plan: _Plan, *flat):
+        n = len(plan.names)
         hidden, weight, bias = flat[0::3], flat[1::3], flat[2::3]
         wants = ctx.needs_input_grad[1:]  # per flat input, laid out like ``flat``
         want_h, want_w, want_b = wants[0::3], wants[1::3], wants[2::3]
         dtype = _matmul_dtype(hidden[0])
         with torch.autocast(hidden[0].device.type, enabled=False):
             # One cast per call, not per chunk (the frozen teacher is usually in this dtype already).
-            w_mm = [w[: spec.vocab].to(dtype) for w in weight]
-            b_mm = [None if b is None else b[: spec.vocab].to(dtype) for b in bias]
+            w_mm = [w[: plan.vocab].to(dtype) for w in weight]
+            b_mm = [None if b is None else b[: plan.vocab].to(dtype) for b in bias]
             grad_h = [torch.zeros_like(h) if want else None for h, want in zip(hidden, want_h)]
             grad_w = [torch.zeros_like(w) if want else None for w, want in zip(weight, want_w)]
             grad_b = [torch.zeros_like(b) if want else None for b, want in zip(bias, want_b)]
             sums: dict[str, torch.Tensor] = {}
-            for rows in spec.chunks:
+            for rows in plan.chunks:
                 h_mm = [h[rows].to(dtype) for h in hidden]
                 with torch.enable_grad():
                     logits = {}
-                    for i, name in enumerate(spec.names):
+                    for i, name in enumerate(plan.names):
                         z = F.linear(h_mm[i], w_mm[i], b_mm[i])
                         logits[name] = z.requires_grad_(want_h[i] or want_w[i] or want_b[i])
-                    chunk = spec.chunk_loss(logits, rows)
-                    total = _weighted(chunk, spec.weights)
-                    graded = [i for i, name in enumerate(spec.names) if logits[name].requires_grad]
+                    chunk = plan.chunk_loss(logits, rows)
+                    total = _weighted(chunk, plan.weights)
+                    graded = [i for i, name in enumerate(plan.names) if logits[name].requires_grad]
                     if total.requires_grad and graded:
-                        grads = torch.autograd.grad(total, [logits[spec.names[i]] for i in graded], allow_unused=True)
+                        grads = torch.autograd.grad(total, [logits[plan.names[i]] for i in graded], allow_unused=True)
                     else:
                         grads = [None] * len(graded)
                 _add(sums, {key: value.detach() for key, value in chunk.items()})
@@ -169,23 +172,23 @@ class _FusedHead(torch.autograd.Function):
                     if grad_h[i] is not None:
                         grad_h[i][rows] = g @ w_mm[i]
                     if grad_w[i] is not None and grad_w[i].dtype == dtype:
-                        grad_w[i][: spec.vocab].addmm_(g.T, h_mm[i])  # in place: no (V, H) temporary
+                        grad_w[i][: plan.vocab].addmm_(g.T, h_mm[i])  # in place: no (V, H) temporary
                     elif grad_w[i] is not None:  # float32 master weights under autocast
-                        _add_outer_in_blocks(grad_w[i], g, h_mm[i], spec.vocab)
+                        _add_outer_in_blocks(grad_w[i], g, h_mm[i], plan.vocab)
                     if grad_b[i] is not None:
-                        grad_b[i][: spec.vocab] += g.sum(0).to(grad_b[i].dtype)
+                        grad_b[i][: plan.vocab] += g.sum(0).to(grad_b[i].dtype)
                 del logits, chunk, total, grads
-        spec.keys[:] = [(key, value.dtype) for key, value in sums.items()]
+        keys = tuple((key, value.dtype) for key, value in sums.items())
         ctx.grads = [g for i in range(n) for g in (grad_h[i], grad_w[i], grad_b[i])]
         ctx.used = False
-        total = _weighted(sums, spec.weights).detach()
+        total = _weighted(sums, plan.weights).detach()
         # float64 holds both the loss sums and the knee sizes' integer sums exactly
         stacked = torch.stack([value.double() for value in sums.values()]) if sums else total.new_zeros(0)
         ctx.mark_non_differentiable(stacked)
-        return total, stacked
+        return total, stacked, keys
 
     @staticmethod
-    def backward(ctx, grad_total, _grad_sums):
+    def backward(ctx, grad_total, _grad_sums, _grad_keys=None):
         if ctx.used:
             raise RuntimeError("the fused loss head supports one backward pass per forward (no retain_graph reuse)")
         ctx.used = True

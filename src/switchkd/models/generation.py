@@ -99,6 +99,51 @@ def next_tokens(logits: torch.Tensor, seen: torch.Tensor, cfg: GenerationConfig,
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+@dataclass
+class _Decoding:
+    """The state of one batch being decoded: tokens so far (prompt included), mask, next positions,
+    the last forward's output, which rows have stopped, and the image features (without a cache every
+    step runs the whole sequence again, images included)."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    next_pos: torch.Tensor
+    out: object
+    finished: torch.Tensor
+    image_features: torch.Tensor | None
+
+
+def _prefill(model, ids, mask, image_features, cfg: GenerationConfig) -> _Decoding:
+    """One forward over the prompts (left-padded), filling the KV cache when there is one."""
+    cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
+    positions = position_ids_from_mask(mask)
+    out = model(
+        ids,
+        mask,
+        image_features=image_features,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=cfg.use_cache,
+        logits_at=1,
+    )
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    return _Decoding(ids, mask, positions[:, -1:] + 1, out, finished, image_features)
+
+
+def _decode_step(model, state: _Decoding, token: torch.Tensor, cfg: GenerationConfig) -> None:
+    """Append ``token`` (B,) and run the forward that gives the next token's logits."""
+    state.ids = torch.cat([state.ids, token[:, None]], dim=1)
+    state.mask = torch.cat([state.mask, torch.ones_like(state.mask[:, :1])], dim=1)
+    if cfg.use_cache:
+        past = state.out.past_key_values
+        state.out = model(
+            token[:, None], state.mask, position_ids=state.next_pos, past_key_values=past, use_cache=True, logits_at=1
+        )
+        state.next_pos = state.next_pos + 1
+    else:
+        state.out = model(state.ids, state.mask, image_features=state.image_features, logits_at=1)
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -127,44 +172,16 @@ def generate(
         generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
     vocab = model.vocab_size  # logits rows past the tokenizer are padding and never chosen
     image_features = model.encode_images(pixel_values) if pixel_values is not None else None
-
-    cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
-    positions = position_ids_from_mask(mask)
-    out = model(
-        ids,
-        mask,
-        image_features=image_features,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=cfg.use_cache,
-        logits_at=1,
-    )
-    next_pos = positions[:, -1:] + 1
-    seen = ids
-    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    state = _prefill(model, ids, mask, image_features, cfg)
     new: list[torch.Tensor] = []
     for _ in range(cfg.max_new_tokens):
-        token = next_tokens(out.logits[:, -1, :vocab], seen, cfg, generator)
-        token = token.masked_fill(finished, pad_id)
+        token = next_tokens(state.out.logits[:, -1, :vocab], state.ids, cfg, generator)
+        token = token.masked_fill(state.finished, pad_id)
         new.append(token)
         if streamer is not None:
             streamer(token)
-        finished |= torch.isin(token, stop)
-        if bool(finished.all()) or len(new) == cfg.max_new_tokens:
+        state.finished |= torch.isin(token, stop)
+        if bool(state.finished.all()) or len(new) == cfg.max_new_tokens:
             break
-        seen = torch.cat([seen, token[:, None]], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        if cfg.use_cache:
-            out = model(
-                token[:, None],
-                mask,
-                position_ids=next_pos,
-                past_key_values=out.past_key_values,
-                use_cache=True,
-                logits_at=1,
-            )
-            next_pos = next_pos + 1
-        else:
-            ids = torch.cat([ids, token[:, None]], dim=1)
-            out = model(ids, mask, image_features=image_features, logits_at=1)
+        _decode_step(model, state, token, cfg)
     return torch.stack(new, dim=1)
