@@ -67,6 +67,16 @@ def teacher_view_of(student, teacher) -> TeacherView | None:
     return TeacherView(teacher.image_processor if pixels else None, teacher.num_image_tokens if tokens else None)
 
 
+TEACHER_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
+
+
+def teacher_view(batch: dict) -> dict:
+    """The batch as the teacher reads it: the student's tensors, replaced by the teacher's own versions
+    where the collator carried them (``batch["teacher"]``: another image-token count or image processor)."""
+    own = batch.get("teacher") or {}
+    return {key: own.get(key, batch.get(key)) for key in TEACHER_KEYS}
+
+
 class LlavaDataset(Dataset):
     def __init__(
         self,

@@ -37,8 +37,6 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
 from switchkd.config import ModelConfig
 from switchkd.data.images import load_image, preprocess_images
 from switchkd.demo.benchmark import load_world
@@ -53,6 +51,7 @@ from switchkd.demo.run import (
     train_teacher,
     train_teacher_variant,
 )
+from switchkd.diagnostics import encoder_distance
 from switchkd.evaluation.stats import Difference, above_chance, accuracy_interval, paired_difference
 from switchkd.losses import LOSSES
 from switchkd.models import VisionLanguageModel
@@ -76,15 +75,18 @@ TEACHER_SIZES = (TeacherSize("small", 96, 2), TeacherSize("large", 192, 6))
 """Table 6's other teachers; the main one is ``DemoConfig.teacher_width`` x ``teacher_layers`` (128 x 4)."""
 
 
-@torch.no_grad()
-def feature_distance(student_dir: Path, teacher_dir: Path, test_dir: Path, limit: int = 64) -> float:
-    """``||V^S(x) - V^T(x)|| / ||V^T(x)||`` of two models' vision features on the first test images."""
-    student = VisionLanguageModel.from_pretrained(student_dir).eval()
-    teacher = VisionLanguageModel.from_pretrained(teacher_dir).eval()
-    paths = sorted({item.image for item in load_world(test_dir)})[:limit]
-    pixels = preprocess_images([load_image(p) for p in paths], student.image_processor)
-    s, t = student.vision_tower(pixels), teacher.vision_tower(pixels)
-    return float((s - t).norm() / t.norm())
+def feature_distance(student_dir: Path, teacher_dir: Path, test_dir: Path, limit: int = 64) -> float | None:
+    """The encoders' feature distance (``diagnostics.encoder_distance``) of two saved models on the first
+    ``limit`` test images, each reading them through its own image processor."""
+    student = VisionLanguageModel.from_pretrained(student_dir)
+    teacher = VisionLanguageModel.from_pretrained(teacher_dir)
+    images = [load_image(p) for p in sorted({item.image for item in load_world(test_dir)})[:limit]]
+    return encoder_distance(
+        student,
+        teacher,
+        student_pixels=preprocess_images(images, student.image_processor),
+        teacher_pixels=preprocess_images(images, teacher.image_processor),
+    )
 
 
 def run_seed(cfg: DemoConfig) -> dict[str, dict]:

@@ -9,7 +9,6 @@ Logits are computed only at supervised positions.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -21,7 +20,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from switchkd.config import DistillConfig
-from switchkd.data.dataset import teacher_view_of
+from switchkd.data.dataset import teacher_view, teacher_view_of
+from switchkd.diagnostics import encoder_distance, gradient_norm
 from switchkd.distillation.adapter import SwitchAdapter, grid_side
 from switchkd.losses import LossRows, cross_entropy_rows, loss_head, per_token, supervised_positions
 
@@ -172,13 +172,15 @@ class VisualSwitchDistiller(nn.Module):
             finally:
                 self.cfg = cfg
             out[f"grad_vision_{term}"] = gradient_norm(total, params)
-        with torch.no_grad():
-            student = self.student.vision_tower(pixels)
-            teacher = self.teacher.vision_tower(teacher_view(batch).get("pixel_values"))
-            if self.switch_adapter is not None:
-                student = self.switch_adapter(student)
-            if student.shape == teacher.shape:
-                out["feature_distance"] = ((student.float() - teacher.float()).norm() / teacher.float().norm()).item()
+        distance = encoder_distance(
+            self.student,
+            self.teacher,
+            student_pixels=pixels,
+            teacher_pixels=teacher_view(batch)["pixel_values"],
+            adapter=self.switch_adapter,
+        )
+        if distance is not None:
+            out["feature_distance"] = distance
         return out
 
     def _hidden_states(
@@ -268,23 +270,6 @@ def _sums(term: str, rows: LossRows, with_k: bool) -> dict[str, torch.Tensor]:
 
 
 _WEIGHT_KEYS = {"ce": "ce_weight", "align": "lambda_align", "vsd": "lambda_vsd"}
-TEACHER_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
-
-
-def teacher_view(batch: dict) -> dict:
-    """The batch as the teacher reads it: the student's tensors, replaced by the teacher's own versions
-    where the collator carries them (``batch["teacher"]``: another image-token count or image processor)."""
-    own = batch.get("teacher") or {}
-    return {key: own.get(key, batch.get(key)) for key in TEACHER_KEYS}
-
-
-def gradient_norm(loss: torch.Tensor, params: list[nn.Parameter]) -> float:
-    """The L2 norm of d loss / d params over all of ``params`` (0 where the loss does not reach them),
-    without touching their ``.grad``."""
-    if not loss.requires_grad:
-        return 0.0
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return math.sqrt(sum(float(g.float().pow(2).sum()) for g in grads if g is not None))
 
 
 @contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from switchkd.distillation.switch import gradient_norm
+from switchkd.diagnostics import gradient_norm
 from switchkd.losses import cross_entropy_rows, loss_head, per_token, supervised_positions
 
 
