@@ -3,6 +3,8 @@ and the state a resume restores. Nothing here trains; ``trainer.train`` does."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import logging
 import math
 from pathlib import Path
@@ -64,7 +66,11 @@ def _build_run(cfg: Config, accelerator: Accelerator, *, run_id: str, resume: bo
 
 def make_accelerator(t: TrainConfig) -> Accelerator:
     kwargs = {}
-    if t.distributed == "deepspeed":
+    if t.distributed == "deepspeed" and torch.cuda.is_available() and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            "needs the deepspeed package: pip install --no-build-isolation deepspeed", key="train.distributed"
+        )
+    if t.distributed == "deepspeed" and torch.cuda.is_available():
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
             zero_stage=t.zero_stage, gradient_accumulation_steps=t.grad_accum, gradient_clipping=t.max_grad_norm or 0.0
         )
