@@ -4,7 +4,6 @@ and the state a resume restores. Nothing here trains; ``trainer.train`` does."""
 from __future__ import annotations
 
 import importlib.util
-
 import logging
 import math
 from pathlib import Path
