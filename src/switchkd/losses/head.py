@@ -20,6 +20,7 @@ Only the weighted ``total`` carries a gradient in the fused head; ``sums`` are d
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -67,11 +68,56 @@ def loss_head(
         if chunk_rows is None:
             chunk_rows = auto_chunk_rows(vocab, next(iter(pathways.values()))[0].device)
         return _fused(pathways, chunk_loss, weights, vocab=vocab, chunks=row_chunks(num_rows, chunk_rows))
-    sums: dict[str, torch.Tensor] = {}
-    for rows in row_chunks(num_rows, chunk_rows):
-        logits = {name: head(hidden[rows])[..., :vocab] for name, (hidden, head) in pathways.items()}
-        _add(sums, chunk_loss(logits, rows))
+    device = next(iter(pathways.values()))[0].device
+    operand = _matmul_dtype(next(iter(pathways.values()))[0])
+    logit = logits_dtype(operand)
+    with torch.autocast(device.type, enabled=False), exact_products(operand, device):
+        heads = {name: _plain_head(head, operand, logit, vocab) for name, (_, head) in pathways.items()}
+        sums: dict[str, torch.Tensor] = {}
+        for rows in row_chunks(num_rows, chunk_rows):
+            logits = {name: heads[name](hidden[rows]) for name, (hidden, _) in pathways.items()}
+            _add(sums, chunk_loss(logits, rows))
     return _weighted(sums, weights), sums
+
+
+def logits_dtype(operand: torch.dtype) -> torch.dtype:
+    """The precision of the logits: float32 from half-precision operands, float64 from float64. The
+    pair differences between top-k logits are what DBiLD learns from, and bf16 logits lose them (the
+    Align gradient was 8.5 % off float64 math on the same bf16 operands; in float32, 0.2 %)."""
+    return torch.float64 if operand == torch.float64 else torch.float32
+
+
+@contextmanager
+def exact_products(operand: torch.dtype, device: torch.device):
+    """On CUDA, float32 products of half-precision-valued operands run on TF32 tensor cores: TF32 holds
+    every bf16 and fp16 value exactly, so only the float32 accumulation rounds, as in a bf16 GEMM with a
+    float32 output, at TF32 speed instead of full float32's. Elsewhere (the CPU) nothing changes."""
+    if device.type != "cuda" or operand not in (torch.bfloat16, torch.float16):
+        yield
+        return
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
+
+
+def _rounded(x: torch.Tensor, operand: torch.dtype, logit: torch.dtype) -> torch.Tensor:
+    """``x``'s values as the ``operand`` precision holds them, in the ``logit`` precision (no copy when
+    both are ``x``'s dtype); differentiable."""
+    return x.to(operand).to(logit)
+
+
+def _plain_head(head: nn.Module, operand: torch.dtype, logit: torch.dtype, vocab: int):
+    """hidden -> logits (m, vocab) in the logits' precision, in the autograd graph. A plain linear head
+    multiplies its rounded operands in that precision (weights rounded once per call); any other head
+    runs as a module in its own precision, its output cast up."""
+    if not fusable(head):
+        return lambda h: head(h)[..., :vocab].to(logit)
+    weight = _rounded(head.weight[:vocab], operand, logit)
+    bias = None if head.bias is None else _rounded(head.bias[:vocab], operand, logit)
+    return lambda h: F.linear(_rounded(h, operand, logit), weight, bias)
 
 
 def _add(sums: dict[str, torch.Tensor], more: dict[str, torch.Tensor]) -> None:
@@ -141,17 +187,21 @@ class _FusedHead(torch.autograd.Function):
         hidden, weight, bias = flat[0::3], flat[1::3], flat[2::3]
         wants = ctx.needs_input_grad[1:]  # per flat input, laid out like ``flat``
         want_h, want_w, want_b = wants[0::3], wants[1::3], wants[2::3]
-        dtype = _matmul_dtype(hidden[0])
-        with torch.autocast(hidden[0].device.type, enabled=False):
-            # One cast per call, not per chunk (the frozen teacher is usually in this dtype already).
-            w_mm = [w[: plan.vocab].to(dtype) for w in weight]
-            b_mm = [None if b is None else b[: plan.vocab].to(dtype) for b in bias]
+        operand = _matmul_dtype(hidden[0])
+        dtype = logits_dtype(operand)  # the logits', their gradients' and the products' precision
+        device = hidden[0].device
+        with torch.autocast(device.type, enabled=False), exact_products(operand, device):
+            # Rounded once per call, not per chunk; one copy per weight however many pathways share it
+            # (the teacher's head serves the teacher and the switch).
+            copies: dict[int, torch.Tensor] = {}
+            w_mm = [copies.setdefault(id(w), _rounded(w[: plan.vocab], operand, dtype)) for w in weight]
+            b_mm = [None if b is None else _rounded(b[: plan.vocab], operand, dtype) for b in bias]
             grad_h = [torch.zeros_like(h) if want else None for h, want in zip(hidden, want_h)]
             grad_w = [torch.zeros_like(w) if want else None for w, want in zip(weight, want_w)]
             grad_b = [torch.zeros_like(b) if want else None for b, want in zip(bias, want_b)]
             sums: dict[str, torch.Tensor] = {}
             for rows in plan.chunks:
-                h_mm = [h[rows].to(dtype) for h in hidden]
+                h_mm = [_rounded(h[rows], operand, dtype) for h in hidden]
                 with torch.enable_grad():
                     logits = {}
                     for i, name in enumerate(plan.names):
@@ -173,7 +223,7 @@ class _FusedHead(torch.autograd.Function):
                         grad_h[i][rows] = g @ w_mm[i]
                     if grad_w[i] is not None and grad_w[i].dtype == dtype:
                         grad_w[i][: plan.vocab].addmm_(g.T, h_mm[i])  # in place: no (V, H) temporary
-                    elif grad_w[i] is not None:  # float32 master weights under autocast
+                    elif grad_w[i] is not None:  # half-precision weights that train (no master copy)
                         _add_outer_in_blocks(grad_w[i], g, h_mm[i], plan.vocab)
                     if grad_b[i] is not None:
                         grad_b[i][: plan.vocab] += g.sum(0).to(grad_b[i].dtype)
