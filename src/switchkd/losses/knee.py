@@ -15,6 +15,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from switchkd.syncs import sync_free
+
 
 @dataclass
 class Selection:
@@ -88,7 +90,7 @@ def knee_select(logits: torch.Tensor, k_min: int = 2, k_max: int | None = None, 
     synchronises once per call, to size the top-k (``Selection.from_order``).
     """
     if method == "fast":
-        return fast_select(logits, k_min, k_max) if logits.device.type == "cpu" else sort_select(logits, k_min, k_max)
+        return sort_select(logits, k_min, k_max) if sync_free(logits.device) else fast_select(logits, k_min, k_max)
     if method == "sort":
         return sort_select(logits, k_min, k_max)
     raise ValueError(f"knee method must be 'fast' or 'sort', got {method!r}")
@@ -101,7 +103,7 @@ def fixed_select(logits: torch.Tensor, k: int) -> Selection:
     if k > logits.shape[1]:
         raise ValueError(f"k={k} exceeds the vocabulary of {logits.shape[1]}")
     fixed = torch.full((logits.shape[0],), k, device=logits.device)
-    if logits.device.type != "cpu":  # GPU: one stable sort, no data-dependent branch, no host sync
+    if sync_free(logits.device):  # GPU: one stable sort, no data-dependent branch, no host sync
         order = torch.sort(logits, dim=-1, descending=True, stable=True).indices[:, :k]
         return Selection.from_order(order, fixed, width=k)
     # topk picks an arbitrary member among ties at the boundary; take a margin and order exactly.

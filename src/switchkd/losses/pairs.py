@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import torch
 
+from switchkd.syncs import sync_free
+
 
 def prepare(values: torch.Tensor, valid: torch.Tensor, temperature: float, dtype: torch.dtype) -> torch.Tensor:
     """``values / tau`` in ``dtype`` with masked entries set to the row's first (valid) value."""
@@ -75,7 +77,7 @@ def _sides(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, need_q: bool =
     ``S`` underflows; and ``u = A - B``. On a GPU the block is always computed in float64: asking
     whether ``S`` underflowed would be a host synchronisation per block, and these sums are bound by
     memory traffic, not arithmetic."""
-    if a.device.type != "cpu" and a.dtype != torch.float64:
+    if sync_free(a.device) and a.dtype != torch.float64:
         a, b, valid = a.double(), b.double(), valid.double()
     p, q = _Side(a, valid), _Side(b, valid) if need_q else None
     if p.underflows() or (q is not None and q.underflows()):
