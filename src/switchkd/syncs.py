@@ -51,6 +51,8 @@ _state = threading.local()
 def _bool_index(args) -> bool:
     indices = args[1] if len(args) > 1 else ()
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+
+
 _PACKAGE = str(Path(__file__).resolve().parent)
 
 

@@ -95,12 +95,14 @@ def exact_products(operand: torch.dtype, device: torch.device):
     if device.type != "cuda" or operand not in (torch.bfloat16, torch.float16):
         yield
         return
-    before = torch.backends.cuda.matmul.fp32_precision
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    matmul = torch.backends.cuda.matmul
+    flag, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, flag)  # torch < 2.9 has only allow_tf32
+    setattr(matmul, flag, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.fp32_precision = before
+        setattr(matmul, flag, before)
 
 
 def _rounded(x: torch.Tensor, operand: torch.dtype, logit: torch.dtype) -> torch.Tensor:
