@@ -79,3 +79,16 @@ def test_each_term_within_one_percent_of_float64_on_bf16_operands(term, fused, v
     want = _reference(term, student, teacher, hidden, targets, vocab)
     error = ((got - want).norm() / want.norm()).item()
     assert error < 0.01, f"{term}: {100 * error:.2f} % off float64 on the same bf16 operands"
+
+
+def test_tf32_products_only_inside_the_head_and_only_for_half_precision_operands():
+    from switchkd.losses.head import exact_products
+
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    with exact_products(torch.bfloat16, torch.device("cuda")):
+        assert matmul.fp32_precision == "tf32"  # bf16 values are exact in TF32
+    assert matmul.fp32_precision == before
+    for operand, device in ((torch.float32, "cuda"), (torch.bfloat16, "cpu")):
+        with exact_products(operand, torch.device(device)):
+            assert matmul.fp32_precision == before  # float32 operands would be rounded; the CPU has no TF32
