@@ -769,3 +769,17 @@ def test_a_model_key_set_beside_pretrained_is_an_error_naming_it(tiny_world, tmp
     assert done.returncode == 2 and done.stderr.startswith("switchkd train: error: model.projector: cannot apply")
     assert not (tmp_path / "run").exists()
     load_config(config)  # the pretrained model alone is fine
+
+
+def test_plan_prints_the_step_memory_and_what_fits(tiny_world, tmp_path, capsys):
+    from switchkd.cli.main import main
+
+    config = _config(tiny_world, tmp_path / "run")
+    assert main(["plan", "--config", str(config), "--gpus", "2", "--gpu-memory", "80GB", "--engine", "fsdp"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fsdp on 2 GPU(s), per-GPU batch 4 x 2048 tokens")
+    assert "teacher weights" in out and "float32 copies of the head weights" not in out  # no mixed precision
+    assert ": fits" in out and "largest per-GPU batch as configured: 128" in out
+    assert main(["plan", "--config", str(config), "--gpu-memory", "0.5GB", "train.mixed_precision=bf16"]) == 0
+    out = capsys.readouterr().out
+    assert "does NOT fit" in out and "nothing fits" in out and "float32 copies of the head weights" in out

@@ -346,6 +346,34 @@ def config_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="run YAML (its models are built on the meta device)")
+    p.add_argument("--gpus", type=int, default=8, help="processes (GPUs) the step is spread over")
+    p.add_argument("--gpu-memory", default="80GB", help="memory per GPU, e.g. 80GB or 40GB")
+    p.add_argument("--engine", choices=["ddp", "zero2", "fsdp"], default=None, help="default: train.distributed")
+    p.add_argument("--tokens", type=int, default=None, help="tokens per sample (default: data.max_length)")
+    p.add_argument("--rows", type=int, default=None, help="supervised rows per micro-batch (default: all text)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.per_device_batch_size=8")
+
+
+def plan_command(args: argparse.Namespace) -> int:
+    from switchkd.config import load_config
+    from switchkd.training.plan import GB, fit, plan_for, plan_step
+
+    cfg = load_config(args.config, args.overrides)
+    memory = float(args.gpu_memory.upper().removesuffix("B").removesuffix("G")) * GB
+    student, teacher, shape = plan_for(cfg, gpus=args.gpus, engine=args.engine, tokens=args.tokens, rows=args.rows)
+    plan = plan_step(cfg, student, teacher, shape)
+    print(
+        f"{shape.engine} on {shape.gpus} GPU(s), per-GPU batch {shape.batch} x {shape.tokens} tokens, "
+        f"{shape.rows:,} supervised rows\n\n{plan.table()}\n"
+    )
+    verdict = "fits" if plan.peak <= memory else "does NOT fit"
+    print(f"{plan.peak / GB:,.1f} GB of {memory / GB:,.0f} GB: {verdict}")
+    print(fit(cfg, student, teacher, shape, memory))
+    return 0
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
@@ -363,6 +391,11 @@ COMMANDS: dict[str, Command] = {
         "print every run config section and field with its default (or a YAML's values) and what it means",
         config_arguments,
         config_command,
+    ),
+    "plan": Command(
+        "the per-GPU memory of a training step before launching it, and the largest batch that fits",
+        plan_arguments,
+        plan_command,
     ),
     "build": Command(
         "assemble a VLM from local component folders (or config dicts) and save it", build_arguments, build_command

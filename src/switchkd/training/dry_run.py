@@ -48,7 +48,7 @@ def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
     )
 
 
-def _build_meta(cfg: ModelConfig, what: str):
+def build_meta(cfg: ModelConfig, what: str):
     """The model ``what`` (model or teacher) on the meta device: shapes without weights."""
     try:
         meta_cfg = _meta_config(cfg, what)
@@ -64,7 +64,7 @@ def _params(module) -> str:
 
 def dry_run(cfg: Config) -> str:
     lines = [f"stage {cfg.train.stage}: trainable {trainable_parts(cfg.train.stage, cfg.train.trainable)}"]
-    student = _build_meta(cfg.model, "model")
+    student = build_meta(cfg.model, "model")
     lines.append(
         f"student: vision {_params(student.vision_tower)} ({student.vision_tower.config.model_type}, "
         f"{student.vision_tower.num_tokens} tokens of width {student.vision_tower.hidden_size}), projector "
@@ -72,7 +72,7 @@ def dry_run(cfg: Config) -> str:
         f"LLM {_params(student.llm)}; vocabulary {student.vocab_size:,}"
     )
     if STAGES[cfg.train.stage]["teacher"]:
-        teacher = _build_meta(cfg.teacher, "teacher")
+        teacher = build_meta(cfg.teacher, "teacher")
         vocab = check_pair(student, teacher)
         adapter = switch_adapter(student, teacher, cfg.distill)
         lines.append(
