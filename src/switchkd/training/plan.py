@@ -24,6 +24,7 @@ from switchkd.losses.head import auto_chunk_rows
 from switchkd.training.stages import STAGES, trainable_parts
 
 GB = 1 << 30
+MAX_BATCH = 128  # the largest per-GPU batch ``fit`` tries
 ENGINES = ("ddp", "zero2", "fsdp")
 RUNTIME = {"cpu": 0.95 * GB, "cuda": 0.5 * GB}
 """Memory a process holds besides tensors: on the CPU the libraries, tokenizer and data (measured:
@@ -227,12 +228,13 @@ def fit(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape, 
         options.append(("with gradient and teacher checkpointing", on))
     for label, option in options:
         best = 0
-        for batch in range(1, 129):
+        for batch in range(1, MAX_BATCH + 1):
             scaled = dataclasses.replace(shape, batch=batch, rows=max(1, shape.rows * batch // shape.batch))
             if plan_step(option, student, teacher, scaled).peak > memory:
                 break
             best = batch
+        shown = f"{best} or more" if best == MAX_BATCH else str(best)
         lines.append(
-            f"largest per-GPU batch {label}: {best}" + (" (nothing fits: shard or offload)" if not best else "")
+            f"largest per-GPU batch {label}: {shown}" + (" (nothing fits: shard or offload)" if not best else "")
         )
     return "\n".join(lines)
