@@ -19,7 +19,8 @@ is ``train.loss_head: fused`` with chunk rows chosen per device and the teacher 
 Each measurement runs in its own process: ``setup`` (as ``switchkd train`` does) and two calls of
 ``train_step`` on the same micro-batch. The first creates the optimizer state; the second is measured:
 its wall time, and the process's peak resident memory during it (the high-water mark is reset just
-before; the resident size before the step, weights and optimizer state included, is printed too).
+before; the resident size before the step, weights and optimizer state included, is printed too),
+beside the peak ``switchkd plan``'s arithmetic predicts for the same step and its error.
 ``--precision no`` runs everything in float32 instead.
 
 FLOP estimates count weight matmuls: 2 per parameter and token forward, 4 more backward for a trained
@@ -178,7 +179,13 @@ def worker(spec: dict) -> dict:
     seconds = time.perf_counter() - started
     peak = _status_mb("VmHWM")
     objective = run.accelerator.unwrap_model(run.objective)
+    from switchkd.training.plan import GB, StepShape, plan_step, shapes_of
+
+    teacher = getattr(objective, "teacher", None)
+    shape = StepShape(batch=spec["samples"], tokens=group[0]["input_ids"].shape[1], rows=rows, device="cpu")
+    planned = plan_step(run.cfg, shapes_of(objective.student), teacher and shapes_of(teacher), shape).peak / GB
     return {
+        "planned_gb": planned,
         "rows": rows,
         "s": seconds,
         "peak_gb": peak / 1024,
@@ -221,8 +228,8 @@ def main() -> None:
         tmp = Path(tmp)
         for threads in args.threads:
             print(f"\n## {threads} thread(s), {os.cpu_count()} CPUs\n")
-            print("| step | M | head | time (s) | peak (GB) | resident before (GB) | GFLOP | loss |")
-            print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+            print("| step | M | head | time (s) | peak (GB) | planned (GB) | resident before (GB) | GFLOP | loss |")
+            print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
             ratios = []
             for rows in args.rows:
                 samples = max(1, round(rows / 1026))
@@ -249,10 +256,11 @@ def main() -> None:
                         r = results[stage, loss, head] = run(spec)
                         label = "SFT" if stage == "sft" else f"DFT {loss}"
                         if "error" in r:
-                            print(f"| {label} | ~{rows} | {head} | failed: {r['error']} | | | | |", flush=True)
+                            print(f"| {label} | ~{rows} | {head} | failed: {r['error']} | | | | | |", flush=True)
                             continue
                         print(
                             f"| {label} | {r['rows']:,} | {head} | {r['s']:.1f} | {r['peak_gb']:.2f} | "
+                            f"{r['planned_gb']:.2f} ({100 * (r['planned_gb'] / r['peak_gb'] - 1):+.1f} %) | "
                             f"{r['before_gb']:.2f} | {r['gflop']:,.0f} | {r['loss']:.4f} |",
                             flush=True,
                         )
