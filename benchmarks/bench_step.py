@@ -20,7 +20,12 @@ Each measurement runs in its own process: ``setup`` (as ``switchkd train`` does)
 ``train_step`` on the same micro-batch. The first creates the optimizer state; the second is measured:
 its wall time, and the process's peak resident memory during it (the high-water mark is reset just
 before; the resident size before the step, weights and optimizer state included, is printed too),
-beside the peak ``switchkd plan``'s arithmetic predicts for the same step and its error.
+beside the peak ``switchkd plan``'s arithmetic predicts for the same step and its error. glibc keeps
+freed blocks below its dynamic mmap threshold in the process, so the resident peak also holds memory
+that earlier steps freed; ``MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/bench_step.py ...`` maps
+every block above 1 MB on its own and returns it when freed, so the peak is that of the live tensors
+(what a GPU allocator's ``max_memory_allocated`` reports), at some cost in time (page faults): use it
+for memory, not for time.
 ``--precision no`` runs everything in float32 instead.
 
 FLOP estimates count weight matmuls: 2 per parameter and token forward, 4 more backward for a trained
