@@ -148,7 +148,7 @@ def _load_vqa_style(
             Item(
                 i,
                 _with_suffix(str(_field(q, "text", str(qfile))), suffix),
-                str(resolve_image_path(root, q["image"])),
+                str(resolve_image_path(root, _field(q, "image", str(qfile)))),
                 {"answers": truth[k]},
             )
             for i, (q, k) in zip(ids, joined)
@@ -220,7 +220,12 @@ def _load_textvqa(data_dir: Path) -> list[Item]:
     _skipped("textvqa", qfile, len(rows) - len(joined), len(rows))
     ids = _unique([str(ann["question_id"]) for _, ann in joined])
     return [
-        Item(i, _with_suffix(q["text"], SHORT), str(resolve_image_path(root, q["image"])), {"answers": ann["answers"]})
+        Item(
+            i,
+            _with_suffix(q["text"], SHORT),
+            str(resolve_image_path(root, _field(q, "image", str(qfile)))),
+            {"answers": ann["answers"]},
+        )
         for i, (q, ann) in zip(ids, joined)
     ]
 
@@ -484,7 +489,7 @@ def _load_mme(data_dir: Path) -> list[Item]:
         Item(
             i,
             _with_suffix(q["text"], SHORT),
-            str(resolve_image_path(root, q["image"])),
+            str(resolve_image_path(root, _field(q, "image", str(qfile)))),
             {"subtask": subtask, "image": file, "answer": truth[(subtask, file, prompt)]},
         )
         for i, (q, (subtask, file, prompt)) in zip(ids, joined)

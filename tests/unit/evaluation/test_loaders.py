@@ -161,3 +161,21 @@ def test_mmmu_answer_outside_the_options_names_the_record(tmp_path):
     path.write_text(path.read_text().replace('"answer": "B"', '"answer": "E"'))
     with pytest.raises(BenchmarkFileError, match=r"mmmu_validation.jsonl:1: answer 'E' is not one of the 4"):
         get_benchmark("mmmu").load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name,file",
+    [
+        ("vqav2", "llava_vqav2_mscoco_val2014.jsonl"),
+        ("textvqa", "llava_textvqa_val_v051_ocr.jsonl"),
+        ("mme", "llava_mme.jsonl"),
+    ],
+)
+def test_a_question_without_an_image_field_names_the_file(tmp_path, name, file):
+    llava_eval_files.write(name, tmp_path)
+    path = tmp_path / file
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0].pop("image")
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(BenchmarkFileError, match=rf"{file}: no 'image' field"):
+        get_benchmark(name).load(tmp_path)
