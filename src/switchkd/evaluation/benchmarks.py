@@ -119,6 +119,13 @@ def _skipped(name: str, questions: Path, skipped: int, total: int) -> None:
         log.warning("%s: %d of %d questions in %s have no ground truth; skipped", name, skipped, total, questions)
 
 
+def _question_item(item_id: str, q: dict, meta: dict, *, root: Path, qfile: Path, suffix: str) -> Item:
+    """An item from a LLaVA question row (``text``, ``image``): the prompt with ``suffix``, the image
+    under ``root``."""
+    text, image = _field(q, "text", str(qfile)), _field(q, "image", str(qfile))
+    return Item(item_id, _with_suffix(str(text), suffix), str(resolve_image_path(root, image)), meta)
+
+
 def mean_percent(values) -> float:
     values = list(values)
     return 100.0 * sum(values) / max(len(values), 1)
@@ -144,15 +151,8 @@ def _load_vqa_style(
             continue
         _skipped(name, qfile, len(rows) - len(joined), len(rows))
         ids = _unique([str(_field(q, "question_id", str(qfile))) for q, _ in joined])
-        return [
-            Item(
-                i,
-                _with_suffix(str(_field(q, "text", str(qfile))), suffix),
-                str(resolve_image_path(root, _field(q, "image", str(qfile)))),
-                {"answers": truth[k]},
-            )
-            for i, (q, k) in zip(ids, joined)
-        ]
+        where = {"root": root, "qfile": qfile, "suffix": suffix}
+        return [_question_item(i, q, {"answers": truth[k]}, **where) for i, (q, k) in zip(ids, joined)]
     raise _no_join(name, files[0] if len(files) == 1 else ", ".join(map(str, files)), truth_name, join)
 
 
@@ -219,15 +219,8 @@ def _load_textvqa(data_dir: Path) -> list[Item]:
         raise _no_join("textvqa", qfile, apath.name, "image id + question, or question id")
     _skipped("textvqa", qfile, len(rows) - len(joined), len(rows))
     ids = _unique([str(ann["question_id"]) for _, ann in joined])
-    return [
-        Item(
-            i,
-            _with_suffix(q["text"], SHORT),
-            str(resolve_image_path(root, _field(q, "image", str(qfile)))),
-            {"answers": ann["answers"]},
-        )
-        for i, (q, ann) in zip(ids, joined)
-    ]
+    where = {"root": root, "qfile": qfile, "suffix": SHORT}
+    return [_question_item(i, q, {"answers": ann["answers"]}, **where) for i, (q, ann) in zip(ids, joined)]
 
 
 def _score_vqa(items, preds, accuracy=scorers.vqa_accuracy) -> dict:
@@ -485,14 +478,10 @@ def _load_mme(data_dir: Path) -> list[Item]:
         raise _no_join("mme", qfile, truth_name, "subtask/image of question_id + question")
     _skipped("mme", qfile, len(rows) - len(joined), len(rows))
     ids = _unique([str(q["question_id"]) for q, _ in joined])
+    where = {"root": root, "qfile": qfile, "suffix": SHORT}
     return [
-        Item(
-            i,
-            _with_suffix(q["text"], SHORT),
-            str(resolve_image_path(root, _field(q, "image", str(qfile)))),
-            {"subtask": subtask, "image": file, "answer": truth[(subtask, file, prompt)]},
-        )
-        for i, (q, (subtask, file, prompt)) in zip(ids, joined)
+        _question_item(i, q, {"subtask": task, "image": file, "answer": truth[(task, file, prompt)]}, **where)
+        for i, (q, (task, file, prompt)) in zip(ids, joined)
     ]
 
 
