@@ -88,7 +88,7 @@ def main() -> None:
             cells = []
             for memory in (80, 40):
                 verdict = "fits" if peak <= memory * GB else "does not fit"
-                largest = fit(config, student, teacher, dataclasses.replace(shape), memory * GB).splitlines()[0]
+                largest = fit(config, student, teacher, dataclasses.replace(shape), memory=memory * GB).splitlines()[0]
                 cells.append(f"{verdict}; largest batch {largest.split(': ')[-1]}")
             print(
                 f"| {name} | {shape.engine} | {shape.batch} x {shape.tokens} | {peak / GB:,.1f} | "

@@ -370,7 +370,7 @@ def plan_command(args: argparse.Namespace) -> int:
     )
     verdict = "fits" if plan.peak <= memory else "does NOT fit"
     print(f"{plan.peak / GB:,.1f} GB of {memory / GB:,.0f} GB: {verdict}")
-    print(fit(cfg, student, teacher, shape, memory))
+    print(fit(cfg, student, teacher, shape, memory=memory))
     chunk = plan.parts["one chunk of logits, gradients, knee"]
     print(
         f"the loss head's chunk takes {chunk / GB:,.2f} GB of it; train.loss_chunk_rows sets its rows "

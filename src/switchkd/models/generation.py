@@ -113,7 +113,7 @@ class _Decoding:
     image_features: torch.Tensor | None
 
 
-def _prefill(model, ids, mask, image_features, cfg: GenerationConfig) -> _Decoding:
+def _prefill(model, ids, mask, *, image_features, cfg: GenerationConfig) -> _Decoding:
     """One forward over the prompts (left-padded), filling the KV cache when there is one."""
     cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
     positions = position_ids_from_mask(mask)
@@ -172,7 +172,7 @@ def generate(
         generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
     vocab = model.vocab_size  # logits rows past the tokenizer are padding and never chosen
     image_features = model.encode_images(pixel_values) if pixel_values is not None else None
-    state = _prefill(model, ids, mask, image_features, cfg)
+    state = _prefill(model, ids, mask, image_features=image_features, cfg=cfg)
     new: list[torch.Tensor] = []
     for _ in range(cfg.max_new_tokens):
         token = next_tokens(state.out.logits[:, -1, :vocab], state.ids, cfg, generator)

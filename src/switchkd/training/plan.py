@@ -133,10 +133,9 @@ def plan_step(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepS
     if teacher is not None:
         t_bytes = 2 if mixed and t.teacher_dtype == "compute" else 4
         parts[f"teacher weights ({'bf16' if t_bytes == 2 else 'float32'})"] = t_bytes * teacher.params
-    tokens = shape.batch * shape.tokens
-    acts = _activations(cfg, student, teacher, shape, tokens)
+    acts = _activations(cfg, student, teacher, shape)
     parts.update(acts)
-    head = _head(cfg, student, teacher, shape, mixed)
+    head = _head(cfg, student, teacher, shape)
     parts.update(head)
     grads = 4 * trained / shard_state + (4 * trained if shape.engine == "ddp" and n > 1 else 0)
     parts["student gradients (float32" + (", + DDP buckets)" if shape.engine == "ddp" and n > 1 else ")")] = grads
@@ -149,8 +148,9 @@ def plan_step(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepS
     return StepPlan(parts, head_phase, backward_phase, RUNTIME.get(shape.device, RUNTIME["cuda"]))
 
 
-def _activations(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape, tokens: int) -> dict:
+def _activations(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape) -> dict:
     t, d = cfg.train, cfg.distill
+    tokens = shape.batch * shape.tokens
     out = {}
     patches = shape.batch * student.vision_tokens
     s_layer, v_layer = (
@@ -174,7 +174,7 @@ def _activations(cfg: Config, student: Shapes, teacher: Shapes | None, shape: St
     return out
 
 
-def _head(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape, mixed: bool) -> dict:
+def _head(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape) -> dict:
     """The loss head's temporaries: its inputs (hidden states at the supervised rows, float32, and their
     gradients), the float32 copies of the head weights under mixed precision, one chunk's logits and
     logit gradients per pathway, and the knee's sort of a chunk (GPU: values, int64 order, float64
@@ -184,7 +184,7 @@ def _head(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape
     widths = [student.hidden] + ([teacher.hidden, teacher.hidden] if distil else [])  # student, teacher, switch
     trained_widths = [student.hidden] + ([teacher.hidden] if distil else [])  # the teacher's rows get no gradient
     out = {"loss head inputs and their gradients": 4 * rows * (sum(widths) + sum(trained_widths))}
-    if mixed:
+    if cfg.train.mixed_precision != "no":
         copies = 4 * student.vocab_rows * student.hidden
         if distil:
             copies += 4 * teacher.vocab_rows * teacher.hidden
@@ -215,7 +215,7 @@ def plan_for(cfg: Config, *, gpus: int, engine: str | None = None, device: str =
     return student, teacher, shape
 
 
-def fit(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape, memory: float) -> str:
+def fit(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape, *, memory: float) -> str:
     """What fits in ``memory`` per GPU: the largest per-GPU batch, as planned and with the other
     checkpointing choices, in words."""
     lines = []

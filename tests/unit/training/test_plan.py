@@ -88,8 +88,10 @@ def test_fit_finds_the_largest_batch():
     three = plan_step(cfg, STUDENT, TEACHER, dataclasses.replace(shape, batch=3, rows=270)).peak
     four = plan_step(cfg, STUDENT, TEACHER, dataclasses.replace(shape, batch=4, rows=360)).peak
     assert one < three < four
-    assert fit(cfg, STUDENT, TEACHER, shape, (three + four) / 2).startswith("largest per-GPU batch as configured: 3")
-    assert "nothing fits" in fit(cfg, STUDENT, TEACHER, shape, one / 2)
+    assert fit(cfg, STUDENT, TEACHER, shape, memory=(three + four) / 2).startswith(
+        "largest per-GPU batch as configured: 3"
+    )
+    assert "nothing fits" in fit(cfg, STUDENT, TEACHER, shape, memory=one / 2)
 
 
 def test_an_unknown_engine_is_named():
