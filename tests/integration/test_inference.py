@@ -175,7 +175,18 @@ UNREADABLE = "model.safetensors: cannot be loaded"
         ("empty", False, UNREADABLE),
     ],
 )
-def test_a_damaged_model_file_is_one_line_naming_it(tiny_world, tmp_path, damage, manifest, message):
+def test_a_damaged_model_file_is_refused_naming_it(tiny_world, tmp_path, damage, manifest, message):
+    folder = _damaged_copy(tiny_world, tmp_path, damage)
+    if not manifest:
+        (folder / "model.safetensors.sha256").unlink()
+    with pytest.raises(ValueError) as info:
+        VisionLanguageModel.from_pretrained(folder)
+    assert str(info.value).startswith(f"{folder / 'model.safetensors'}: ") and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("damage,manifest,message", [("flipped", True, CHECKSUM), ("truncated", False, UNREADABLE)])
+def test_a_damaged_model_file_is_one_line_from_the_cli(tiny_world, tmp_path, damage, manifest, message):
     folder = _damaged_copy(tiny_world, tmp_path, damage)
     if not manifest:
         (folder / "model.safetensors.sha256").unlink()
