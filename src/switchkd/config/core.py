@@ -214,6 +214,11 @@ def _section_type(tp):
     return inner if dataclasses.is_dataclass(inner) else None
 
 
+def field_default(f: dataclasses.Field):
+    """A dataclass field's default value (a fresh one from its factory), or ``MISSING`` when it has none."""
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
+
 def describe(cls, value=None, *, indent: int = 0) -> list[str]:
     """The fields of config dataclass ``cls`` as commented YAML lines: each field's documentation above
     it, then ``key: value`` with ``value``'s setting (or the default, or ``<required>``); sections nest."""
@@ -221,20 +226,13 @@ def describe(cls, value=None, *, indent: int = 0) -> list[str]:
     for f in dataclasses.fields(cls):
         if docs.get(f.name):
             lines += [f"{pad}# {line}" for line in textwrap.wrap(docs[f.name], 100 - len(pad))]
-        if value is not None:
-            current = getattr(value, f.name)
-        elif f.default is not MISSING:
-            current = f.default
-        elif f.default_factory is not MISSING:
-            current = f.default_factory()
-        else:
-            current = None
+        current = getattr(value, f.name) if value is not None else field_default(f)
         section = _section_type(hints[f.name])
         if section is not None and (current is not None or value is None):
             lines.append(f"{pad}{f.name}:")
-            lines += describe(section, current, indent=indent + 1)
+            lines += describe(section, None if current is MISSING else current, indent=indent + 1)
             continue
-        shown = "<required>" if value is None and f.default is MISSING and f.default_factory is MISSING else current
+        shown = "<required>" if current is MISSING else current
         text = yaml.safe_dump(shown, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
         lines.append(f"{pad}{f.name}: {text}")
     return lines

@@ -8,13 +8,13 @@ prints them with their defaults and the documentation under each field.
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
 import yaml
 
-from switchkd.config.core import ConfigError, from_dict, read_config, to_dict
+from switchkd.config.core import ConfigError, field_default, from_dict, read_config, to_dict
 from switchkd.losses import DistillLoss
 
 PARTS = ("vision", "projector", "llm")
@@ -71,8 +71,7 @@ class ModelConfig:
         if self.pretrained is not None:
             # a saved model brings every field with it: a value set beside it would be dropped unseen
             for f in fields(self):
-                default = f.default_factory() if f.default_factory is not MISSING else f.default
-                if f.name != "pretrained" and getattr(self, f.name) != default:
+                if f.name != "pretrained" and getattr(self, f.name) != field_default(f):
                     raise ConfigError(
                         f"cannot apply to a pretrained model, which keeps what its config.json says "
                         f"({self.pretrained}); remove the key, or build the model from `vision` and `llm`",

@@ -21,7 +21,7 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 
 from switchkd.evaluation.benchmarks import Benchmark, Item, get_benchmark
-from switchkd.inference.predict import Question, answer_questions, read_answers
+from switchkd.inference.predict import Question, answer_questions, append_rows, read_answers
 from switchkd.models import VisionLanguageModel
 from switchkd.models.placement import placement
 
@@ -103,10 +103,7 @@ def _answer(model, bench, items: list[Item], *, batch_size, progress, answers_fi
         answers = answer_questions(model, questions, batch_size=batch_size, max_new_tokens=bench.max_new_tokens)
         out.update(answers)
         if part is not None:
-            with part.open("a", encoding="utf-8") as f:
-                f.write(_answer_lines(answers))
-                f.flush()
-                os.fsync(f.fileno())
+            append_rows(part, [{"question_id": k, "text": v} for k, v in answers.items()])
         if bar is not None:
             bar.update(len(batch) * state.num_processes)
     if bar is not None:

@@ -126,12 +126,18 @@ def predict_file(
         for batch in _batches(todo, batch_size):
             answers = answer_questions(model, batch, batch_size=batch_size, max_new_tokens=max_new_tokens)
             rows = [{"question_id": q.id, "prompt": q.text, "text": answers[q.id], "model_id": model_id} for q in batch]
-            with out.open("a", encoding="utf-8") as f:
-                f.write("".join(json.dumps(r) + "\n" for r in rows))
-                f.flush()
-                os.fsync(f.fileno())
+            append_rows(out, rows)
             bar.update(len(batch))
     return len(todo), len(done)
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """``rows`` appended to the JSONL ``path`` and on disk before this returns (a kill loses no row it
+    wrote; a torn last line is what ``read_answers`` drops)."""
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _lines(path: Path) -> list[str]:

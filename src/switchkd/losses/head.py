@@ -63,15 +63,15 @@ def loss_head(
     head's first ``vocab`` columns. ``chunk_rows``: rows per chunk (None: per device for the fused
     head, all rows at once for the plain one). Falls back to the plain graph for a head that is not
     ``fusable``."""
-    num_rows = next(iter(pathways.values()))[0].shape[0]
+    first = next(iter(pathways.values()))[0]
+    num_rows = first.shape[0]
     if fused and all(fusable(head) for _, head in pathways.values()):
         if chunk_rows is None:
-            chunk_rows = auto_chunk_rows(vocab, next(iter(pathways.values()))[0].device)
+            chunk_rows = auto_chunk_rows(vocab, first.device)
         return _fused(pathways, chunk_loss, weights, vocab=vocab, chunks=row_chunks(num_rows, chunk_rows))
-    device = next(iter(pathways.values()))[0].device
-    operand = _matmul_dtype(next(iter(pathways.values()))[0])
+    operand = _matmul_dtype(first)
     logit = logits_dtype(operand)
-    with torch.autocast(device.type, enabled=False), exact_products(operand, device):
+    with torch.autocast(first.device.type, enabled=False), exact_products(operand, first.device):
         heads = {name: _plain_head(head, operand, logit, vocab) for name, (_, head) in pathways.items()}
         sums: dict[str, torch.Tensor] = {}
         for rows in row_chunks(num_rows, chunk_rows):

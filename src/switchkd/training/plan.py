@@ -9,9 +9,9 @@ the activations each pathway keeps (the student's and the switch pathway's per-l
 checkpointing, one layer recomputed at a time), and the fused loss head (the float32 copies of the head
 weights, one chunk's logits, their gradients and the knee's sort). The step's peak is the larger of
 two phases: the loss head (activations saved, head temporaries, the head's weight gradient) and the
-backward pass (every gradient, one layer recomputed). It was checked against the resident peaks that
-``benchmarks/bench_step.py`` measures on the CPU at the paper's widths (docs/scale.md), where the same
-tensors exist; a GPU adds its CUDA context (about 0.5 GB) outside the allocator.
+backward pass (every gradient, one layer recomputed). It was checked against the live-tensor peaks
+that ``benchmarks/bench_step.py`` measures on the CPU at the paper's widths (docs/scale.md), where the
+same tensors exist; a GPU adds its CUDA context (about 0.5 GB) outside the allocator.
 """
 
 from __future__ import annotations
@@ -133,13 +133,13 @@ def plan_step(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepS
     if teacher is not None:
         t_bytes = 2 if mixed and t.teacher_dtype == "compute" else 4
         parts[f"teacher weights ({'bf16' if t_bytes == 2 else 'float32'})"] = t_bytes * teacher.params
+    persistent = sum(parts.values())  # weights and optimizer state: there before the step and after it
     acts = _activations(cfg, student, teacher, shape)
     parts.update(acts)
     head = _head(cfg, student, teacher, shape)
     parts.update(head)
     grads = 4 * trained / shard_state + (4 * trained if shape.engine == "ddp" and n > 1 else 0)
     parts["student gradients (float32" + (", + DDP buckets)" if shape.engine == "ddp" and n > 1 else ")")] = grads
-    persistent = sum(v for k, v in parts.items() if k.startswith(("student weights", "AdamW", "teacher weights")))
     saved = sum(v for k, v in acts.items() if k.startswith("saved"))
     recompute = max((v for k, v in acts.items() if k.startswith("recomputed")), default=0.0)
     head_grad = 4 * student.vocab_rows * student.hidden if parts_trained["llm"] else 0
