@@ -21,6 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from switchkd.config import read_utf8
 from switchkd.data.images import resolve_image_path
 from switchkd.evaluation import scorers
 
@@ -72,7 +73,7 @@ def _image_root(data_dir: Path, *candidates: str) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_utf8(path, BenchmarkFileError).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -87,7 +88,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_utf8(path, BenchmarkFileError))
     except json.JSONDecodeError as exc:
         raise BenchmarkFileError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
 
@@ -416,7 +417,7 @@ YES_NO = "Please answer yes or no."
 
 def _read_mme_lines(path: Path, fields: int) -> list[list[str]]:
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path, BenchmarkFileError).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.strip().split("\t")

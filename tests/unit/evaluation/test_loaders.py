@@ -179,3 +179,10 @@ def test_a_question_without_an_image_field_names_the_file(tmp_path, name, file):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(BenchmarkFileError, match=rf"{file}: no 'image' field"):
         get_benchmark(name).load(tmp_path)
+
+
+def test_a_file_that_is_not_utf8_names_it(tmp_path):
+    llava_eval_files.write("gqa", tmp_path)
+    (tmp_path / "llava_gqa_testdev_balanced.jsonl").write_bytes(b'{"question_id": "\xff"}\n')
+    with pytest.raises(BenchmarkFileError, match=r"llava_gqa_testdev_balanced.jsonl: not UTF-8 text"):
+        get_benchmark("gqa").load(tmp_path)
