@@ -1,7 +1,8 @@
 """The memory planner (``switchkd plan``) on the paper's three runs, at their published model shapes,
-for 8 x 80 GB and 8 x 40 GB GPUs: the per-GPU peak of the configured step and the largest per-GPU
-batch that fits. Models are built on the meta device from the config.json values of the released
-checkpoints (written out below), with the real Qwen tokenizer; no weights exist.
+for 8 x 80 GB and 8 x 40 GB GPUs under ZeRO-2 and FSDP2: the per-GPU peak of the configured step and
+the largest per-GPU batch that fits; then what each FSDP process holds (``train --dry-run``). Models
+are built on the meta device from the config.json values of the released checkpoints (written out
+below), with the real Qwen tokenizer; no weights exist.
 
     python benchmarks/plan_paper.py
 """
@@ -69,21 +70,26 @@ RUNS = {
 COMMON_TRAIN = {"mixed_precision": "bf16", "gradient_checkpointing": True, "zero_stage": 2}
 
 
-def main() -> None:
+def configs(tmp: str):
     from switchkd.config import load_config
+
+    for name, run in RUNS.items():
+        cfg = {**run, "data": {"train": "llava.json", "max_length": 2048}}
+        cfg["train"] = {**COMMON_TRAIN, **run["train"]}
+        cfg["distill"] = {"teacher_checkpointing": True}
+        path = Path(tmp) / "run.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        yield name, load_config(path)
+
+
+def plans(tmp: str) -> None:
     from switchkd.training.plan import GB, fit, plan_for, plan_step
 
     print("| run | engine | per-GPU batch x tokens | peak per GPU (GB) | 8 x 80 GB | 8 x 40 GB |")
     print("| --- | --- | --- | ---: | --- | --- |")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, run in RUNS.items():
-            cfg = {**run, "data": {"train": "llava.json", "max_length": 2048}}
-            cfg["train"] = {**COMMON_TRAIN, **run["train"]}
-            cfg["distill"] = {"teacher_checkpointing": True}
-            path = Path(tmp) / "run.yaml"
-            path.write_text(yaml.safe_dump(cfg))
-            config = load_config(path)
-            student, teacher, shape = plan_for(config, gpus=8)
+    for name, config in configs(tmp):
+        for engine in ("zero2", "fsdp"):
+            student, teacher, shape = plan_for(config, gpus=8, engine=engine)
             peak = plan_step(config, student, teacher, shape).peak
             cells = []
             for memory in (80, 40):
@@ -94,6 +100,35 @@ def main() -> None:
                 f"| {name} | {shape.engine} | {shape.batch} x {shape.tokens} | {peak / GB:,.1f} | "
                 f"{cells[0]} | {cells[1]} |"
             )
+
+
+def shares(tmp: str) -> None:
+    """What ``switchkd train --dry-run`` reports per FSDP process for these runs, on 8 and 16 processes."""
+    from switchkd.training.dry_run import build_meta
+    from switchkd.training.sharding import process_share
+    from switchkd.training.stages import STAGES, apply_stage, trainable_parts
+
+    print("\n| run | processes | student weights | gradients | AdamW state | teacher weights | gathered whole |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, config in configs(tmp):
+        t = config.train
+        student = build_meta(config.model, "model")
+        apply_stage(student, trainable_parts(t.stage, t.trainable))
+        teacher = build_meta(config.teacher, "teacher") if STAGES[t.stage]["teacher"] else None
+        for n in (8, 16):
+            share = {k: v / 2**30 for k, v in process_share(student, teacher, t, n).items()}
+            gathered = share["gathered: root unit"] + share["gathered: two blocks"]
+            print(
+                f"| {name} | {n} | {share['student parameters']:.2f} GB | {share['student gradients']:.2f} GB | "
+                f"{share['student AdamW state']:.2f} GB | {share.get('teacher parameters', 0):.2f} GB | "
+                f"{gathered:.2f} GB |"
+            )
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        plans(tmp)
+        shares(tmp)
 
 
 if __name__ == "__main__":

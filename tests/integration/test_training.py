@@ -2,9 +2,7 @@
 
 import importlib.util
 import json
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,74 +18,29 @@ from switchkd.config import ConfigError
 from switchkd.models import VisionLanguageModel
 from switchkd.training import checkpoints, load_config, train
 from switchkd.training.dry_run import dry_run
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _config(world, out: Path, stage="dft", **train_overrides) -> Path:
-    cfg = {
-        "model": {"pretrained": str(world.student)},
-        "data": {
-            "train": str(world.paths["dft" if stage in ("dft", "sft") else "pt"]),
-            "num_workers": 0,
-            "length_grouped": False,
-        },
-        "train": {
-            "stage": stage,
-            "lr": 1e-3,
-            "per_device_batch_size": 4,
-            "grad_accum": 1,
-            "max_steps": 3,
-            "progress": False,
-            "output_dir": str(out),
-            **train_overrides,
-        },
-    }
-    if stage in ("dft", "dpt"):
-        cfg["teacher"] = {"pretrained": str(world.teacher)}
-    path = out.with_suffix(".yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-
-
-def _torchrun(config: Path, *overrides: str, procs: int = 2):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(procs),
-        "--master_port",
-        str(_free_port()),
-        "-m",
-        "switchkd",
-        "train",
-        "--config",
-        str(config),
-        *overrides,
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
-def _curve(out_dir: Path) -> list[float]:
-    return [json.loads(line)["loss"] for line in (out_dir / "log.jsonl").read_text().splitlines()]
+from tests.integration.runs import (
+    REPO,
+    Payload,
+    assert_resumed,
+    cli_train,
+    curve,
+    curve_bits,
+    cut_back_to,
+    env,
+    free_port,
+    kill_after_first_checkpoint,
+    make_config,
+    mark_kept_log,
+    same_weights,
+    torchrun,
+    trained_steps,
+    twelve_records,
+    with_data,
+)
 
 
 def test_pt_trains_the_projector_only(tiny_world, tmp_path):
-    cfg = load_config(_config(tiny_world, tmp_path / "pt", stage="pt"))
+    cfg = load_config(make_config(tiny_world, tmp_path / "pt", stage="pt"))
     before = VisionLanguageModel.from_pretrained(tiny_world.student).state_dict()
     result = train(cfg)
     after = VisionLanguageModel.from_pretrained(result.final_model).state_dict()
@@ -97,7 +50,7 @@ def test_pt_trains_the_projector_only(tiny_world, tmp_path):
 
 
 def test_dft_moves_every_part_except_unused_vision_layers(tiny_world, tmp_path):
-    result = train(load_config(_config(tiny_world, tmp_path / "dft")))
+    result = train(load_config(make_config(tiny_world, tmp_path / "dft")))
     before = VisionLanguageModel.from_pretrained(tiny_world.student).state_dict()
     after = VisionLanguageModel.from_pretrained(result.final_model).state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -113,13 +66,13 @@ def test_bf16_dft_casts_the_teacher_once_and_trains_like_float32(tiny_world, tmp
     student keeps float32 weights; the step's losses stay close to the float32 run and to the plain head."""
     from switchkd.training.setup import build_objective
 
-    cfg = load_config(_config(tiny_world, tmp_path / "probe"), ["train.mixed_precision=bf16"])
+    cfg = load_config(make_config(tiny_world, tmp_path / "probe"), ["train.mixed_precision=bf16"])
     objective = build_objective(cfg, verbose=False)
     assert {p.dtype for p in objective.teacher.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in objective.student.parameters()} == {torch.float32}
     kept = build_objective(
         load_config(
-            _config(tiny_world, tmp_path / "probe"), ["train.teacher_dtype=float32", "train.mixed_precision=bf16"]
+            make_config(tiny_world, tmp_path / "probe"), ["train.teacher_dtype=float32", "train.mixed_precision=bf16"]
         ),
         verbose=False,
     )
@@ -132,8 +85,8 @@ def test_bf16_dft_casts_the_teacher_once_and_trains_like_float32(tiny_world, tmp
         "bf16_plain": ["train.mixed_precision=bf16", "train.loss_head=plain"],
     }.items():
         out = tmp_path / name  # one process each: accelerate fixes the precision once per process
-        cmd = [sys.executable, "-m", "switchkd", "train", "--config", str(_config(tiny_world, out, max_steps=2))]
-        done = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=_env(), timeout=300)
+        cmd = [sys.executable, "-m", "switchkd", "train", "--config", str(make_config(tiny_world, out, max_steps=2))]
+        done = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env(), timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         curves[name] = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     for key in ("loss", "ce", "align", "vsd"):
@@ -147,9 +100,9 @@ def test_bf16_dft_casts_the_teacher_once_and_trains_like_float32(tiny_world, tmp
 @pytest.mark.slow
 def test_two_processes_match_one_process(tiny_world, tmp_path):
     one = tmp_path / "one"
-    train(load_config(_config(tiny_world, one, grad_accum=2)))
-    _torchrun(_config(tiny_world, tmp_path / "ddp"))
-    assert _curve(tmp_path / "ddp") == pytest.approx(_curve(one), rel=1e-5)
+    train(load_config(make_config(tiny_world, one, grad_accum=2)))
+    torchrun(make_config(tiny_world, tmp_path / "ddp"))
+    assert curve(tmp_path / "ddp") == pytest.approx(curve(one), rel=1e-5)
     want = VisionLanguageModel.from_pretrained(one / "final").state_dict()
     got = VisionLanguageModel.from_pretrained(tmp_path / "ddp" / "final").state_dict()
     for k in want:
@@ -157,15 +110,14 @@ def test_two_processes_match_one_process(tiny_world, tmp_path):
 
 
 @pytest.mark.slow
-def test_sharding_that_accelerate_cannot_do_here_is_an_error_not_quiet_ddp(tiny_world, tmp_path):
-    # accelerate runs FSDP and DeepSpeed on GPUs only; on CPU it used to fall back to DDP unasked.
+def test_deepspeed_where_accelerate_cannot_run_it_is_an_error_not_quiet_ddp(tiny_world, tmp_path):
+    # accelerate runs DeepSpeed on GPUs only; on CPU it used to fall back to DDP unasked.
     if torch.cuda.device_count() >= 2:
-        pytest.skip("with GPUs these run for real (test_fsdp_and_deepspeed_match_one_process)")
-    for kind in ("fsdp", "deepspeed"):
-        with pytest.raises(AssertionError) as failed:
-            _torchrun(_config(tiny_world, tmp_path / kind, distributed=kind))
-        assert f"train.distributed: {kind}: accelerate runs {kind} on GPUs only" in str(failed.value)
-        assert not (tmp_path / kind / "log.jsonl").exists()
+        pytest.skip("with GPUs it runs for real (test_fsdp_and_deepspeed_match_one_process)")
+    with pytest.raises(AssertionError) as failed:
+        torchrun(make_config(tiny_world, tmp_path / "ds", distributed="deepspeed"))
+    assert "train.distributed: deepspeed: accelerate runs deepspeed on GPUs only" in str(failed.value)
+    assert not (tmp_path / "ds" / "log.jsonl").exists()
 
 
 @pytest.mark.gpu
@@ -173,129 +125,37 @@ def test_fsdp_and_deepspeed_match_one_process(tiny_world, tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("FSDP and DeepSpeed through accelerate need two GPUs")
     one = tmp_path / "one"
-    train(load_config(_config(tiny_world, one, grad_accum=2)))
+    train(load_config(make_config(tiny_world, one, grad_accum=2)))
     kinds = ["fsdp"] + (["deepspeed"] if importlib.util.find_spec("deepspeed") else [])
     for kind in kinds:
-        _torchrun(_config(tiny_world, tmp_path / kind, distributed=kind, save_every=1))
-        assert _curve(tmp_path / kind) == pytest.approx(_curve(one), rel=1e-3)
+        torchrun(make_config(tiny_world, tmp_path / kind, distributed=kind, save_every=1))
+        assert curve(tmp_path / kind) == pytest.approx(curve(one), rel=1e-3)
         resumed = tmp_path / f"{kind}-resumed"
         shutil.copytree(tmp_path / kind, resumed)
         shutil.rmtree(resumed / "checkpoints" / "step-0000003")
         shutil.rmtree(resumed / "final")
-        _mark_kept_log(resumed)
-        done = _torchrun(_config(tiny_world, resumed, distributed=kind, save_every=1), "--resume")
-        _assert_resumed(done.stderr, resumed, 2)
-        assert _trained_steps(resumed) == ([1, 2], [3])
-        assert _curve(resumed) == pytest.approx(_curve(tmp_path / kind), rel=1e-5)
-
-
-def _twelve_records(world, tmp_path: Path) -> dict:
-    """12 records at 4 per step: an epoch is 3 steps, so a short run crosses epoch boundaries."""
-    data = tmp_path / "twelve.json"
-    data.write_text(json.dumps(json.loads(world.paths["dft"].read_text())[:12]))
-    return {"train": str(data), "image_root": str(world.paths["dft"].parent)}
-
-
-def _with_data(config: Path, data: dict) -> Path:
-    cfg = yaml.safe_load(config.read_text())
-    cfg["data"].update(data)
-    config.write_text(yaml.safe_dump(cfg))
-    return config
-
-
-# Runs ``switchkd train`` with the trainer's checkpoint call wrapped: after the first checkpoint of the
-# loop is published it writes a flag file and blocks, so the kill always lands mid-run, right after it.
-_BLOCK_AFTER_FIRST_CHECKPOINT = """
-import pathlib, sys, time
-import switchkd.training.trainer as trainer
-from switchkd.cli.main import main
-real = trainer.save_checkpoint
-def blocking(run):
-    state = real(run)
-    pathlib.Path(sys.argv[1]).write_text(str(run.state.step))
-    time.sleep(3600)
-    return state
-trainer.save_checkpoint = blocking
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def _cli_train(config: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "switchkd", "train", "--config", str(config), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
-
-
-def _kill_after_first_checkpoint(config: Path, out: Path, tmp_path: Path) -> int:
-    """Run ``switchkd train`` in its own process and SIGKILL it while it blocks right after its first
-    checkpoint; the step that checkpoint holds."""
-    flag = tmp_path / f"{out.name}.checkpointed"
-    cmd = [sys.executable, "-c", _BLOCK_AFTER_FIRST_CHECKPOINT, str(flag), "train", "--config", str(config)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not flag.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    assert flag.exists(), f"no checkpoint was written before the run ended: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    found = checkpoints(out)
-    assert [int(c.name.split("-")[1]) for c in found] == [int(flag.read_text())]
-    return int(flag.read_text())
-
-
-def _assert_resumed(stderr: str, out: Path, step: int) -> None:
-    """The resumed process said it loaded checkpoint ``step`` (a silent restart says it starts at 0)."""
-    assert f"resumed from {out / 'checkpoints' / f'step-{step:07d}'} (step {step})" in stderr, stderr[-3000:]
-
-
-def _mark_kept_log(out: Path) -> None:
-    """Tag every record left in the log: a resume keeps them, a restart from step 0 rewrites them."""
-    lines = [line for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
-    kept = []
-    for line in lines:
-        try:
-            kept.append(json.dumps({**json.loads(line), "before_kill": True}))
-        except json.JSONDecodeError:
-            kept.append(line)  # a torn last line stays torn
-    (out / "log.jsonl").write_text("\n".join(kept) + ("\n" if lines[-1].endswith("}") else ""))
-
-
-def _trained_steps(out: Path) -> tuple[list[int], list[int]]:
-    """The logged steps kept from before the kill, and those trained after it."""
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    kept = [r["step"] for r in records if r.pop("before_kill", False)]
-    return kept, [r["step"] for r in records if r["step"] not in kept]
-
-
-def _curve_bits(out: Path) -> list[float]:
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records]
-
-
-def _same_weights(a: Path, b: Path) -> None:
-    want = VisionLanguageModel.from_pretrained(a).state_dict()
-    got = VisionLanguageModel.from_pretrained(b).state_dict()
-    assert want.keys() == got.keys()
-    different = [k for k in want if not torch.equal(got[k], want[k])]
-    assert not different, different[:5]
+        mark_kept_log(resumed)
+        done = torchrun(make_config(tiny_world, resumed, distributed=kind, save_every=1), "--resume")
+        assert_resumed(done.stderr, resumed, 2)
+        assert trained_steps(resumed) == ([1, 2], [3])
+        assert curve(resumed) == pytest.approx(curve(tmp_path / kind), rel=1e-5)
 
 
 def _killed_then_resumed_equals_uninterrupted(world, tmp_path: Path, steps: int, **overrides) -> None:
     """SIGKILL right after the step-2 checkpoint; ``--resume`` loads it and trains steps 3..``steps``
     only, ending bit for bit where the uninterrupted run ends (same process setup and thread count,
     so the same arithmetic)."""
-    data = _twelve_records(world, tmp_path)
+    data = twelve_records(world, tmp_path)
     full = tmp_path / "full"
-    _cli_train(_with_data(_config(world, full, max_steps=steps, save_every=2, **overrides), data))
+    cli_train(with_data(make_config(world, full, max_steps=steps, save_every=2, **overrides), data))
     out = tmp_path / "killed"
-    config = _with_data(_config(world, out, max_steps=steps, save_every=2, **overrides), data)
-    assert _kill_after_first_checkpoint(config, out, tmp_path) == 2
-    _mark_kept_log(out)
-    _assert_resumed(_cli_train(config, "--resume").stderr, out, 2)
-    assert _trained_steps(out) == ([1, 2], list(range(3, steps + 1)))
-    assert _curve_bits(out) == _curve_bits(full)
-    _same_weights(full / "final", out / "final")
+    config = with_data(make_config(world, out, max_steps=steps, save_every=2, **overrides), data)
+    assert kill_after_first_checkpoint(config, out, tmp_path) == 2
+    mark_kept_log(out)
+    assert_resumed(cli_train(config, "--resume").stderr, out, 2)
+    assert trained_steps(out) == ([1, 2], list(range(3, steps + 1)))
+    assert curve_bits(out) == curve_bits(full)
+    same_weights(full / "final", out / "final")
 
 
 @pytest.mark.slow
@@ -311,11 +171,11 @@ def test_skipped_samples_are_counted_across_processes(tiny_world, tmp_path):
         r["image"] = "images/missing.png"
     data = tmp_path / "data.json"
     data.write_text(json.dumps(records))
-    config = _config(tiny_world, tmp_path / "skip", stage="sft", max_steps=2)
+    config = make_config(tiny_world, tmp_path / "skip", stage="sft", max_steps=2)
     cfg = yaml.safe_load(config.read_text())
     cfg["data"].update(train=str(data), image_root=str(tiny_world.paths["dft"].parent), on_error="skip")
     config.write_text(yaml.safe_dump(cfg))
-    _torchrun(
+    torchrun(
         config
     )  # 2 processes x batch 4 x 2 steps = 16 records: each seen once (uneven sizes get padded by repeats)
     state = json.loads((checkpoints(tmp_path / "skip")[-1] / "trainer_state.json").read_text())["state"]
@@ -324,7 +184,7 @@ def test_skipped_samples_are_counted_across_processes(tiny_world, tmp_path):
 
 def test_half_written_checkpoint_is_never_picked(tiny_world, tmp_path):
     out = tmp_path / "run"
-    train(load_config(_config(tiny_world, out, max_steps=2, save_every=1)))
+    train(load_config(make_config(tiny_world, out, max_steps=2, save_every=1)))
     (out / "checkpoints" / ".tmp-step-0000009").mkdir()
     (out / "checkpoints" / "step-0000007").mkdir()  # no trainer_state.json: incomplete
     assert [p.name for p in checkpoints(out)] == ["step-0000001", "step-0000002"]
@@ -333,12 +193,12 @@ def test_half_written_checkpoint_is_never_picked(tiny_world, tmp_path):
 def test_a_checkpointed_run_prints_no_false_warnings(tiny_world, tmp_path):
     """Tied LM heads are dropped from checkpoints silently (safetensors' save_model keeps one name per
     storage) and the saved folders load without transformers' regex or model-type notices."""
-    config = _config(tiny_world, tmp_path / "run", max_steps=2, save_every=1)
+    config = make_config(tiny_world, tmp_path / "run", max_steps=2, save_every=1)
     done = subprocess.run(
         [sys.executable, "-m", "switchkd", "train", "--config", str(config)],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=env(),
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -348,9 +208,11 @@ def test_a_checkpointed_run_prints_no_false_warnings(tiny_world, tmp_path):
 
 
 def test_dry_run_reports_shapes_and_checks_data(tiny_world, tmp_path):
-    report = dry_run(load_config(_config(tiny_world, tmp_path / "d")))
+    report = dry_run(load_config(make_config(tiny_world, tmp_path / "d")))
     assert "pair checks passed" in report and "dry run passed" in report
-    bad = load_config(_config(tiny_world, tmp_path / "d"), ["data.train=/nonexistent.json"])
+    sharded = dry_run(load_config(make_config(tiny_world, tmp_path / "d", distributed="fsdp")), processes=4)
+    assert "fsdp over 4 processes" in sharded and "teacher: parameters" in sharded
+    bad = load_config(make_config(tiny_world, tmp_path / "d"), ["data.train=/nonexistent.json"])
     with pytest.raises(FileNotFoundError):
         dry_run(bad)
 
@@ -361,18 +223,6 @@ def test_every_shipped_config_loads():
     for path in configs:
         cfg = load_config(path)
         assert cfg.train.stage in ("pt", "dpt", "sft", "dft"), path
-
-
-def _cut_back_to(out: Path, step: int) -> None:
-    """The folder as a kill right after checkpoint ``step`` leaves it: later checkpoints, the final
-    model and the log lines past that step are gone or never written (the log keeps a stale tail)."""
-    for ckpt in checkpoints(out):
-        if int(ckpt.name.split("-")[1]) > step:
-            shutil.rmtree(ckpt)
-    shutil.rmtree(out / "final")
-    lines = (out / "log.jsonl").read_text().splitlines()
-    torn = lines[step + 1][:10]  # a kill in the middle of writing the next line
-    (out / "log.jsonl").write_text("\n".join(lines[: step + 1]) + "\n" + torn)  # past the checkpoint
 
 
 def test_resume_is_exact_across_epoch_boundaries(tiny_world, tmp_path):
@@ -390,14 +240,14 @@ def test_resume_is_exact_across_epoch_boundaries(tiny_world, tmp_path):
         "train.save_total_limit=null",
         "data.length_grouped=true",
     ]
-    reference = train(load_config(_config(tiny_world, tmp_path / "full", stage="sft"), overrides))
+    reference = train(load_config(make_config(tiny_world, tmp_path / "full", stage="sft"), overrides))
     assert [h["epoch"] for h in reference.history] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     want = VisionLanguageModel.from_pretrained(reference.final_model).state_dict()
     for step in (2, 3, 4, 6, 7):
         out = tmp_path / f"cut{step}"
         shutil.copytree(tmp_path / "full", out)
-        _cut_back_to(out, step)
-        resumed = train(load_config(_config(tiny_world, out, stage="sft"), overrides), resume=True)
+        cut_back_to(out, step)
+        resumed = train(load_config(make_config(tiny_world, out, stage="sft"), overrides), resume=True)
         assert [h["step"] for h in resumed.history] == list(range(step + 1, 10))
         assert [h["loss"] for h in resumed.history] == [h["loss"] for h in reference.history[step:]], step
         got = VisionLanguageModel.from_pretrained(resumed.final_model).state_dict()
@@ -413,8 +263,8 @@ def test_a_bad_sample_in_a_dataloader_worker_is_one_line_naming_the_record(tiny_
     records[5]["image"] = "images/missing.png"
     data = tmp_path / "bad.json"
     data.write_text(json.dumps(records))
-    config = _with_data(
-        _config(tiny_world, tmp_path / "run", stage="sft", max_steps=2),
+    config = with_data(
+        make_config(tiny_world, tmp_path / "run", stage="sft", max_steps=2),
         {"train": str(data), "image_root": str(tiny_world.paths["dft"].parent), "num_workers": 2},
     )
     with pytest.raises(SampleError) as err:
@@ -433,7 +283,7 @@ def test_a_bad_sample_in_a_dataloader_worker_is_one_line_naming_the_record(tiny_
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=env(),
         timeout=300,
     )
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
@@ -444,21 +294,11 @@ def test_a_bad_sample_in_a_dataloader_worker_is_one_line_naming_the_record(tiny_
 def test_empty_data_is_an_error_in_training_and_in_the_dry_run(tiny_world, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    config = _with_data(_config(tiny_world, tmp_path / "run", stage="sft"), {"train": str(empty)})
+    config = with_data(make_config(tiny_world, tmp_path / "run", stage="sft"), {"train": str(empty)})
     with pytest.raises(ValueError, match="holds no records"):
         dry_run(load_config(config))
     with pytest.raises(ValueError, match="holds no records"):
         train(load_config(config))
-
-
-class _Payload:
-    """Unpickling this runs a shell command that creates a marker file."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_resume_never_unpickles_and_skips_damaged_checkpoints(tiny_world, tmp_path, caplog):
@@ -466,11 +306,11 @@ def test_resume_never_unpickles_and_skips_damaged_checkpoints(tiny_world, tmp_pa
     import pickle
 
     overrides = ["train.max_steps=4", "train.save_every=1", "train.save_total_limit=null"]
-    data = _twelve_records(tiny_world, tmp_path)
-    reference = train(load_config(_with_data(_config(tiny_world, tmp_path / "full", stage="sft"), data), overrides))
+    data = twelve_records(tiny_world, tmp_path)
+    reference = train(load_config(with_data(make_config(tiny_world, tmp_path / "full", stage="sft"), data), overrides))
     want = VisionLanguageModel.from_pretrained(reference.final_model).state_dict()
     marker = tmp_path / "executed"
-    evil = pickle.dumps(_Payload(marker))
+    evil = pickle.dumps(Payload(marker))
 
     def cut(name: str) -> tuple[Path, dict]:
         out = tmp_path / name
@@ -481,7 +321,7 @@ def test_resume_never_unpickles_and_skips_damaged_checkpoints(tiny_world, tmp_pa
         return out, steps
 
     def resume(out: Path):
-        return train(load_config(_with_data(_config(tiny_world, out, stage="sft"), data), overrides), resume=True)
+        return train(load_config(with_data(make_config(tiny_world, out, stage="sft"), data), overrides), resume=True)
 
     def check_equal(result):
         got = VisionLanguageModel.from_pretrained(result.final_model).state_dict()
@@ -539,8 +379,8 @@ def test_resume_never_unpickles_and_skips_damaged_checkpoints(tiny_world, tmp_pa
 
 def test_a_run_owns_its_output_folder(tiny_world, tmp_path, caplog):
     out = tmp_path / "run"
-    data = _twelve_records(tiny_world, tmp_path)
-    config = _with_data(_config(tiny_world, out, stage="sft", save_every=1, save_total_limit=None), data)
+    data = twelve_records(tiny_world, tmp_path)
+    config = with_data(make_config(tiny_world, out, stage="sft", save_every=1, save_total_limit=None), data)
     # Another live process holds the folder: refused, naming it; once it is gone, its lock is stale.
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     out.mkdir(parents=True)
@@ -564,7 +404,7 @@ def test_a_run_owns_its_output_folder(tiny_world, tmp_path, caplog):
     assert [h["loss"] for h in second.history] == [h["loss"] for h in first.history]
     # Another run's checkpoint with a higher step lands in the folder: resume ignores it.
     other = tmp_path / "other"
-    train(load_config(_with_data(_config(tiny_world, other, stage="sft", max_steps=5, save_every=1), data)))
+    train(load_config(with_data(make_config(tiny_world, other, stage="sft", max_steps=5, save_every=1), data)))
     shutil.copytree(checkpoints(other)[-1], out / "checkpoints" / "step-0000009")
     shutil.rmtree(checkpoints(out)[2])  # step 3: resume from our own step 2
     with caplog.at_level("WARNING", logger="switchkd.train"):
@@ -575,7 +415,7 @@ def test_a_run_owns_its_output_folder(tiny_world, tmp_path, caplog):
 
 
 def test_a_missing_teacher_folder_is_named_as_the_teacher(tiny_world, tmp_path):
-    config = _config(tiny_world, tmp_path / "run")
+    config = make_config(tiny_world, tmp_path / "run")
     for run in (dry_run, train):
         with pytest.raises(ConfigError, match=r"^teacher\.pretrained: local folder not found: /no/teacher"):
             run(load_config(config, ["teacher.pretrained=/no/teacher"]))
@@ -589,8 +429,8 @@ def test_a_run_that_skips_every_sample_is_an_error(tiny_world, tmp_path):
         r["image"] = "images/missing.png"
     data = tmp_path / "all_bad.json"
     data.write_text(json.dumps(records))
-    config = _with_data(
-        _config(tiny_world, tmp_path / "run", stage="sft", max_steps=2),
+    config = with_data(
+        make_config(tiny_world, tmp_path / "run", stage="sft", max_steps=2),
         {"train": str(data), "image_root": str(tiny_world.paths["dft"].parent), "on_error": "skip"},
     )
     with pytest.raises(ValueError, match=r"every sample was skipped \(\{'bad_image': 8\}\); nothing was trained"):
@@ -611,7 +451,7 @@ def test_a_full_disk_is_one_error_naming_the_checkpoint_and_leaves_nothing_half_
     monkeypatch.setattr(checkpoint, "save_file", full)
     out = tmp_path / "run"
     with pytest.raises(OSError, match=r"cannot write .*checkpoints/step-0000001: No space left on device$"):
-        train(load_config(_config(tiny_world, out, stage="sft", save_every=1)))
+        train(load_config(make_config(tiny_world, out, stage="sft", save_every=1)))
     assert checkpoints(out) == [] and list((out / "checkpoints").iterdir()) == []
 
 
@@ -640,11 +480,11 @@ def test_a_write_failing_on_one_process_fails_every_process_instead_of_hanging(t
         """)
     )
     out = tmp_path / "run"
-    config = _config(tiny_world, out, stage="sft", max_steps=2, save_every=2 if where == "checkpoint" else None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    config = make_config(tiny_world, out, stage="sft", max_steps=2, save_every=2 if where == "checkpoint" else None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port())]
     cmd += [str(script), "train", "--config", str(config)]
     started = time.monotonic()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=300)
     assert done.returncode != 0 and time.monotonic() - started < 240
     name = "checkpoints/step-0000002" if where == "checkpoint" else "final"
     errors = [line for line in done.stderr.splitlines() if line.startswith("switchkd train: error:")]
@@ -659,32 +499,32 @@ def test_a_write_failing_on_one_process_fails_every_process_instead_of_hanging(t
 @pytest.mark.slow
 def test_two_process_resume_is_exact_across_epochs(tiny_world, tmp_path):
     """DDP wraps the sampler in accelerate's BatchSamplerShard: the resumed epoch must still be ours."""
-    data = _twelve_records(tiny_world, tmp_path)  # 2 processes x 2 per process: 3 steps an epoch
+    data = twelve_records(tiny_world, tmp_path)  # 2 processes x 2 per process: 3 steps an epoch
 
     def config(out: Path) -> Path:
         overrides = dict(max_steps=7, save_every=1, save_total_limit=None, per_device_batch_size=2)
-        return _with_data(_config(tiny_world, out, stage="sft", **overrides), data)
+        return with_data(make_config(tiny_world, out, stage="sft", **overrides), data)
 
-    _torchrun(config(tmp_path / "full"))
+    torchrun(config(tmp_path / "full"))
     reference = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in reference] == [0, 0, 0, 1, 1, 1, 2]
     for step in (2, 4):
         out = tmp_path / f"cut{step}"
         shutil.copytree(tmp_path / "full", out)
-        _cut_back_to(out, step)
-        _mark_kept_log(out)
-        _assert_resumed(_torchrun(config(out), "--resume").stderr, out, step)
-        assert _trained_steps(out) == (list(range(1, step + 1)), list(range(step + 1, 8)))
-        assert _curve(out) == _curve(tmp_path / "full"), step  # same world size, same arithmetic
-        _same_weights(tmp_path / "full" / "final", out / "final")
+        cut_back_to(out, step)
+        mark_kept_log(out)
+        assert_resumed(torchrun(config(out), "--resume").stderr, out, step)
+        assert trained_steps(out) == (list(range(1, step + 1)), list(range(step + 1, 8)))
+        assert curve(out) == curve(tmp_path / "full"), step  # same world size, same arithmetic
+        same_weights(tmp_path / "full" / "final", out / "final")
 
 
 @pytest.mark.parametrize("stage", ["dft", "sft"])
 def test_diagnostics_are_logged_and_change_nothing_of_training(tiny_world, tmp_path, stage):
     """``diagnostics_every`` logs what moves the vision tower (each term's gradient norm alone, the
     encoders' feature distance) at its steps, and the run's losses and weights stay bit-identical."""
-    plain = train(load_config(_config(tiny_world, tmp_path / "plain", stage=stage, max_steps=4)))
-    seen = train(load_config(_config(tiny_world, tmp_path / "seen", stage=stage, max_steps=4, diagnostics_every=2)))
+    plain = train(load_config(make_config(tiny_world, tmp_path / "plain", stage=stage, max_steps=4)))
+    seen = train(load_config(make_config(tiny_world, tmp_path / "seen", stage=stage, max_steps=4, diagnostics_every=2)))
     assert [h["loss"] for h in seen.history] == [h["loss"] for h in plain.history]
     a = VisionLanguageModel.from_pretrained(plain.final_model).state_dict()
     b = VisionLanguageModel.from_pretrained(seen.final_model).state_dict()
@@ -702,7 +542,7 @@ def test_diagnostics_are_logged_and_change_nothing_of_training(tiny_world, tmp_p
 
 def test_diagnostics_every_must_fall_on_logged_steps(tiny_world, tmp_path):
     with pytest.raises(ConfigError, match="diagnostics_every.*multiple of log_every"):
-        load_config(_config(tiny_world, tmp_path / "x", log_every=2, diagnostics_every=3))
+        load_config(make_config(tiny_world, tmp_path / "x", log_every=2, diagnostics_every=3))
 
 
 LORA = {"rank": 4, "alpha": 8.0, "dropout": 0.0, "vision": True}
@@ -714,7 +554,7 @@ def test_lora_dft_trains_adapters_and_the_projector_and_merges_to_the_adapter_mo
     from switchkd.data.dataset import Collator, LlavaDataset
     from switchkd.training.setup import build_objective
 
-    config = load_config(_config(tiny_world, tmp_path / "lora", max_steps=3, lora=LORA))
+    config = load_config(make_config(tiny_world, tmp_path / "lora", max_steps=3, lora=LORA))
     objective = build_objective(config, verbose=False)
     trainable = [n for n, p in objective.named_parameters() if p.requires_grad]
     assert all("lora_" in n for n in trainable if n.startswith(("student.llm.", "student.vision_tower.")))
@@ -740,7 +580,7 @@ def test_lora_dft_trains_adapters_and_the_projector_and_merges_to_the_adapter_mo
     assert (got - before).abs().max() > 1e-3  # the adapters did learn something
     # LoRA adapts the LLM: a stage that freezes it is refused with the reason
     with pytest.raises(ConfigError, match="train.lora: LoRA adapts the LLM, which this stage does not train"):
-        build_objective(load_config(_config(tiny_world, tmp_path / "pt", stage="pt", lora=LORA)), verbose=False)
+        build_objective(load_config(make_config(tiny_world, tmp_path / "pt", stage="pt", lora=LORA)), verbose=False)
 
 
 @pytest.mark.slow
@@ -751,7 +591,7 @@ def test_killed_lora_run_resumes_exactly(tiny_world, tmp_path):
 def test_a_model_key_set_beside_pretrained_is_an_error_naming_it(tiny_world, tmp_path):
     """A saved model keeps its own projector: ``model.projector=ldpv2`` beside ``model.pretrained`` was
     dropped without a word (final/config.json still said mlp2x_gelu)."""
-    config = _config(tiny_world, tmp_path / "run")
+    config = make_config(tiny_world, tmp_path / "run")
     for override, key in (
         ("model.projector=ldpv2", "model.projector"),
         ("model.vision_feature_layer=-1", "model.vision_feature_layer"),
@@ -763,7 +603,7 @@ def test_a_model_key_set_beside_pretrained_is_an_error_naming_it(tiny_world, tmp
         [sys.executable, "-m", "switchkd", "train", "--config", str(config), "model.projector=ldpv2"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=env(),
         timeout=300,
     )
     assert done.returncode == 2 and done.stderr.startswith("switchkd train: error: model.projector: cannot apply")
@@ -774,7 +614,7 @@ def test_a_model_key_set_beside_pretrained_is_an_error_naming_it(tiny_world, tmp
 def test_plan_prints_the_step_memory_and_what_fits(tiny_world, tmp_path, capsys):
     from switchkd.cli.main import main
 
-    config = _config(tiny_world, tmp_path / "run")
+    config = make_config(tiny_world, tmp_path / "run")
     assert main(["plan", "--config", str(config), "--gpus", "2", "--gpu-memory", "80GB", "--engine", "fsdp"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fsdp on 2 GPU(s), per-GPU batch 4 x 2048 tokens")

@@ -9,6 +9,7 @@ lives here: reading, writing, resuming and checking belong to the library (a mis
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,13 @@ def train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="validate the config, data paths and model shapes, then stop (no weights are loaded)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=int(os.environ.get("WORLD_SIZE", 8)),
+        help="with --dry-run and train.distributed=fsdp: the processes to report each one's share for "
+        "(default: $WORLD_SIZE, else 8)",
+    )
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=2e-5 distill.loss=bild_rkl")
 
 
@@ -51,7 +59,7 @@ def train_command(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     if args.dry_run:
-        print(dry_run(cfg))
+        print(dry_run(cfg, processes=args.processes))
         return 0
     result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"trained {result.steps} steps; model saved to {result.final_model}")

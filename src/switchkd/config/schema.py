@@ -185,7 +185,12 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute student activations in backward."""
     distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
-    """ddp, fsdp or deepspeed (ZeRO, see zero_stage) when launched on several processes."""
+    """ddp, fsdp or deepspeed when launched on several processes. fsdp: torch's FSDP2, applied by switchkd
+    to every transformer block and the rest of the student and the frozen teacher (CPU/gloo or GPU/NCCL;
+    bf16 mixed precision as a parameter-dtype policy, gradients reduced in float32). deepspeed: ZeRO (see
+    zero_stage) through accelerate, GPUs only."""
+    fsdp_cpu_offload: bool = False
+    """fsdp on GPUs: keep the sharded parameters, gradients and optimizer state in CPU memory."""
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage (the paper: 2)."""
     seed: int = 0

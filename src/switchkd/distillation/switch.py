@@ -108,6 +108,12 @@ class VisualSwitchDistiller(nn.Module):
     def teacher(self):
         return self._teacher[0]
 
+    def hold_teacher(self) -> None:
+        """Make the teacher a submodule (``held_teacher``), for an engine that must see every parameter
+        the forward uses: FSDP2 shards and gathers the teacher's parameters with the student's. It then
+        appears in the state dict; it stays frozen and in eval mode."""
+        self.add_module("held_teacher", self.teacher)
+
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()  # dropout and the like stay off in the teacher, always
@@ -115,7 +121,8 @@ class VisualSwitchDistiller(nn.Module):
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        self.teacher._apply(fn, recurse)  # every wrapper that places the module places the teacher too
+        if "held_teacher" not in self._modules:  # a held teacher was placed with the other submodules
+            self.teacher._apply(fn, recurse)  # every wrapper that places the module places the teacher too
         return self
 
     def forward(self, batch: dict, num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:

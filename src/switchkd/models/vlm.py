@@ -196,10 +196,13 @@ class VisionLanguageModel(nn.Module):
         return generate(self, input_ids, attention_mask, pixel_values=pixel_values, cfg=GenerationConfig(**kwargs))
 
     def gradient_checkpointing_enable(self) -> None:
-        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-        self.llm.gradient_checkpointing_enable(**kwargs)
-        if hasattr(self.vision_tower.encoder, "gradient_checkpointing_enable"):
-            self.vision_tower.encoder.gradient_checkpointing_enable(**kwargs)
+        for module in (self.llm, self.vision_tower.encoder):
+            # transformers v5 renamed it (the old name warns); both take the checkpoint's keywords first
+            enable = getattr(module, "activation_checkpointing_enable", None) or getattr(
+                module, "gradient_checkpointing_enable", None
+            )
+            if enable is not None:
+                enable({"use_reentrant": False})
 
     # ---- save / load ----------------------------------------------------------------------------
 
@@ -234,11 +237,11 @@ class VisionLanguageModel(nn.Module):
         if state_dict is None:
             save_model(self, str(directory / WEIGHTS_NAME))  # drops tied duplicates (Qwen's lm_head)
         else:
-            live = self.state_dict()
+            live = self.state_dict(keep_vars=True)
             first_of: dict[int, str] = {}
             keep = {}
-            for name, tensor in live.items():  # keep one name per storage, as save_model does
-                if first_of.setdefault(tensor.data_ptr(), name) == name:
+            for name, tensor in live.items():  # one name per parameter (tied weights), as save_model keeps
+                if first_of.setdefault(id(tensor), name) == name:
                     keep[name] = state_dict[name].detach().contiguous().cpu()
             save_file(keep, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         (directory / CHECKSUM_NAME).write_text(f"{file_sha256(directory / WEIGHTS_NAME)}  {WEIGHTS_NAME}\n")

@@ -4,7 +4,9 @@ A checkpoint of a single-process or DDP run is safetensors and JSON only, so res
 anything: ``model.safetensors`` (the objective's weights), ``optimizer.safetensors`` +
 ``optimizer.json``, ``rng-<rank>.json`` (Python, NumPy, torch and CUDA generators), and
 ``trainer_state.json`` (``TrainState``, the scheduler, the grad scaler, and the SHA-256 of every
-other file). FSDP and DeepSpeed (GPU runs) shard the optimizer; their checkpoints keep the engines' own
+other file). An FSDP2 run (``train.distributed: fsdp``) writes the same files with the weights and
+optimizer state as one safetensors file per process (``sharding.save_shards``): no pickle either.
+DeepSpeed (GPU runs, through accelerate) shards the optimizer; its checkpoints keep the engine's own
 files (written by accelerate under ``state/``), checksummed like the rest. Those are pickles, and
 DeepSpeed unpickles its own without restriction: before any engine loads them, every one must load
 under torch's weights-only unpickler (tensors, containers and the three DeepSpeed classes its ZeRO
@@ -36,6 +38,7 @@ from safetensors.torch import load_model as load_module_weights
 from safetensors.torch import save_model as save_module_weights
 
 from switchkd.models.vlm import file_sha256
+from switchkd.training import sharding
 from switchkd.training.lora import merge_lora
 from switchkd.training.run import Run, TrainState
 
@@ -64,7 +67,8 @@ def skipped_everywhere(run: Run) -> Counter:
     return total
 
 
-def _sharded(run: Run) -> bool:
+def _engine(run: Run) -> bool:
+    """Whether an engine of accelerate's (DeepSpeed, or FSDP through accelerate) holds the state."""
     return run.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
@@ -82,7 +86,9 @@ def save_checkpoint(run: Run) -> TrainState:
             tmp.mkdir(parents=True)
 
     def write():
-        if _sharded(run):
+        if sharding.is_sharded(run.objective):
+            sharding.save_shards(run.objective, run.optimizer, tmp)
+        elif _engine(run):
             acc.save_state(str(tmp / "state"))
         else:
             _save_weights_and_optimizer(run, tmp)
@@ -133,6 +139,7 @@ def _write_state(run: Run, tmp: Path, state: TrainState) -> None:
     """trainer_state.json: the step state, scheduler and scaler, and the checksum of every other file."""
     acc = run.accelerator
     meta = {"format": FORMAT, "run_id": run.run_id, "state": state.to_json(), "scheduler": _scheduler_state(run)}
+    meta["world_size"] = acc.num_processes
     if acc.scaler is not None:
         meta["scaler"] = acc.scaler.state_dict()
     meta["sha256"] = {str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -245,7 +252,7 @@ def restore_latest(run: Run) -> None:
     choice = [None]
     if run.is_main:
         for folder in reversed(found):
-            problem = damage(folder, run.run_id, engine=_sharded(run))
+            problem = damage(folder, run.run_id, engine=_engine(run))
             if problem is None:
                 choice = [str(folder)]
                 break
@@ -257,17 +264,30 @@ def restore_latest(run: Run) -> None:
             raise ValueError(f"train.output_dir: no intact checkpoint in {run.output_dir / 'checkpoints'}")
         log.info("no checkpoint in %s: starting from step 0", run.output_dir)
         return
+    error = None
     try:
         _load(run, Path(choice[0]))
-    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError, IndexError, OSError) as exc:
         # The checksums matched but a file is not what this format writes (e.g. a forged checksum list).
-        raise ValueError(f"checkpoint {choice[0]} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        error = f"checkpoint {choice[0]} cannot be loaded: {type(exc).__name__}: {exc}"
+    if run.accelerator.num_processes > 1:  # one process failing (its own shard) fails all: none waits alone
+        told = [m for m in gather_object([error]) if m is not None]
+        error = error or (told[0] if told else None)
+    if error is not None:
+        raise ValueError(error)
 
 
 def _load(run: Run, folder: Path) -> None:
     acc = run.accelerator
     meta = json.loads((folder / STATE_NAME).read_text())
-    if _sharded(run):
+    written = int(meta.get("world_size", acc.num_processes))
+    if written != acc.num_processes:  # each process's RNG states and data position are its own
+        raise ValueError(
+            f"it was written by {written} process(es) and this run has {acc.num_processes}: resume with {written}"
+        )
+    if sharding.is_sharded(run.objective):
+        sharding.load_shards(run.objective, run.optimizer, folder)
+    elif _engine(run):
         acc.load_state(str(folder / "state"))
     else:
         _load_weights_and_optimizer(run, folder)
@@ -304,13 +324,16 @@ def save_model(run: Run, directory: Path) -> None:
     acc.wait_for_everyone()
     student = acc.unwrap_model(run.objective).student
     merge_lora(student)  # LoRA: the final model is the merged one (training is over)
-    state = acc.get_state_dict(run.objective)
+    if sharding.is_sharded(run.objective):
+        own = sharding.gather_student(run.objective)
+    else:
+        state = acc.get_state_dict(run.objective)
+        own = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
     tmp = directory.with_name(f".tmp-{directory.name}")
 
     def write():
         if run.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-            own = {k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")}
             student.save_pretrained(tmp, state_dict=own)
             shutil.rmtree(directory, ignore_errors=True)
             os.replace(tmp, directory)

@@ -17,7 +17,8 @@ from switchkd.data.records import load_records, require_records, to_messages
 from switchkd.distillation.switch import check_pair, switch_adapter
 from switchkd.models import build_vlm
 from switchkd.models.builders import processor_source, tokenizer_source
-from switchkd.training.stages import STAGES, trainable_parts
+from switchkd.training.sharding import describe_share, process_share
+from switchkd.training.stages import STAGES, apply_stage, trainable_parts
 
 CHECK_RECORDS = 200
 CHECK_IMAGES = 20
@@ -62,9 +63,12 @@ def _params(module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:,.1f}M"
 
 
-def dry_run(cfg: Config) -> str:
-    lines = [f"stage {cfg.train.stage}: trainable {trainable_parts(cfg.train.stage, cfg.train.trainable)}"]
+def dry_run(cfg: Config, processes: int = 8) -> str:
+    """The report; with ``train.distributed: fsdp``, what each of ``processes`` processes holds."""
+    parts = trainable_parts(cfg.train.stage, cfg.train.trainable)
+    lines = [f"stage {cfg.train.stage}: trainable {parts}"]
     student = build_meta(cfg.model, "model")
+    teacher = None
     lines.append(
         f"student: vision {_params(student.vision_tower)} ({student.vision_tower.config.model_type}, "
         f"{student.vision_tower.num_tokens} tokens of width {student.vision_tower.hidden_size}), projector "
@@ -98,5 +102,8 @@ def dry_run(cfg: Config) -> str:
         f"{t.scheduler} schedule, warm-up {t.warmup_ratio}, {t.distributed}, mixed precision "
         f"{t.mixed_precision}; output {t.output_dir}"
     )
+    if t.distributed == "fsdp":
+        apply_stage(student, parts)
+        lines.append(describe_share(process_share(student, teacher, t, processes), t, processes))
     lines.append("dry run passed")
     return "\n".join(lines)

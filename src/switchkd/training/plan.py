@@ -4,7 +4,8 @@
 
 Arithmetic over the models' shapes (built on the meta device: no weights are read) and the run config:
 weights, gradients and AdamW state of the student per engine (DDP keeps them whole with a gradient
-bucket copy; ZeRO-2 shards gradients and optimizer state; FSDP shards all three), the frozen teacher,
+bucket copy; ZeRO-2 shards gradients and optimizer state; FSDP shards all three, and the frozen
+teacher's weights, and gathers the root unit and two blocks whole while they run), the frozen teacher,
 the activations each pathway keeps (the student's and the switch pathway's per-layer inputs under
 checkpointing, one layer recomputed at a time), and the fused loss head (the float32 copies of the head
 weights, one chunk's logits, their gradients and the knee's sort). The step's peak is the larger of
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from switchkd.config import Config, ConfigError
 from switchkd.losses.head import auto_chunk_rows
+from switchkd.training.sharding import units
 from switchkd.training.stages import STAGES, trainable_parts
 
 GB = 1 << 30
@@ -50,11 +52,14 @@ class Shapes:
     vision_layers: int
     vision_tokens: int  # per image, before the projector
     image_tokens: int  # per image, after it
+    root_params: int = 0  # outside every transformer block: what FSDP's root unit gathers
+    block_params: int = 0  # the largest transformer block: one FSDP unit
 
 
 def shapes_of(model) -> Shapes:
     llm, tower = model.llm.config, model.vision_tower
     vision = tower.config
+    root, block = units(model)
     return Shapes(
         params=sum(p.numel() for p in model.parameters()),
         vision_params=sum(p.numel() for p in model.vision_tower.parameters()),
@@ -69,6 +74,8 @@ def shapes_of(model) -> Shapes:
         vision_layers=vision.num_hidden_layers,
         vision_tokens=tower.num_tokens,
         image_tokens=model.num_image_tokens,
+        root_params=root,
+        block_params=block,
     )
 
 
@@ -132,7 +139,11 @@ def plan_step(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepS
     }
     if teacher is not None:
         t_bytes = 2 if mixed and t.teacher_dtype == "compute" else 4
-        parts[f"teacher weights ({'bf16' if t_bytes == 2 else 'float32'})"] = t_bytes * teacher.params
+        parts[f"teacher weights ({'bf16' if t_bytes == 2 else 'float32'})"] = t_bytes * teacher.params / shard_all
+    if shape.engine == "fsdp" and n > 1:  # whole while they run: the root unit, one block and the next
+        roots = student.root_params + (teacher.root_params if teacher is not None else 0)
+        block = max(student.block_params, teacher.block_params if teacher is not None else 0)
+        parts["FSDP: gathered root unit and two blocks"] = (2 if mixed else 4) * (roots + 2 * block)
     persistent = sum(parts.values())  # weights and optimizer state: there before the step and after it
     acts = _activations(cfg, student, teacher, shape)
     parts.update(acts)

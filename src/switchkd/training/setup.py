@@ -9,8 +9,9 @@ import math
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from accelerate import Accelerator
-from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, set_seed
+from accelerate.utils import DeepSpeedPlugin, DistributedType, set_seed
 from torch.utils.data import DataLoader
 
 from switchkd.config import Config, ConfigError, TrainConfig, save_config
@@ -19,6 +20,7 @@ from switchkd.data.records import RecordStore, require_records
 from switchkd.distillation.switch import VisualSwitchDistiller
 from switchkd.models import build_vlm
 from switchkd.models.placement import DTYPES
+from switchkd.training import sharding
 from switchkd.training.checkpoint import restore_latest
 from switchkd.training.lora import apply_lora
 from switchkd.training.objectives import LanguageModelingObjective
@@ -51,10 +53,17 @@ def _build_run(cfg: Config, accelerator: Accelerator, *, run_id: str, resume: bo
     objective = build_objective(cfg, verbose=accelerator.is_main_process)
     teacher = getattr(objective, "teacher", None)
     sampler, loader = make_loader(cfg, objective.student, world=accelerator.num_processes, teacher=teacher)
+    fsdp = _fsdp_here(cfg.train)
+    if fsdp:  # switchkd shards the objective itself; accelerate keeps the processes and the data
+        objective = sharding.shard(objective, cfg.train, accelerator.device)
+        sharding.log_held(objective)
     # fused: one kernel per parameter, no temporaries the size of a parameter (the 545 MB of a Qwen2.5
     # embedding at H = 896 was the peak of a fused-head DFT step on the CPU), and 7x faster there
     optimizer = torch.optim.AdamW(param_groups(objective, cfg.train.weight_decay), lr=cfg.train.lr, fused=True)
-    objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
+    if fsdp:
+        optimizer, loader = accelerator.prepare(optimizer, loader)
+    else:
+        objective, optimizer, loader = accelerator.prepare(objective, optimizer, loader)
     total = total_steps(cfg.train, len(loader))
     scheduler = make_scheduler(optimizer, cfg.train, total)
     run = Run(cfg, accelerator, objective, optimizer, scheduler, loader, sampler, total, run_id)
@@ -74,7 +83,7 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
             zero_stage=t.zero_stage, gradient_accumulation_steps=t.grad_accum, gradient_clipping=t.max_grad_norm or 0.0
         )
     elif t.distributed == "fsdp":
-        kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(use_orig_params=True)
+        sharding.check(t)
     # Without a GPU, accelerate only forms a process group (gloo) when told it runs on CPU.
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
@@ -85,9 +94,10 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
         **kwargs,
     )
     _check_sharding(t.distributed, accelerator)
-    if t.lora.rank and accelerator.distributed_type in _SHARDED.values():
+    sharded = _fsdp_here(t) or accelerator.distributed_type == DistributedType.DEEPSPEED
+    if t.lora.rank and sharded:
         raise ConfigError("LoRA runs on one process or DDP here (merging needs whole weights)", key="train.lora")
-    if t.diagnostics_every and accelerator.distributed_type in _SHARDED.values():
+    if t.diagnostics_every and sharded:
         raise ConfigError(
             "needs one process or DDP: sharded parameters cannot be differentiated one term at a time",
             key="train.diagnostics_every",
@@ -95,18 +105,23 @@ def make_accelerator(t: TrainConfig) -> Accelerator:
     return accelerator
 
 
-_SHARDED = {"fsdp": DistributedType.FSDP, "deepspeed": DistributedType.DEEPSPEED}
+def _fsdp_here(t: TrainConfig) -> bool:
+    """Whether this run shards with FSDP2: asked for, in a process group (torchrun / accelerate launch)."""
+    return t.distributed == "fsdp" and dist.is_available() and dist.is_initialized()
 
 
 def _check_sharding(wanted: str, accelerator: Accelerator) -> None:
-    """accelerate runs FSDP and DeepSpeed on GPUs only: elsewhere it quietly falls back to DDP, which
-    would train with a memory plan the user did not ask for. Several processes: an error; one: a note."""
-    if wanted not in _SHARDED or accelerator.distributed_type == _SHARDED[wanted]:
+    """accelerate runs DeepSpeed on GPUs only: elsewhere it quietly falls back to DDP, which would train
+    with a memory plan the user did not ask for. Several processes: an error; one: a note. FSDP without
+    a process group (one process, not launched by torchrun): a note, and the run is not sharded."""
+    if wanted == "fsdp" and not (dist.is_available() and dist.is_initialized()):
+        log.warning("train.distributed: fsdp: one process without a process group: nothing to shard")
+    if wanted != "deepspeed" or accelerator.distributed_type == DistributedType.DEEPSPEED:
         return
     got = "DDP" if accelerator.num_processes > 1 else "a single process"
     message = (
         f"{wanted}: accelerate runs {wanted} on GPUs only, and this run ({accelerator.num_processes} "
-        f"process(es) on {accelerator.device.type}) would be {got}; set train.distributed=ddp"
+        f"process(es) on {accelerator.device.type}) would be {got}; set train.distributed=ddp or fsdp"
     )
     if accelerator.num_processes > 1:
         raise ConfigError(message, key="train.distributed")
