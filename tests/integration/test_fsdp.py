@@ -104,6 +104,20 @@ def test_two_fsdp_processes_compute_what_one_process_computes_with_the_teacher_s
     with safe_open(str(checkpoints(out)[-1] / "model-00000.safetensors"), framework="pt") as f:
         assert any(key.startswith("held_teacher.") for key in f.keys())  # the teacher's shards too
 
+    # bf16 as FSDP's parameter-dtype policy (float32 master weights, float32 gradient reduction), with
+    # per-layer checkpointing of the student and of the switch pathway through the teacher: the same
+    # run up to bf16 rounding (5 %, as the one-process bf16 test allows).
+    options = dict(mixed_precision="bf16", gradient_checkpointing=True, distributed="fsdp")
+    config = make_config(tiny_world, tmp_path / "bf16", **options)
+    config.write_text(config.read_text() + "distill:\n  teacher_checkpointing: true\n")
+    torchrun(config)
+    records = [json.loads(x) for x in (tmp_path / "bf16" / "log.jsonl").read_text().splitlines()]
+    reference = [json.loads(x) for x in (one / "log.jsonl").read_text().splitlines()]
+    for got_record, want_record in zip(records, reference, strict=True):
+        for key in ("loss", "ce", "align", "vsd"):
+            assert got_record[key] == pytest.approx(want_record[key], rel=0.05), key
+    assert records[0]["loss"] != reference[0]["loss"]  # bf16 did run
+
 
 # Runs ``switchkd train`` under torchrun with the sharded checkpoint write wrapped: at step 4, each
 # process writes its shard files, then writes its pid to a flag file and blocks before the checkpoint is
