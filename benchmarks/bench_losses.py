@@ -7,6 +7,11 @@ pair matrix.
     python benchmarks/bench_losses.py --rows 128 --reps 3 --pair-ks 64 512 --threads 2
     python benchmarks/bench_losses.py --device cuda        # CUDA events and max_memory_allocated
 
+``--contend`` keeps one other CPU-bound process running (as a DataLoader worker or another job would);
+``--wait-policy active`` measures libgomp's spinning threads instead of switchkd's sleeping ones
+(``OMP_WAIT_POLICY``, set by ``import switchkd``). "compiled" is the loss under ``torch.compile``
+(``train.compile``: one graph, the full-sort knee); its first warm-up step compiles.
+
 Each measurement runs in its own subprocess: two warm-up steps, then the median of ``--reps`` steps.
 On CPU, peak memory is the first step's peak resident size above the resident size just before it:
 the step's own working memory, the student's copy and its gradient included. On CUDA, times come from
@@ -35,6 +40,20 @@ def realistic_logits(rows: int, vocab: int, seed: int = 0):
     teacher.scatter_add_(1, top, 6.0 + 4.0 * torch.rand(rows, 8, generator=g))
     student = 0.8 * teacher + torch.randn(rows, vocab, generator=g)
     return student, teacher
+
+
+def wide_knee_logits(rows: int, vocab: int, seed: int = 0):
+    """A sharp top-20 over a wide bell: the knee falls in the thousands (the hard case for the knee and
+    the pairs, where realistic rows give a knee of a few dozen)."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(rows, vocab, generator=g)
+    top = torch.randint(0, vocab, (rows, 20), generator=g)
+    teacher.scatter_add_(1, top, 8.0 + 4.0 * torch.rand(rows, 20, generator=g))
+    student = 0.8 * teacher + 0.5 * torch.randn(rows, vocab, generator=g)
+    return student, teacher
+
+
+LOGITS = {"realistic": realistic_logits, "wide-knee": wide_knee_logits}
 
 
 def _status_mb(field: str) -> float | None:
@@ -103,7 +122,7 @@ def worker(spec: dict) -> dict:
                 out = _literal_bild(s, teacher, 3.0)
             out.sum().backward()
     else:
-        student, teacher = realistic_logits(spec["rows"], spec["vocab"])
+        student, teacher = LOGITS[spec.get("logits", "realistic")](spec["rows"], spec["vocab"])
         student, teacher = student.to(device), teacher.to(device)
         if spec.get("dtype"):  # logits as a mixed-precision model returns them
             student, teacher = student.to(getattr(torch, spec["dtype"])), teacher.to(getattr(torch, spec["dtype"]))
@@ -114,6 +133,8 @@ def worker(spec: dict) -> dict:
                 knee_select(student, method=spec["method"])
         else:
             fn = DistillLoss(spec["loss"], knee=spec.get("knee", "fast"))
+            if spec.get("compile"):  # as train.compile runs it: one graph, the synchronisation-free path
+                fn = torch.compile(fn, fullgraph=True)
 
             def step():
                 s = student.clone().requires_grad_(True)
@@ -153,7 +174,7 @@ def _cuda_measure(step, reps: int) -> dict:
 
 
 def run(spec: dict) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "OMP_WAIT_POLICY": spec["wait_policy"]}
     out = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
     )
@@ -170,6 +191,7 @@ LOSS_ROWS = [
     ("dbild_fkl", {"loss": "dbild_fkl"}),
     ("dbild_rkl", {"loss": "dbild_rkl"}),
     ("dbild_rkl, full-sort knee (before)", {"loss": "dbild_rkl", "knee": "sort"}),
+    ("dbild_rkl, compiled", {"loss": "dbild_rkl", "compile": True}),
     ("fkl, bfloat16 logits", {"loss": "fkl", "dtype": "bfloat16"}),
     ("dbild_rkl, bfloat16 logits", {"loss": "dbild_rkl", "dtype": "bfloat16"}),
 ]
@@ -185,6 +207,21 @@ def main() -> None:
     parser.add_argument("--pair-rows", type=int, default=8)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="CPU threads; each count is a table")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--logits", nargs="+", choices=list(LOGITS), default=list(LOGITS), help="kinds of rows")
+    parser.add_argument(
+        "--losses", nargs="+", help="only these table rows (fkl, the reference, always; 'knee' for the knee rows)"
+    )
+    parser.add_argument(
+        "--contend",
+        action="store_true",
+        help="keep one other CPU-bound process running throughout (as a data worker or another job would)",
+    )
+    parser.add_argument(
+        "--wait-policy",
+        choices=["passive", "active"],
+        default="passive",
+        help="OpenMP threads at a barrier: sleep (passive, switchkd's default) or spin (active, libgomp's)",
+    )
     parser.add_argument(
         "--literal-budget-gb",
         type=float,
@@ -197,22 +234,32 @@ def main() -> None:
         return
 
     threads = args.threads if args.device == "cpu" else [torch.get_num_threads()]
-    for n in threads:
-        tables(args, n)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.contend else None
+    try:
+        for n in threads:
+            tables(args, n)
+    finally:
+        if busy is not None:
+            busy.kill()
 
 
 def tables(args, threads: int) -> None:
     where = f"{threads} thread(s), {os.cpu_count()} CPUs" if args.device == "cpu" else args.device
+    where += f", OMP_WAIT_POLICY={args.wait_policy}" + (", one other CPU-bound process running" if args.contend else "")
     print(f"\n## torch {torch.__version__}, {where}; V = {args.vocab:,}; forward+backward, median of {args.reps}")
-    for rows in args.rows:
+    wanted = [(name, extra) for name, extra in LOSS_ROWS if not args.losses or name in args.losses]
+    for rows, logits in [(r, kind) for r in args.rows for kind in args.logits]:
         common = {"rows": rows, "vocab": args.vocab, "reps": args.reps, "threads": threads, "device": args.device}
-        results = [(name, run({"kind": "loss", **common, **extra})) for name, extra in LOSS_ROWS]
-        results += [
-            (f"knee only, {m} (teacher + student)", run({"kind": "knee", "method": m, **common}))
-            for m in ("fast", "sort")
-        ]
+        common |= {"logits": logits, "wait_policy": args.wait_policy}
+        rows_run = [LOSS_ROWS[0], *(w for w in wanted if w != LOSS_ROWS[0])]  # fkl first: the reference
+        results = [(name, run({"kind": "loss", **common, **extra})) for name, extra in rows_run]
+        if not args.losses or "knee" in args.losses:
+            results += [
+                (f"knee only, {m} (teacher + student)", run({"kind": "knee", "method": m, **common}))
+                for m in ("fast", "sort")
+            ]
         ref = results[0][1]
-        print(f"\n### {rows} rows\n")
+        print(f"\n### {rows} rows, {logits} logits\n")
         print("| loss | time (ms) | × fkl time | peak extra memory (MB) | × fkl memory |")
         print("| --- | ---: | ---: | ---: | ---: |")
         for name, r in results:
@@ -225,7 +272,8 @@ def tables(args, threads: int) -> None:
                 flush=True,
             )
         by = dict(results)
-        if "error" not in by["dbild_rkl"] and "error" not in by["knee only, fast (teacher + student)"]:
+        knee = "knee only, fast (teacher + student)"
+        if "dbild_rkl" in by and knee in by and "error" not in by["dbild_rkl"] and "error" not in by[knee]:
             share = by["knee only, fast (teacher + student)"]["ms"] / by["dbild_rkl"]["ms"]
             print(
                 f"\nknee selection's share of dbild_rkl: {100 * share:.0f}% (fast); "
@@ -240,6 +288,7 @@ def tables(args, threads: int) -> None:
         print("| ---: | ---: | ---: | ---: | ---: |")
         for k in args.pair_ks:
             pair = {"kind": "pair", "rows": args.pair_rows, "k": k, "reps": args.reps, "threads": threads}
+            pair["wait_policy"] = args.wait_policy
             pair["device"] = args.device
             fast = run({**pair, "impl": "ok"})
             est_gb = 2 * args.pair_rows * k * (k - 1) / 2 * 4 * 10 / 1e9  # ~10 float32 pair-sized tensors a branch

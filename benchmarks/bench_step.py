@@ -16,10 +16,12 @@ mixed precision, gradient checkpointing of the student and of the teacher's swit
 the head as it was (``train.loss_head: plain``, all rows at once, the teacher kept in float32); "fused"
 is ``train.loss_head: fused`` with chunk rows chosen per device and the teacher cast to bf16 once.
 
-Each measurement runs in its own process: ``setup`` (as ``switchkd train`` does) and two calls of
-``train_step`` on the same micro-batch. The first creates the optimizer state; the second is measured:
-its wall time, and the process's peak resident memory during it (the high-water mark is reset just
-before; the resident size before the step, weights and optimizer state included, is printed too),
+Each measurement runs in its own process: ``setup`` (as ``switchkd train`` does) and 1 + ``--steps``
+calls of ``train_step`` on the same micro-batch. The first creates the optimizer state; the others are
+measured: the median wall time (one step is too noisy to decide a 10 % question here), and the process's
+peak resident memory over them (the high-water mark is reset just before; the resident size before,
+weights and optimizer state included, is printed too), and the step's GFLOP/s beside this machine's
+bf16 and float32 matmul rates on an LM-head-shaped product, measured in the same run,
 beside the peak ``switchkd plan``'s arithmetic predicts for the same step and its error. glibc keeps
 freed blocks below its dynamic mmap threshold in the process, so the resident peak also holds memory
 that earlier steps freed; ``MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/bench_step.py ...`` maps
@@ -40,6 +42,7 @@ import importlib.util
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,6 +161,7 @@ def worker(spec: dict) -> dict:
             "progress": False,
             "output_dir": str(out),
             "loss_head": spec["head"],
+            "loss_chunk_rows": spec.get("chunk_rows") if spec["head"] == "fused" else None,
             "save_total_limit": 1,
             "mixed_precision": spec["precision"],
             "gradient_checkpointing": True,
@@ -179,9 +183,11 @@ def worker(spec: dict) -> dict:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset the peak resident size (Linux)
     before = _status_mb("VmRSS")
-    started = time.perf_counter()
-    record = train_step(run, group)
-    seconds = time.perf_counter() - started
+    times = []
+    for _ in range(spec["steps"]):
+        started = time.perf_counter()
+        record = train_step(run, group)
+        times.append(time.perf_counter() - started)
     peak = _status_mb("VmHWM")
     objective = run.accelerator.unwrap_model(run.objective)
     from switchkd.training.plan import GB, StepShape, plan_step, shapes_of
@@ -192,13 +198,35 @@ def worker(spec: dict) -> dict:
     return {
         "planned_gb": planned,
         "rows": rows,
-        "s": seconds,
+        "s": statistics.median(times),
+        "times": times,
         "peak_gb": peak / 1024,
         "before_gb": before / 1024,
         "gflop": estimate_flops(objective, group[0], rows) / 1e9,
         "loss": record["loss"],
         "k_teacher": record.get("k_teacher"),
     }
+
+
+def matmul_rate(spec: dict) -> dict:
+    """This machine's matmul rates on an LM-head-shaped product, (2,048 x 896) @ (896 x 151,936), in bf16
+    and in float32 (the loss head's precision on the CPU: float32 logits from bf16-valued operands,
+    for want of a bf16 x bf16 -> float32 product there): the median of 5 after 2 warm-ups, GFLOP/s."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    out = {}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randn(2048, 896).to(dtype)
+        b = torch.randn(896, 151_936).to(dtype)
+        times = []
+        for i in range(7):
+            started = time.perf_counter()
+            a @ b
+            if i >= 2:
+                times.append(time.perf_counter() - started)
+        out[name] = 2 * 2048 * 896 * 151_936 / statistics.median(times) / 1e9
+    return out
 
 
 def run(spec: dict) -> dict:
@@ -224,17 +252,26 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--no-sft", action="store_true", help="skip the SFT reference step (fused head)")
     parser.add_argument("--precision", default="bf16", choices=["bf16", "no"], help="train.mixed_precision")
+    parser.add_argument("--steps", type=int, default=3, help="measured steps per head (after one warm-up): the median")
+    parser.add_argument("--heads", nargs="+", default=["plain", "fused"], choices=["plain", "fused"])
+    parser.add_argument("--chunk-rows", type=int, help="train.loss_chunk_rows of the fused head (default: per device)")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        spec = json.loads(args.worker)
+        print(json.dumps(matmul_rate(spec) if spec.get("kind") == "matmul" else worker(spec)))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for threads in args.threads:
-            print(f"\n## {threads} thread(s), {os.cpu_count()} CPUs\n")
-            print("| step | M | head | time (s) | peak (GB) | planned (GB) | resident before (GB) | GFLOP | loss |")
-            print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            rate = run({"kind": "matmul", "threads": threads})
+            print(f"\n## {threads} thread(s), {os.cpu_count()} CPUs; median of {args.steps} steps after a warm-up")
+            print(
+                f"\nmatmul rate here (LM-head-shaped product): bf16 {rate.get('bf16', float('nan')):,.0f} GFLOP/s, "
+                f"float32 {rate.get('fp32', float('nan')):,.0f} GFLOP/s\n"
+            )
+            print("| step | M | head | time (s) | peak (GB) | planned (GB) | before (GB) | GFLOP | GFLOP/s | loss |")
+            print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
             ratios = []
             for rows in args.rows:
                 samples = max(1, round(rows / 1026))
@@ -253,20 +290,22 @@ def main() -> None:
                 steps += [("dft", loss) for loss in losses]
                 results = {}
                 for stage, loss in steps:
-                    for head in ("plain", "fused"):
+                    for head in args.heads:
                         if head == "plain" and (rows > args.plain_max_rows or stage == "sft"):
                             continue
                         name = f"{stage}-{loss}-{head}-{rows}-{threads}"
                         spec = {**base, "stage": stage, "loss": loss, "head": head, "out": str(tmp / name)}
+                        spec |= {"steps": args.steps, "chunk_rows": args.chunk_rows}
                         r = results[stage, loss, head] = run(spec)
                         label = "SFT" if stage == "sft" else f"DFT {loss}"
                         if "error" in r:
-                            print(f"| {label} | ~{rows} | {head} | failed: {r['error']} | | | | | |", flush=True)
+                            print(f"| {label} | ~{rows} | {head} | failed: {r['error']} | | | | | | |", flush=True)
                             continue
                         print(
                             f"| {label} | {r['rows']:,} | {head} | {r['s']:.1f} | {r['peak_gb']:.2f} | "
                             f"{r['planned_gb']:.2f} ({100 * (r['planned_gb'] / r['peak_gb'] - 1):+.1f} %) | "
-                            f"{r['before_gb']:.2f} | {r['gflop']:,.0f} | {r['loss']:.4f} |",
+                            f"{r['before_gb']:.2f} | {r['gflop']:,.0f} | {r['gflop'] / r['s']:,.0f} | "
+                            f"{r['loss']:.4f} |",
                             flush=True,
                         )
                 ratios.append((rows, results))

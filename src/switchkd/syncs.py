@@ -58,8 +58,11 @@ _PACKAGE = str(Path(__file__).resolve().parent)
 
 def sync_free(device: torch.device | str) -> bool:
     """Whether code on ``device`` must take the path without host synchronisations: on every
-    accelerator; on the CPU only inside ``gpu_path()``."""
-    return torch.device(device).type != "cpu" or getattr(_state, "gpu_path", False)
+    accelerator, and while ``torch.compile`` traces it (``train.compile``: one graph, no data-dependent
+    branch); on the CPU otherwise only inside ``gpu_path()``."""
+    if torch.device(device).type != "cpu" or torch.compiler.is_compiling():
+        return True
+    return getattr(_state, "gpu_path", False)
 
 
 @contextmanager

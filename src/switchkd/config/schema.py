@@ -216,6 +216,11 @@ class TrainConfig:
     """fused: each chunk of rows' logits, loss terms and gradients are computed and dropped before the
     next (no M x V tensor ever exists); plain: the autograd graph keeps every chunk's logits until
     backward. Same values and gradients (losses/head.py)."""
+    compile: bool = False
+    """Run the fused head's per-chunk loss (logits -> knee -> pairs / KL -> gradients) under
+    ``torch.compile`` as one graph (the synchronisation-free path: a full-sort knee, masked pair sums
+    over the whole row). Off by default: on the CPU it is slower than the eager pruned knee
+    (``benchmarks/bench_losses.py --compile``); it is meant for GPUs, where it is not yet measured."""
     loss_chunk_rows: int | None = None
     """Supervised rows per loss-head chunk (null: chosen per device for the fused head, all rows at once
     for the plain one); the result does not depend on it."""

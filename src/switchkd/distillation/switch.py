@@ -80,13 +80,16 @@ class VisualSwitchDistiller(nn.Module):
     wrapped by DDP/FSDP/DeepSpeed, never in the state dict). Moving or casting the distiller
     (``.to(device)``, ``.bfloat16()``) moves and casts the teacher with it."""
 
-    def __init__(self, student, teacher, cfg: DistillConfig, *, chunk_rows: int | None = None, fused: bool = True):
+    def __init__(
+        self, student, teacher, cfg: DistillConfig, *, chunk_rows: int | None = None, fused: bool = True, compiled=False
+    ):
         super().__init__()
         self.student = student
         self._teacher = [teacher]  # a list hides it from nn.Module registration
         self.cfg = cfg
         self.chunk_rows = chunk_rows
         self.fused = fused
+        self.compiled = compiled
         check_pair(student, teacher)  # one vocabulary: both heads' logits are sliced to the same width
         self.switch_adapter = switch_adapter(student, teacher, cfg)
         view = teacher_view_of(student, teacher)
@@ -155,6 +158,7 @@ class VisualSwitchDistiller(nn.Module):
             vocab=self.student.vocab_size,
             chunk_rows=self.chunk_rows,
             fused=self.fused,
+            compiled=self.compiled,
         )
         return self._named_losses(total, sums, targets.numel(), num_items_in_batch)
 

@@ -58,17 +58,20 @@ def loss_head(
     vocab: int,
     chunk_rows: int | None,
     fused: bool = True,
+    compiled: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``(total, sums)`` over all rows. ``pathways``: name -> (hidden (M, H), LM head); logits are the
     head's first ``vocab`` columns. ``chunk_rows``: rows per chunk (None: per device for the fused
-    head, all rows at once for the plain one). Falls back to the plain graph for a head that is not
-    ``fusable``."""
+    head, all rows at once for the plain one). ``compiled``: the fused head's per-chunk loss runs
+    under ``torch.compile`` (``compiled_chunk_program``). Falls back to the plain graph for a head
+    that is not ``fusable``."""
     first = next(iter(pathways.values()))[0]
     num_rows = first.shape[0]
     if fused and all(fusable(head) for _, head in pathways.values()):
         if chunk_rows is None:
             chunk_rows = auto_chunk_rows(vocab, first.device)
-        return _fused(pathways, chunk_loss, weights, vocab=vocab, chunks=row_chunks(num_rows, chunk_rows))
+        chunks = row_chunks(num_rows, chunk_rows)
+        return _fused(pathways, chunk_loss, weights, vocab=vocab, chunks=chunks, compiled=compiled)
     operand = _matmul_dtype(first)
     logit = logits_dtype(operand)
     with torch.autocast(first.device.type, enabled=False), exact_products(operand, first.device):
@@ -134,11 +137,18 @@ def _weighted(sums: dict[str, torch.Tensor], weights: dict[str, float]) -> torch
     return torch.stack(terms).sum() if len(terms) > 1 else terms[0]
 
 
-def _fused(pathways, chunk_loss, weights, *, vocab, chunks):
+def _fused(pathways, chunk_loss, weights, *, vocab, chunks, compiled=False):
     flat: list[torch.Tensor | None] = []
     for hidden, head in pathways.values():
         flat += [hidden, head.weight, head.bias]
-    plan = _Plan(names=tuple(pathways), chunk_loss=chunk_loss, weights=weights, vocab=vocab, chunks=tuple(chunks))
+    plan = _Plan(
+        names=tuple(pathways),
+        chunk_loss=chunk_loss,
+        weights=weights,
+        vocab=vocab,
+        chunks=tuple(chunks),
+        compiled=compiled,
+    )
     total, stacked, keys = _FusedHead.apply(plan, *flat)
     return total, {key: value.to(dtype) for (key, dtype), value in zip(keys, stacked.unbind())}
 
@@ -153,6 +163,26 @@ class _Plan:
     weights: dict[str, float]
     vocab: int
     chunks: tuple[slice, ...]
+    compiled: bool = False
+
+
+def _chunk_program(chunk_loss: ChunkLoss, weights: dict[str, float], logits: dict, start: int, stop: int):
+    """One chunk's loss sums and their weighted total from its logits: what ``train.compile`` compiles.
+    The rows come as two ints (not a slice) so that the compiled graph takes them as sizes."""
+    chunk = chunk_loss(logits, slice(start, stop))
+    return chunk, _weighted(chunk, weights)
+
+
+_compiled: list = []
+
+
+def compiled_chunk_program():
+    """``_chunk_program`` under ``torch.compile(fullgraph=True)``: logits -> knee -> pairs / KL -> the
+    weighted total, one graph, its backward compiled by AOTAutograd. Made on first use and kept (a new
+    closure per step would compile again). A graph break is an error, not a silent fallback."""
+    if not _compiled:
+        _compiled.append(torch.compile(_chunk_program, fullgraph=True))
+    return _compiled[0]
 
 
 def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
@@ -209,8 +239,8 @@ class _FusedHead(torch.autograd.Function):
                     for i, name in enumerate(plan.names):
                         z = F.linear(h_mm[i], w_mm[i], b_mm[i])
                         logits[name] = z.requires_grad_(want_h[i] or want_w[i] or want_b[i])
-                    chunk = plan.chunk_loss(logits, rows)
-                    total = _weighted(chunk, plan.weights)
+                    program = compiled_chunk_program() if plan.compiled else _chunk_program
+                    chunk, total = program(plan.chunk_loss, plan.weights, logits, rows.start, rows.stop)
                     graded = [i for i, name in enumerate(plan.names) if logits[name].requires_grad]
                     if total.requires_grad and graded:
                         grads = torch.autograd.grad(total, [logits[plan.names[i]] for i in graded], allow_unused=True)

@@ -29,8 +29,12 @@ class Selection:
     @classmethod
     def from_order(cls, order: torch.Tensor, k: torch.Tensor, width: int | None = None) -> Selection:
         """The first ``k[r]`` entries of each row of ``order``. ``width``: the padded width when known
-        (a fixed k); otherwise the largest k, which on a GPU is the one host synchronisation per call."""
-        if width is None:
+        (a fixed k); otherwise the largest k, which on a GPU is the one host synchronisation per call.
+        While ``torch.compile`` traces it, the whole of ``order`` (a static shape, no synchronisation;
+        the entries past each k are masked, so the sums are the same)."""
+        if width is None and torch.compiler.is_compiling():
+            width = order.shape[1]
+        elif width is None:
             width = int(k.max()) if k.numel() else 0
         valid = torch.arange(width, device=k.device) < k[:, None]
         return cls(k, order[:, :width], valid)

@@ -30,6 +30,7 @@ The block functions below serve the fused (D)BiLD function in ``bild.py``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from switchkd.syncs import sync_free
 
@@ -42,9 +43,7 @@ def prepare(values: torch.Tensor, valid: torch.Tensor, temperature: float, dtype
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     """``out[:, j] = sum(x[:, :j])`` (exact zero for j = 0, no subtraction)."""
-    out = torch.zeros_like(x)
-    torch.cumsum(x[:, :-1], dim=-1, out=out[:, 1:])
-    return out
+    return F.pad(torch.cumsum(x[:, :-1], dim=-1), (1, 0))
 
 
 def _exclusive_suffix_sum(x: torch.Tensor) -> torch.Tensor:
@@ -125,6 +124,8 @@ def row_blocks(n_rows: int, width: int, device: torch.device | str = "cpu") -> l
     """Blocks of rows: ~256k elements on CPU, where their temporaries stay in cache and in reused heap
     memory (fresh multi-MB tensors cost more in page faults than in arithmetic there); ~16M on a GPU,
     where fewer, larger kernels are what counts."""
+    if torch.compiler.is_compiling():  # one block: the compiled graph fuses what the blocks kept in cache
+        return [slice(0, n_rows)]
     budget = BLOCK_ELEMENTS.get(torch.device(device).type, BLOCK_ELEMENTS["cuda"])
     size = max(1, budget // max(width, 1))
     return [slice(i, min(i + size, n_rows)) for i in range(0, n_rows, size)]

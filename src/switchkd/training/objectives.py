@@ -13,11 +13,12 @@ class LanguageModelingObjective(nn.Module):
     """CE of the student's next-token logits through the loss head (``losses/head.py``: one chunk of
     ``chunk_rows`` supervised rows at a time, fused by default), normalised like the distiller's terms."""
 
-    def __init__(self, student, chunk_rows: int | None = None, fused: bool = True):
+    def __init__(self, student, chunk_rows: int | None = None, fused: bool = True, compiled: bool = False):
         super().__init__()
         self.student = student
         self.chunk_rows = chunk_rows
         self.fused = fused
+        self.compiled = compiled
 
     def forward(self, batch: dict, num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         positions, targets = supervised_positions(batch["labels"])
@@ -31,6 +32,7 @@ class LanguageModelingObjective(nn.Module):
             vocab=self.student.vocab_size,
             chunk_rows=self.chunk_rows,
             fused=self.fused,
+            compiled=self.compiled,
         )
         ce = per_token(total, targets.numel(), num_items_in_batch)
         return {"ce": ce, "total": ce}

@@ -141,7 +141,11 @@ def build_objective(cfg: Config, *, verbose: bool = True) -> torch.nn.Module:
         )
     if cfg.train.gradient_checkpointing:
         student.gradient_checkpointing_enable()
-    head = {"chunk_rows": cfg.train.loss_chunk_rows, "fused": cfg.train.loss_head == "fused"}
+    head = {
+        "chunk_rows": cfg.train.loss_chunk_rows,
+        "fused": cfg.train.loss_head == "fused",
+        "compiled": cfg.train.compile,
+    }
     if STAGES[cfg.train.stage]["teacher"]:
         teacher = build_vlm(cfg.teacher, section="teacher", dtype=teacher_dtype(cfg.train))
         return VisualSwitchDistiller(student, teacher, cfg.distill, **head)
