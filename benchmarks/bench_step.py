@@ -230,7 +230,9 @@ def matmul_rate(spec: dict) -> dict:
 
 
 def run(spec: dict) -> dict:
+    # the OpenMP wait policy that `import switchkd` sets (the workers import torch first)
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     done = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
     )
