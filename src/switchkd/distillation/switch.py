@@ -76,9 +76,10 @@ def switch_adapter(student, teacher, cfg: DistillConfig) -> SwitchAdapter | None
 
 
 class VisualSwitchDistiller(nn.Module):
-    """Holds the student (a submodule, trained) and the teacher (not a submodule: frozen, never
-    wrapped by DDP/FSDP/DeepSpeed, never in the state dict). Moving or casting the distiller
-    (``.to(device)``, ``.bfloat16()``) moves and casts the teacher with it."""
+    """Holds the student (a submodule, trained) and the teacher (frozen; not a submodule, so never
+    wrapped by DDP or DeepSpeed and not in the state dict, except under FSDP2, which shards it with the
+    student: ``hold_teacher``). Moving or casting the distiller (``.to(device)``, ``.bfloat16()``) moves
+    and casts the teacher with it."""
 
     def __init__(
         self, student, teacher, cfg: DistillConfig, *, chunk_rows: int | None = None, fused: bool = True, compiled=False
