@@ -132,7 +132,8 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def save_shards(objective: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """Every process writes its shards into ``folder``; the main process the layout (collective)."""
+    """Every process writes its own pieces into ``folder`` (every process calls it); the main process also
+    writes the layout and the optimizer's param groups."""
     rank, world = dist.get_rank(), dist.get_world_size()
     model, aliases = _unique(objective.state_dict(keep_vars=True))
     tensors, scalars, groups = _optimizer_tensors(optimizer)
