@@ -119,6 +119,18 @@ def test_two_fsdp_processes_compute_what_one_process_computes_with_the_teacher_s
     assert records[0]["loss"] != reference[0]["loss"]  # bf16 did run
 
 
+def test_sft_without_a_teacher_is_sharded_too(tiny_world, tmp_path):
+    """The plain language-modelling objective (PT, SFT) under FSDP2: what one process computes."""
+    one, out = tmp_path / "one", tmp_path / "fsdp"
+    train(load_config(make_config(tiny_world, one, stage="sft", grad_accum=2)))
+    torchrun(make_config(tiny_world, out, stage="sft", distributed="fsdp"))
+    assert curve(out) == pytest.approx(curve(one), rel=1e-5)
+    want = VisionLanguageModel.from_pretrained(one / "final").state_dict()
+    got = VisionLanguageModel.from_pretrained(out / "final").state_dict()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
 # Runs ``switchkd train`` under torchrun with the sharded checkpoint write wrapped: at step 4, each
 # process writes its shard files, then writes its pid to a flag file and blocks before the checkpoint is
 # published; the test kills every process there.
