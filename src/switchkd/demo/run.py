@@ -170,6 +170,12 @@ def prepare_world(cfg: DemoConfig) -> tuple[dict, Path, Path]:
     return paths, tokenizer, mixed
 
 
+def copy_encoder(folder: Path, *, into: VisionLanguageModel) -> None:
+    """``into``'s vision tower takes the weights of the one saved in ``folder`` (the shared pretrained
+    encoder that the paper's teacher and student both start from)."""
+    into.vision_tower.load_state_dict(VisionLanguageModel.from_pretrained(folder).vision_tower.state_dict())
+
+
 def train_teacher_variant(cfg: DemoConfig, name: str, *, tokenizer: Path, mixed: Path, encoder_from: Path) -> Path:
     """Another teacher for the same student (paper Table 6): an LLM of ``cfg.teacher_width`` x
     ``cfg.teacher_layers`` on the shared pretrained encoder (``encoder_from``, the one the student starts
@@ -182,7 +188,7 @@ def train_teacher_variant(cfg: DemoConfig, name: str, *, tokenizer: Path, mixed:
             tokenizer=str(tokenizer),
         )
     )
-    model.vision_tower.load_state_dict(VisionLanguageModel.from_pretrained(encoder_from).vision_tower.state_dict())
+    copy_encoder(encoder_from, into=model)
     init = Path(cfg.out) / f"{name}_init"
     model.save_pretrained(init)
     steps = cfg.teacher_steps - max(cfg.teacher_steps // 3, 1)
@@ -225,8 +231,7 @@ def student_init(cfg: DemoConfig, tokenizer: Path, encoder_from: Path) -> Path:
             tokenizer=str(tokenizer),
         )
     )
-    source = VisionLanguageModel.from_pretrained(encoder_from)
-    student.vision_tower.load_state_dict(source.vision_tower.state_dict())
+    copy_encoder(encoder_from, into=student)
     path = Path(cfg.out) / "student_init"
     student.save_pretrained(path)
     return path
@@ -262,7 +267,7 @@ def hetero_student_init(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> Path:
         lr=cfg.lr,
     ).final_model
     student = model(cfg.seed + 1)
-    student.vision_tower.load_state_dict(VisionLanguageModel.from_pretrained(encoder).vision_tower.state_dict())
+    copy_encoder(encoder, into=student)
     student.save_pretrained(out / "hetero_student_init")
     return out / "hetero_student_init"
 
