@@ -38,7 +38,7 @@ from safetensors.torch import load_model as load_module_weights
 from safetensors.torch import save_model as save_module_weights
 
 from switchkd.models.vlm import file_sha256
-from switchkd.training import sharding
+from switchkd.training import optimizer_files, sharding
 from switchkd.training.lora import merge_lora
 from switchkd.training.run import Run, TrainState
 
@@ -151,16 +151,9 @@ def _save_weights_and_optimizer(run: Run, folder: Path) -> None:
     if not run.is_main:
         return
     save_module_weights(run.accelerator.unwrap_model(run.objective), str(folder / "model.safetensors"))
-    opt = run.optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entry in opt["state"].items():
-        for name, value in entry.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{name}"] = value.detach().contiguous().cpu()
-            else:
-                scalars[f"{index}.{name}"] = value
-    save_file(tensors, str(folder / "optimizer.safetensors"))
-    (folder / "optimizer.json").write_text(json.dumps({"param_groups": opt["param_groups"], "scalars": scalars}))
+    tensors, meta = optimizer_files.flatten(run.optimizer)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps(meta))
 
 
 def _scheduler_state(run: Run) -> dict:
@@ -307,15 +300,9 @@ def _load_weights_and_optimizer(run: Run, folder: Path) -> None:
     model = run.accelerator.unwrap_model(run.objective)
     device = next(model.parameters()).device
     load_module_weights(model, str(folder / "model.safetensors"), strict=True, device=str(device))
-    saved = json.loads((folder / "optimizer.json").read_text())
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(folder / "optimizer.safetensors")).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    for key, value in saved["scalars"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    run.optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    meta = json.loads((folder / "optimizer.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    run.optimizer.load_state_dict(optimizer_files.unflatten(tensors, meta))
 
 
 def save_model(run: Run, directory: Path) -> None:

@@ -38,6 +38,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from switchkd.config import ConfigError, TrainConfig
 from switchkd.models.placement import DTYPES
+from switchkd.training import optimizer_files
 
 log = logging.getLogger("switchkd.train")
 
@@ -121,22 +122,12 @@ def _unique(named: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], di
     return kept, aliases
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """The optimizer's state as ``{index.name: tensor}``, its scalars, and its param groups."""
-    saved = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for index, entry in saved["state"].items():
-        for name, value in entry.items():
-            (tensors if isinstance(value, torch.Tensor) else scalars)[f"{index}.{name}"] = value
-    return tensors, scalars, saved["param_groups"]
-
-
 def save_shards(objective: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
     """Every process writes its own pieces into ``folder`` (every process calls it); the main process also
     writes the layout and the optimizer's param groups."""
     rank, world = dist.get_rank(), dist.get_world_size()
     model, aliases = _unique(objective.state_dict(keep_vars=True))
-    tensors, scalars, groups = _optimizer_tensors(optimizer)
+    tensors, meta = optimizer_files.flatten(optimizer)
     save_file({k: _local(v) for k, v in model.items()}, str(folder / f"model-{rank:05d}.safetensors"))
     save_file({k: _local(v) for k, v in tensors.items()}, str(folder / f"optimizer-{rank:05d}.safetensors"))
     if rank == 0:
@@ -147,7 +138,7 @@ def save_shards(objective: nn.Module, optimizer: torch.optim.Optimizer, folder: 
         }
         layout = {"world_size": world, "sharded": sharded, "aliases": aliases}
         (folder / LAYOUT_NAME).write_text(json.dumps(layout))
-        (folder / "optimizer.json").write_text(json.dumps({"param_groups": groups, "scalars": scalars}))
+        (folder / "optimizer.json").write_text(json.dumps(meta))
 
 
 class _Pieces:
@@ -199,24 +190,19 @@ def load_shards(objective: nn.Module, optimizer: torch.optim.Optimizer, folder: 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path, layout: dict) -> None:
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    saved = json.loads((folder / "optimizer.json").read_text())
     pieces = _Pieces(folder, "optimizer", layout)
     with safe_open(str(pieces.paths[0]), framework="pt") as f:
         names = list(f.keys())
-    state: dict[int, dict] = {}
+    tensors = {}
     for key in names:
-        index, name = key.split(".", 1)
-        param = params[int(index)]
-        value = pieces.piece(key)
-        if f"optimizer.{key}" in layout["sharded"]:
+        value, param = pieces.piece(key), params[int(key.split(".", 1)[0])]
+        if f"optimizer.{key}" in layout["sharded"]:  # this process's piece of a state sharded like its parameter
             value = DTensor.from_local(
                 value.to(param.device), param.device_mesh, param.placements, shape=param.shape, stride=param.stride()
             )
-        state.setdefault(int(index), {})[name] = value
-    for key, value in saved["scalars"].items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+        tensors[key] = value
+    meta = json.loads((folder / "optimizer.json").read_text())
+    optimizer.load_state_dict(optimizer_files.unflatten(tensors, meta))
 
 
 def gather_student(objective: nn.Module) -> dict[str, torch.Tensor]:
