@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from switchkd.losses import DistillLoss, cross_entropy_rows, loss_head
+from switchkd.losses import DistillLoss, loss_head
 from switchkd.losses.head import _chunk_program
+from tests.unit.losses.chunks import distiller_chunk_loss
 
 pytestmark = pytest.mark.slow  # compiling takes tens of seconds on the CPU
 
@@ -30,18 +31,7 @@ def _problem():
 
 
 def _chunk_loss(targets):
-    loss = DistillLoss("dbild_rkl")
-
-    def fn(logits, rows):
-        t = logits["teacher"].detach()
-        selection = loss.select(t)
-        return {
-            "ce": cross_entropy_rows(logits["student"], targets[rows], reduction="sum"),
-            "align": loss.rows(logits["student"], t, selection).loss.sum(),
-            "vsd": loss.rows(logits["switch"], t, selection).loss.sum(),
-        }
-
-    return fn
+    return distiller_chunk_loss(DistillLoss("dbild_rkl"), targets)
 
 
 WEIGHTS = {"ce": 1.0, "align": 1.0, "vsd": 0.5}

@@ -10,6 +10,7 @@ from torch import nn
 
 from switchkd.losses import LOSSES, DistillLoss, auto_chunk_rows, cross_entropy_rows, loss_head
 from switchkd.losses.head import fusable
+from tests.unit.losses.chunks import distiller_chunk_loss
 
 M, H_S, H_T, V_PAD, V = 37, 12, 20, 70, 64  # the heads have padding rows past the vocabulary, as Qwen's
 
@@ -43,25 +44,6 @@ def _ce(targets):
     return lambda logits, rows: {"ce": cross_entropy_rows(logits["student"], targets[rows], reduction="sum")}
 
 
-def _chunk_loss(loss: DistillLoss, targets, with_student: bool, with_switch: bool, align: bool):
-    """The distiller's three terms over one chunk (the same composition as ``VisualSwitchDistiller``)."""
-
-    def fn(logits, rows):
-        out = {}
-        if with_student:
-            out["ce"] = cross_entropy_rows(logits["student"], targets[rows], reduction="sum")
-        t = logits["teacher"].detach()
-        sel = loss.select(t)
-        if align:
-            r = loss.rows(logits["student"], t, sel)
-            out |= {"align": r.loss.sum(), "k_teacher": r.k_teacher.sum(), "k_student": r.k_student.sum()}
-        if with_switch:
-            out["vsd"] = loss.rows(logits["switch"], t, sel).loss.sum()
-        return out
-
-    return fn
-
-
 def _run(fused, name, *, switch=True, weights=(1.0, 1.0, 1.0), chunk_rows=5, bias=False, tied=None):
     student, teacher = _heads(bias, tied)
     h_s, h_t, h_w, targets = _hidden()
@@ -72,7 +54,9 @@ def _run(fused, name, *, switch=True, weights=(1.0, 1.0, 1.0), chunk_rows=5, bia
         pathways["student"] = (h_s, student)
     if switch:
         pathways["switch"] = (h_w, teacher)
-    fn = _chunk_loss(DistillLoss(name, temperature=2.0, k=5), targets, with_student, switch, align_w > 0)
+    fn = distiller_chunk_loss(
+        DistillLoss(name, temperature=2.0, k=5), targets, student=with_student, switch=switch, align=align_w > 0
+    )
     total, sums = loss_head(
         pathways, fn, {"ce": ce_w, "align": align_w, "vsd": vsd_w}, vocab=V, chunk_rows=chunk_rows, fused=fused
     )
@@ -132,7 +116,7 @@ def test_a_head_tied_to_the_embeddings_gets_both_gradients():
         h_s, h_t, _, targets = _hidden()
         ids = torch.randint(0, V, (M,), generator=torch.Generator().manual_seed(3))
         hidden = h_s.detach() + embedding(ids)  # the embedding feeds the hidden states too
-        fn = _chunk_loss(DistillLoss("dbild_rkl"), targets, True, False, True)
+        fn = distiller_chunk_loss(DistillLoss("dbild_rkl"), targets, student=True, switch=False, align=True)
         total, _ = loss_head(
             {"student": (hidden, student), "teacher": (h_t, teacher)},
             fn,

@@ -4,8 +4,9 @@ for the KL losses, one per knee selection for DBiLD (sizing its top-k; see tests
 import pytest
 import torch
 
-from switchkd.losses import DistillLoss, cross_entropy_rows, loss_head
+from switchkd.losses import DistillLoss, loss_head
 from switchkd.syncs import SyncCounter, gpu_path, sync_free
+from tests.unit.losses.chunks import distiller_chunk_loss
 
 M, H, V, CHUNK = 96, 32, 4_000, 16
 
@@ -18,17 +19,7 @@ def _head_syncs(name: str, fused: bool) -> SyncCounter:
     student = torch.nn.Linear(H, V, bias=False)
     teacher = torch.nn.Linear(2 * H, V, bias=False).requires_grad_(False)
     targets = torch.randint(0, V, (M,), generator=g)
-    loss = DistillLoss(name)
-
-    def chunk(logits, rows):
-        t = logits["teacher"].detach()
-        sel = loss.select(t)
-        return {
-            "ce": cross_entropy_rows(logits["student"], targets[rows], reduction="sum"),
-            "align": loss.rows(logits["student"], t, sel).loss.sum(),
-            "vsd": loss.rows(logits["switch"], t, sel).loss.sum(),
-        }
-
+    chunk = distiller_chunk_loss(DistillLoss(name), targets)
     pathways = {"student": (h_s, student), "teacher": (h_t, teacher), "switch": (h_w, teacher)}
     with gpu_path(), SyncCounter() as syncs:
         total, _ = loss_head(
