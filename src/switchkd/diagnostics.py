@@ -2,7 +2,7 @@
 loss sends into a set of parameters, and the distance between two encoders' features.
 
     gradient_norm(loss, params)                      # no parameter's .grad changes
-    encoder_distance(student, teacher, student_pixels=px, teacher_pixels=px_t, adapter=None)
+    encoder_distance(student, teacher, student_images={"pixel_values": px}, teacher_images=..., adapter=None)
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ def gradient_norm(loss: torch.Tensor, params: list[nn.Parameter]) -> float:
 
 @torch.no_grad()
 def encoder_distance(
-    student, teacher, *, student_pixels: torch.Tensor, teacher_pixels: torch.Tensor, adapter: nn.Module | None = None
+    student, teacher, *, student_images: dict, teacher_images: dict, adapter: nn.Module | None = None
 ) -> float | None:
     """``||A(V^S(x)) - V^T(x)|| / ||V^T(x)||``: the two vision towers' features of the same images,
-    each tower reading the pixels of its own image processor, ``A`` the switch adapter where the pair
-    has one (identity otherwise). None when the feature shapes differ (no adapter to map them)."""
-    s = student.vision_tower(student_pixels)
-    t = teacher.vision_tower(teacher_pixels)
+    each tower reading them as its own image reader does (``{"pixel_values": ...}``, with
+    ``image_grid_thw`` for grid-reading families), ``A`` the switch adapter where the pair has one
+    (identity otherwise). None when the feature shapes differ (no adapter to map them)."""
+    s = student.encode_vision(**student_images)
+    t = teacher.encode_vision(**teacher_images)
     if adapter is not None:
         s = adapter(s)
     if s.shape != t.shape:

@@ -80,11 +80,11 @@ def placement_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_model(path: str, device: str, dtype: str):
-    from switchkd.models import VisionLanguageModel
+    from switchkd.models.pathway import load_vlm
     from switchkd.models.placement import placement
 
     device, torch_dtype = placement(device, dtype)
-    return VisionLanguageModel.from_pretrained(path, dtype=torch_dtype, device=device)
+    return load_vlm(path, dtype=torch_dtype, device=device)
 
 
 def chat_arguments(p: argparse.ArgumentParser) -> None:

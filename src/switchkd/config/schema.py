@@ -61,7 +61,9 @@ class ModelConfig:
     attn_implementation: str = "sdpa"
     """Attention kernel for the LLM and the vision encoder: sdpa, eager, flash_attention_2."""
     pretrained: str | None = None
-    """A saved switchkd model folder; when set, everything above comes from it."""
+    """A saved model folder: switchkd's own, or a Qwen2.5-VL folder (the family is read from its
+    config.json); when set, everything above comes from it, except ``image_processor`` settings for a
+    Qwen2.5-VL folder (``{min_pixels: 200704, max_pixels: 1003520}``)."""
 
     def __post_init__(self) -> None:
         if self.pretrained is None and (self.vision is None or self.llm is None):
@@ -71,6 +73,8 @@ class ModelConfig:
         if self.pretrained is not None:
             # a saved model brings every field with it: a value set beside it would be dropped unseen
             for f in fields(self):
+                if f.name == "image_processor" and isinstance(self.image_processor, dict):
+                    continue  # settings over a grid-reading family's saved processor (checked at load)
                 if f.name != "pretrained" and getattr(self, f.name) != field_default(f):
                     raise ConfigError(
                         f"cannot apply to a pretrained model, which keeps what its config.json says "

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from switchkd.data.images import ImageError, load_image, preprocess_images, resolve_image_path
+from switchkd.data.images import ImageError, batch_images, load_image, resolve_image_path
 from switchkd.data.records import RecordError, RecordStore, record_name, to_messages
 from switchkd.data.templates import ChatTemplate
 from switchkd.data.tokenize import NoSupervisedTokens, SampleTooLong, tokenize_conversation
@@ -50,24 +50,28 @@ class SampleError(ValueError):
 class TeacherView:
     """What the teacher reads differently from the student (None: the student's version)."""
 
-    image_processor: Any = None
+    images: Any = None
+    """The teacher's image reader, where it reads pixels otherwise."""
     num_image_tokens: int | None = None
+    """The teacher's (fixed) image-token count, where it differs."""
 
 
 def teacher_view_of(student, teacher) -> TeacherView | None:
     """The teacher's view of a pair's data, or None when both read the same prompt and pixels."""
-
-    def settings(processor) -> dict:
-        return {k: v for k, v in processor.to_dict().items() if k not in ("processor_class", "_processor_class")}
-
-    pixels = settings(student.image_processor) != settings(teacher.image_processor)
+    pixels = student.image_reader.settings() != teacher.image_reader.settings()
     tokens = student.num_image_tokens != teacher.num_image_tokens
     if not (pixels or tokens):
         return None
-    return TeacherView(teacher.image_processor if pixels else None, teacher.num_image_tokens if tokens else None)
+    return TeacherView(teacher.image_reader if pixels else None, teacher.num_image_tokens if tokens else None)
 
 
-TEACHER_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values")
+TEACHER_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw")
+IMAGE_KEYS = ("pixel_values", "image_grid_thw")
+
+
+def image_inputs(batch: dict) -> dict:
+    """The batch's image tensors (``pixel_values``, and ``image_grid_thw`` for grid-reading families)."""
+    return {key: batch[key] for key in IMAGE_KEYS if batch.get(key) is not None}
 
 
 def teacher_view(batch: dict) -> dict:
@@ -78,6 +82,10 @@ def teacher_view(batch: dict) -> dict:
 
 
 class LlavaDataset(Dataset):
+    """LLaVA-format records as one model reads them: ``images`` (``SquareImages`` or ``GridImages``, from
+    ``model.image_reader``) turns the picture into tensors and says how many image tokens it takes; the
+    prompt marks them with ``image_token_id`` between the family's ``image_wrap`` ids."""
+
     def __init__(
         self,
         records: list[dict] | str | Path,
@@ -85,12 +93,11 @@ class LlavaDataset(Dataset):
         *,
         tokenizer,
         template: ChatTemplate,
-        image_processor,
+        images,
         image_token_id: int,
-        num_image_tokens: int,
+        image_wrap: tuple[list[int], list[int]] = ([], []),
         max_length: int | None = 2048,
         on_error: str = "raise",
-        pad_to_square: bool = True,
         control_tokens: str = "split",
         teacher: TeacherView | None = None,
     ):
@@ -100,12 +107,11 @@ class LlavaDataset(Dataset):
         self.image_root = image_root
         self.tokenizer = tokenizer
         self.template = template
-        self.image_processor = image_processor
+        self.images = images
         self.image_token_id = image_token_id
-        self.num_image_tokens = num_image_tokens
+        self.image_wrap = image_wrap
         self.max_length = max_length
         self.on_error = on_error
-        self.pad_to_square = pad_to_square
         self.control_tokens = control_tokens
         self.teacher = teacher
 
@@ -118,9 +124,9 @@ class LlavaDataset(Dataset):
             image_root,
             tokenizer=model.tokenizer,
             template=model.template,
-            image_processor=model.image_processor,
+            images=model.image_reader,
             image_token_id=model.image_token_id,
-            num_image_tokens=model.num_image_tokens,
+            image_wrap=model.image_wrap,
             teacher=None if teacher is None else teacher_view_of(model, teacher),
             **kwargs,
         )
@@ -131,7 +137,7 @@ class LlavaDataset(Dataset):
     def approx_lengths(self) -> list[int]:
         """A cheap length estimate per sample for length-grouped batching: about 4 bytes of a record's
         JSON a token, plus the image tokens (nothing is decoded)."""
-        return (self.records.sizes // 4 + self.records.has_image * self.num_image_tokens).tolist()
+        return (self.records.sizes // 4 + self.records.has_image * self.images.approx_tokens).tolist()
 
     def load(self, index: int) -> dict[str, Any]:
         """The sample or a SampleError naming the record."""
@@ -139,21 +145,22 @@ class LlavaDataset(Dataset):
         name = record_name(record, index)
         try:
             messages, image = to_messages(record, index)
-            pixel_values, picture, view = None, None, {}
+            tensors, picture, view, count = {}, None, {}, 0
             if image is not None:
                 picture = load_image(resolve_image_path(self.image_root, image))
-                pixel_values = preprocess_images([picture], self.image_processor, self.pad_to_square)[0]
-            tok = self._tokenize(messages, self.num_image_tokens)
+                tensors = self.images.read(picture)
+                count = self.images.num_tokens(tensors)
+            tok = self._tokenize(messages, count)
             if self.teacher is not None and self.teacher.num_image_tokens is not None:
                 # The same conversation cut after the same text token: the views differ only in their
                 # image tokens, so a long sample keeps one-to-one supervised tokens in both.
-                images = tok.input_ids.count(self.image_token_id) // self.num_image_tokens
-                length = len(tok.input_ids) + images * (self.teacher.num_image_tokens - self.num_image_tokens)
+                images = tok.input_ids.count(self.image_token_id) // max(count, 1)
+                length = len(tok.input_ids) + images * (self.teacher.num_image_tokens - count)
                 theirs = self._tokenize(messages, self.teacher.num_image_tokens, max_length=length)
                 view["input_ids"] = torch.tensor(theirs.input_ids, dtype=torch.long)
                 view["labels"] = torch.tensor(theirs.labels, dtype=torch.long)
-            if self.teacher is not None and self.teacher.image_processor is not None and picture is not None:
-                view["pixel_values"] = preprocess_images([picture], self.teacher.image_processor, self.pad_to_square)[0]
+            if self.teacher is not None and self.teacher.images is not None and picture is not None:
+                view |= self.teacher.images.read(picture)
         except tuple(SKIP_REASONS) as exc:
             reason = next(r for cls, r in SKIP_REASONS.items() if isinstance(exc, cls))
             message = str(exc) if str(exc).startswith("record ") else f"{name}: {exc}"
@@ -162,8 +169,8 @@ class LlavaDataset(Dataset):
             "id": record.get("id", index),
             "input_ids": torch.tensor(tok.input_ids, dtype=torch.long),
             "labels": torch.tensor(tok.labels, dtype=torch.long),
-            "pixel_values": pixel_values,
-        }
+            "pixel_values": None,
+        } | tensors
         if view:
             sample["teacher"] = view
         return sample
@@ -177,6 +184,7 @@ class LlavaDataset(Dataset):
             num_image_tokens=num_image_tokens,
             max_length=self.max_length if max_length is None else max_length,
             control_tokens=self.control_tokens,
+            image_wrap=self.image_wrap,
         )
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
@@ -211,15 +219,17 @@ class Collator:
             batch.update(input_ids=None, labels=None, attention_mask=None, pixel_values=None, num_items=0)
             return batch
         input_ids, labels, attention_mask = self._pad([s["input_ids"] for s in samples], [s["labels"] for s in samples])
-        images = [s["pixel_values"] for s in samples if s["pixel_values"] is not None]
+        images = [_image_of(s) for s in samples if s["pixel_values"] is not None]
         batch.update(
             input_ids=input_ids,
             labels=labels,
             attention_mask=attention_mask,
-            pixel_values=torch.stack(images) if images else None,
+            pixel_values=None,
             # supervised tokens after the causal shift: the normaliser of the loss
             num_items=int((labels[:, 1:] != IGNORE_INDEX).sum()),
         )
+        if images:
+            batch.update(batch_images(images))
         views = [s.get("teacher", {}) for s in samples]
         if any(views):
             teacher = {}
@@ -227,7 +237,7 @@ class Collator:
                 ids, lab, mask = self._pad([v["input_ids"] for v in views], [v["labels"] for v in views])
                 teacher.update(input_ids=ids, labels=lab, attention_mask=mask)
             if "pixel_values" in views[0]:
-                teacher["pixel_values"] = torch.stack([v["pixel_values"] for v in views if "pixel_values" in v])
+                teacher |= batch_images([_image_of(v) for v in views if "pixel_values" in v])
             batch["teacher"] = teacher
         return batch
 
@@ -245,6 +255,10 @@ class Collator:
             padded_labels[i, cols] = y
             attention_mask[i, cols] = 1
         return input_ids, padded_labels, attention_mask
+
+
+def _image_of(sample: dict) -> dict:
+    return {key: sample[key] for key in IMAGE_KEYS if key in sample}
 
 
 def raise_sample_error(batch: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""Images: loading with clear errors, padding to square with the processor's mean colour, and
-PIL-based Hugging Face image processors (no torchvision)."""
+"""Images: loading with clear errors, padding to square with the processor's mean colour, PIL-based
+Hugging Face image processors (no torchvision), and the two ways a model family reads an image
+(``SquareImages``: one fixed resolution and token count; ``GridImages``: Qwen2-VL's native resolution,
+patches and a grid)."""
 
 from __future__ import annotations
 
@@ -19,9 +21,12 @@ class ImageError(ValueError):
 def _pil_classes():
     # The PIL backends of transformers' processors; the default ones need torchvision.
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     return {
+        "Qwen2VLImageProcessor": Qwen2VLImageProcessorPil,  # Qwen2-VL, Qwen2.5-VL (the Hub folders name this one)
+        "Qwen2VLImageProcessorPil": Qwen2VLImageProcessorPil,
         "CLIPImageProcessor": CLIPImageProcessorPil,
         "CLIPImageProcessorPil": CLIPImageProcessorPil,
         "SiglipImageProcessor": SiglipImageProcessorPil,
@@ -29,8 +34,9 @@ def _pil_classes():
     }
 
 
-def load_image_processor(folder: str | Path):
-    """The image processor saved in ``folder`` (``preprocessor_config.json``), PIL backend."""
+def load_image_processor(folder: str | Path, **overrides):
+    """The image processor saved in ``folder`` (``preprocessor_config.json``), PIL backend; ``overrides``
+    replace saved settings (``min_pixels=...``)."""
     path = Path(folder) / "preprocessor_config.json"
     if not path.is_file():
         raise FileNotFoundError(f"no preprocessor_config.json in {folder}")
@@ -38,7 +44,7 @@ def load_image_processor(folder: str | Path):
     classes = _pil_classes()
     if kind not in classes:
         raise ValueError(f"unsupported image processor {kind!r}; supported: {', '.join(sorted(classes))}")
-    return classes[kind].from_pretrained(str(folder))
+    return classes[kind].from_pretrained(str(folder), **overrides)
 
 
 def default_image_processor(model_type: str, image_size: int, **overrides):
@@ -124,3 +130,70 @@ def preprocess_images(images: list[Image.Image], processor, pad_to_square: bool 
         fill = mean_colour(processor)
         images = [expand_to_square(img, fill) for img in images]
     return processor(images=images, return_tensors="pt")["pixel_values"]
+
+
+def processor_settings(processor) -> dict:
+    """What decides an image processor's output (its saved settings, without the class name)."""
+    return {k: v for k, v in processor.to_dict().items() if k not in ("processor_class", "_processor_class")}
+
+
+class SquareImages:
+    """How a LLaVA-style model reads an image: padded to a square with the mean colour (LLaVA's
+    ``expand2square``; optional), resized to the processor's one resolution, ``tokens`` image tokens.
+    ``read`` gives ``{"pixel_values": (3, H, W)}``."""
+
+    def __init__(self, processor, tokens: int, pad_to_square: bool = True):
+        self.processor, self.tokens, self.pad_to_square = processor, tokens, pad_to_square
+
+    def read(self, picture: Image.Image) -> dict[str, torch.Tensor]:
+        return {"pixel_values": preprocess_images([picture], self.processor, self.pad_to_square)[0]}
+
+    def num_tokens(self, image: dict[str, torch.Tensor]) -> int:
+        return self.tokens
+
+    @property
+    def approx_tokens(self) -> int:
+        return self.tokens
+
+    def settings(self) -> dict:
+        return processor_settings(self.processor) | {"pad_to_square": self.pad_to_square}
+
+
+class GridImages:
+    """How a Qwen2-VL-family model reads an image: at its own aspect ratio, resized so its pixel count
+    lies in the processor's ``[min_pixels, max_pixels]`` and its sides are multiples of
+    ``patch_size * merge_size``, cut into patches. ``read`` gives ``{"pixel_values": (patches, C·T·P·P),
+    "image_grid_thw": (3,)}``; the image takes ``t·h·w / merge_size²`` tokens, so the count differs per
+    image (dynamic resolution)."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.merge = processor.merge_size
+
+    def read(self, picture: Image.Image) -> dict[str, torch.Tensor]:
+        out = self.processor(images=[picture], return_tensors="pt")
+        return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"][0]}
+
+    def num_tokens(self, image: dict[str, torch.Tensor]) -> int:
+        return int(image["image_grid_thw"].prod()) // self.merge**2
+
+    @property
+    def approx_tokens(self) -> int:
+        """A length estimate for batching: an image of 448 × 448 pixels, or the processor's bounds."""
+        p = self.processor
+        lo, hi = p.size.shortest_edge or 0, p.size.longest_edge or 448 * 448
+        return min(max(448 * 448, lo), hi) // (p.patch_size * self.merge) ** 2
+
+    def settings(self) -> dict:
+        return processor_settings(self.processor)
+
+
+def batch_images(images: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One batch's images, in reading order: fixed-size pixels stacked (N, 3, H, W); patches (with a
+    grid per image) concatenated into one sequence (sum of patches, C·T·P·P) beside the grids (N, 3)."""
+    if "image_grid_thw" in images[0]:
+        return {
+            "pixel_values": torch.cat([i["pixel_values"] for i in images]),
+            "image_grid_thw": torch.stack([i["image_grid_thw"] for i in images]),
+        }
+    return {"pixel_values": torch.stack([i["pixel_values"] for i in images])}

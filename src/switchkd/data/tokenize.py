@@ -2,7 +2,8 @@
 
 Each template segment is tokenised on its own, message text with control tokens split (so text
 can never end a turn or stand for an image); ``<image>`` in message text becomes ``num_image_tokens``
-copies of the image token id; labels copy the ids of supervised segments (assistant replies with their
+copies of the image token id (between the family's ``image_wrap`` ids: Qwen2-VL's
+``<|vision_start|>`` and ``<|vision_end|>``); labels copy the ids of supervised segments (assistant replies with their
 end-of-turn token) and are -100 elsewhere. Nothing is re-split from a rendered string.
 """
 
@@ -45,15 +46,15 @@ def control_tokens_in(text: str, tokenizer) -> list[str]:
     return sorted(t for t in special if t in text)
 
 
-def _content_ids(text: str, tokenizer, *, image: tuple[int, int], control_tokens: str) -> list[int]:
-    """Ids of one message's text: ``<image>`` becomes ``image = (token id, count)`` copies, the rest is
-    literal (so the image token id comes from ``<image>`` and nowhere else)."""
+def _content_ids(text: str, tokenizer, *, image: list[int], control_tokens: str) -> list[int]:
+    """Ids of one message's text: ``<image>`` becomes the ids ``image``, the rest is literal (so the image
+    token id comes from ``<image>`` and nowhere else)."""
     if control_tokens == "reject" and (found := control_tokens_in(text, tokenizer)):
         raise RecordError(f"the text contains control token(s) {', '.join(found)} (data.control_tokens=reject)")
     ids: list[int] = []
     for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
         if i:
-            ids.extend([image[0]] * image[1])
+            ids.extend(image)
         ids.extend(_encode(tokenizer, piece, literal=True))
     return ids
 
@@ -68,13 +69,14 @@ def tokenize_conversation(
     max_length: int | None = None,
     add_generation_prompt: bool = False,
     control_tokens: str = "split",
+    image_wrap: tuple[list[int], list[int]] = ([], []),
 ) -> Tokenized:
     """Ids and labels for ``messages``; the prompt form (no labels needed) with ``add_generation_prompt``.
     ``control_tokens``: control tokens in message text are tokenized as text ("split") or refused
-    with a RecordError ("reject")."""
+    with a RecordError ("reject"). ``image_wrap``: ids before and after each image's tokens."""
     ids: list[int] = []
     labels: list[int] = []
-    image = (image_token_id, num_image_tokens)
+    image = [*image_wrap[0], *[image_token_id] * num_image_tokens, *image_wrap[1]]
     for text, supervised, content in template.segments(messages, add_generation_prompt):
         if content:
             seg = _content_ids(text, tokenizer, image=image, control_tokens=control_tokens)
@@ -83,7 +85,7 @@ def tokenize_conversation(
         ids.extend(seg)
         labels.extend(seg if supervised else [IGNORE_INDEX] * len(seg))
     if max_length is not None and len(ids) > max_length:
-        if image_token_id in ids[max_length:]:  # the cut would go through the image's tokens
+        if not set(image).isdisjoint(ids[max_length:]):  # the cut would go through the image's tokens
             raise SampleTooLong(f"{len(ids)} tokens, and the image tokens end past max_length={max_length}")
         ids, labels = ids[:max_length], labels[:max_length]
     out = Tokenized(ids, labels)
@@ -93,7 +95,13 @@ def tokenize_conversation(
 
 
 def prompt_ids(
-    messages: list[dict], tokenizer, template: ChatTemplate, *, image_token_id: int, num_image_tokens: int
+    messages: list[dict],
+    tokenizer,
+    template: ChatTemplate,
+    *,
+    image_token_id: int,
+    num_image_tokens: int,
+    image_wrap: tuple[list[int], list[int]] = ([], []),
 ) -> list[int]:
     """The ids of a prompt ending with the assistant header, for generation."""
     return tokenize_conversation(
@@ -103,4 +111,5 @@ def prompt_ids(
         image_token_id=image_token_id,
         num_image_tokens=num_image_tokens,
         add_generation_prompt=True,
+        image_wrap=image_wrap,
     ).input_ids

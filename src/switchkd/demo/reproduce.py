@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from switchkd.config import ModelConfig
-from switchkd.data.images import load_image, preprocess_images
+from switchkd.data.images import batch_images, load_image
 from switchkd.demo.benchmark import load_world
 from switchkd.demo.plots import plot_curves, plot_kinds, plot_knee, plot_vision, pyplot
 from switchkd.demo.run import (
@@ -84,8 +84,8 @@ def feature_distance(student_dir: Path, teacher_dir: Path, test_dir: Path, limit
     return encoder_distance(
         student,
         teacher,
-        student_pixels=preprocess_images(images, student.image_processor),
-        teacher_pixels=preprocess_images(images, teacher.image_processor),
+        student_images=batch_images([student.image_reader.read(i) for i in images]),
+        teacher_images=batch_images([teacher.image_reader.read(i) for i in images]),
     )
 
 

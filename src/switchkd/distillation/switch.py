@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from switchkd.config import DistillConfig
-from switchkd.data.dataset import teacher_view, teacher_view_of
+from switchkd.data.dataset import image_inputs, teacher_view, teacher_view_of
 from switchkd.diagnostics import encoder_distance, gradient_norm
 from switchkd.distillation.adapter import SwitchAdapter, grid_side
 from switchkd.losses import LossRows, cross_entropy_rows, loss_head, per_token, supervised_positions
@@ -29,9 +29,18 @@ from switchkd.losses import LossRows, cross_entropy_rows, loss_head, per_token, 
 def check_pair(student, teacher) -> int:
     """Build-time checks of a teacher/student pair; returns the shared vocabulary size.
 
-    The pair must share one vocabulary and one image token. Everything else may differ: image sizes
-    and processors (each model reads the image its own way), image-token counts (each gets its own
-    prompt; the collator carries both versions), vision widths and grids (the switch adapter)."""
+    The pair must be of one family (``models.pathway``) and share one vocabulary and one image token.
+    In the LLaVA-style family everything else may differ: image sizes and processors (each model reads
+    the image its own way), image-token counts (each gets its own prompt; the collator carries both
+    versions), vision widths and grids (the switch adapter). A family that reads images at their own
+    resolution (Qwen2.5-VL) must read them alike in both models: the student's patches are what the
+    teacher's merger and LLM see, one to one."""
+    if student.family != teacher.family:
+        raise ValueError(
+            f"teacher is a {teacher.family} model and student a {student.family} one: Switch-KD pairs one "
+            "family (the switch feeds the student's vision features into the teacher's projector, and both "
+            "prompts must place the image the same way); pick a teacher and a student of one family"
+        )
     s_vocab, t_vocab = student.tokenizer.get_vocab(), teacher.tokenizer.get_vocab()
     if s_vocab != t_vocab:
         only_s = len(set(s_vocab) - set(t_vocab))
@@ -45,6 +54,16 @@ def check_pair(student, teacher) -> int:
             f"image token ids differ: student {student.image_token_id}, teacher {teacher.image_token_id}; "
             "both prompts must mark the image with the same token"
         )
+    if student.num_image_tokens is None and student.image_reader.settings() != teacher.image_reader.settings():
+        differ = sorted(
+            k
+            for k in student.image_reader.settings().keys() | teacher.image_reader.settings().keys()
+            if student.image_reader.settings().get(k) != teacher.image_reader.settings().get(k)
+        )
+        raise ValueError(
+            f"teacher and student read images differently ({', '.join(differ)} differ): with dynamic resolution the "
+            "student's patches go through the teacher's merger as they are; give both the same image_processor settings"
+        )
     # Logit rows may be padded differently (Qwen2.5-7B: 152,064; 0.5B-3B: 151,936): the tokenizer decides.
     return len(student.tokenizer)
 
@@ -53,6 +72,14 @@ def switch_adapter(student, teacher, cfg: DistillConfig) -> SwitchAdapter | None
     """The adapter the switch pathway needs (or was asked for), or None; refuses a mismatched pair
     without one, with the reason."""
     if not (cfg.visual_switch and cfg.lambda_vsd > 0):
+        return None
+    if student.num_image_tokens is None:  # dynamic resolution: one grid per image, read alike by both
+        s_dim, t_dim = student.vision_tower.hidden_size, teacher.vision_tower.hidden_size
+        if s_dim != t_dim:
+            raise ValueError(
+                f"visual switch: student vision width {s_dim} != the teacher merger's input {t_dim}; "
+                f"the switch adapter maps square fixed grids only, not {student.family}'s per-image grids"
+            )
         return None
     s_dim, t_dim = student.vision_tower.hidden_size, teacher.projector.in_dim
     s_tokens, t_tokens = student.vision_tower.num_tokens, teacher.vision_tower.num_tokens
@@ -99,7 +126,7 @@ class VisualSwitchDistiller(nn.Module):
             if view is None
             else tuple(
                 key
-                for key, differs in (("input_ids", view.num_image_tokens), ("pixel_values", view.image_processor))
+                for key, differs in (("input_ids", view.num_image_tokens), ("pixel_values", view.images))
                 if differs is not None
             )
         )
@@ -145,8 +172,8 @@ class VisualSwitchDistiller(nn.Module):
                 "teacher view: build the dataset with LlavaDataset.for_model(records, root, student, teacher=teacher)"
             )
         positions, targets = supervised_positions(batch["labels"])
-        pixels = batch.get("pixel_values")
-        features = self.student.vision_tower(pixels) if pixels is not None else None  # V^S(x), both paths
+        images = image_inputs(batch)
+        features = self.student.encode_vision(**images) if images else None  # V^S(x), both paths
         hidden = self._hidden_states(batch, positions, features, targets)
         if not hidden:  # every term is off
             return self._named_losses(torch.zeros((), device=self.student.device), {}, targets.numel(), None)
@@ -187,8 +214,8 @@ class VisualSwitchDistiller(nn.Module):
         distance = encoder_distance(
             self.student,
             self.teacher,
-            student_pixels=pixels,
-            teacher_pixels=teacher_view(batch)["pixel_values"],
+            student_images=image_inputs(batch),
+            teacher_images=image_inputs(teacher_view(batch)),
             adapter=self.switch_adapter,
         )
         if distance is not None:
@@ -206,7 +233,9 @@ class VisualSwitchDistiller(nn.Module):
         out = {}
         if cfg.ce_weight > 0 or cfg.lambda_align > 0:
             image = student.projector(features) if features is not None else None
-            out["student"] = student(ids, mask, image_features=image, logits_at=None).last_hidden_state[positions]
+            grid = batch.get("image_grid_thw")
+            out["student"] = student(ids, mask, image_features=image, image_grid_thw=grid, logits_at=None)
+            out["student"] = out["student"].last_hidden_state[positions]
         if cfg.lambda_align > 0 or self._uses_switch(features):
             view = teacher_view(batch)
             t_positions = positions
@@ -219,7 +248,7 @@ class VisualSwitchDistiller(nn.Module):
                     )
             with torch.no_grad():
                 out["teacher"] = teacher(
-                    view["input_ids"], view["attention_mask"], pixel_values=view.get("pixel_values"), logits_at=None
+                    view["input_ids"], view["attention_mask"], **image_inputs(view), logits_at=None
                 ).last_hidden_state[t_positions]
             if self._uses_switch(features):
                 out["switch"] = self._switch_hidden(features, view, t_positions)
@@ -236,7 +265,11 @@ class VisualSwitchDistiller(nn.Module):
             if self.switch_adapter is not None:
                 feats = self.switch_adapter(feats)
             out = teacher(
-                batch["input_ids"], batch["attention_mask"], image_features=teacher.projector(feats), logits_at=None
+                batch["input_ids"],
+                batch["attention_mask"],
+                image_features=teacher.projector(feats),
+                image_grid_thw=batch.get("image_grid_thw"),  # the teacher's positions for these features
+                logits_at=None,
             )
             return out.last_hidden_state[positions]
 

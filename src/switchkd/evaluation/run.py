@@ -22,7 +22,7 @@ from accelerate.utils import gather_object
 
 from switchkd.evaluation.benchmarks import Benchmark, Item, get_benchmark
 from switchkd.inference.predict import Question, answer_questions, append_rows, read_answers
-from switchkd.models import VisionLanguageModel
+from switchkd.models.pathway import load_vlm
 from switchkd.models.placement import placement
 
 log = logging.getLogger("switchkd.eval")
@@ -189,7 +189,7 @@ def run_eval(
     results: dict[str, dict[str, dict]] = {}
     for i, model_dir in enumerate(model_dirs):
         name = names[i] if names else Path(model_dir).name
-        model = VisionLanguageModel.from_pretrained(model_dir, dtype=torch_dtype, device=device)
+        model = load_vlm(model_dir, dtype=torch_dtype, device=device)
         results[name] = {}
         for bench in benches:
             answers = Path(out_dir) / f"{name}.{bench.name}.predictions.jsonl" if out_dir is not None else None

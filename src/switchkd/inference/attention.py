@@ -27,6 +27,8 @@ def answer_attention(model, image: Image.Image, question: str, max_new_tokens: i
     Averaged over layers, heads and answer tokens; computed with eager attention (the only kernel
     that returns weights), which is switched on for this call and restored afterwards.
     """
+    if model.family != "llava":
+        raise ValueError(f"attention maps are drawn for the LLaVA-style family's square grid, not {model.family}")
     session = ChatSession(model, image, GenerationConfig(max_new_tokens=max_new_tokens))
     answer = session.ask(question)
     ids = build_prompt(model, session.messages[:1])
@@ -35,7 +37,7 @@ def answer_attention(model, image: Image.Image, question: str, max_new_tokens: i
     previous = model.llm.config._attn_implementation
     model.llm.set_attn_implementation("eager")
     try:
-        embeds = model.embed_inputs(full, model.encode_images(session.pixels))  # one unpadded sequence
+        embeds = model.embed_inputs(full, model.encode_images(**session.pixels))  # one unpadded sequence
         attentions = model.llm.get_decoder()(inputs_embeds=embeds, output_attentions=True).attentions
     finally:
         model.llm.set_attn_implementation(previous)

@@ -14,7 +14,7 @@ from typing import TextIO
 import torch
 from PIL import Image
 
-from switchkd.data.images import preprocess_images
+from switchkd.data.images import batch_images
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.inference.predict import build_prompt
 from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
@@ -29,9 +29,14 @@ class ChatSession:
         self.model = model
         self.gen = gen or GenerationConfig(max_new_tokens=512)
         self.messages: list[dict] = []
-        self.pixels = None
+        self.image = None  # the image as the model reads it
+        self.pixels = None  # ... batched, on the model's device
         if image is not None:
-            self.pixels = preprocess_images([image.convert("RGB")], model.image_processor).to(model.device, model.dtype)
+            self.image = model.image_reader.read(image.convert("RGB"))
+            self.pixels = {
+                k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device)
+                for k, v in batch_images([self.image]).items()
+            }
 
     @torch.no_grad()
     def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> str:
@@ -40,7 +45,7 @@ class ChatSession:
         if not self.messages and self.pixels is not None:
             text = f"{IMAGE_PLACEHOLDER}\n{text}"
         self.messages.append({"role": "user", "content": text})
-        ids = torch.tensor([build_prompt(self.model, self.messages)], device=self.model.device)
+        ids = torch.tensor([build_prompt(self.model, self.messages, self.image)], device=self.model.device)
         tok = self.model.tokenizer
         stops = set(default_stop_ids(self.model))
         produced: list[int] = []
@@ -58,7 +63,7 @@ class ChatSession:
                 shown = current
 
         pixels = self.pixels if sum(IMAGE_PLACEHOLDER in m["content"] for m in self.messages) else None
-        generate(self.model, ids, pixel_values=pixels, cfg=self.gen, streamer=stream)
+        generate(self.model, ids, **(pixels or {}), cfg=self.gen, streamer=stream)
         reply = tok.decode(produced, skip_special_tokens=True).strip()
         self.messages.append({"role": "assistant", "content": reply})
         return reply

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from switchkd.config import read_utf8
-from switchkd.data.images import ImageError, load_image, preprocess_images, resolve_image_path
+from switchkd.data.images import ImageError, batch_images, load_image, resolve_image_path
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.data.tokenize import prompt_ids
 from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
@@ -146,13 +146,21 @@ def _lines(path: Path) -> list[str]:
     return read_utf8(path, ValueError).splitlines()
 
 
-def build_prompt(model, messages: list[dict]) -> list[int]:
+def build_prompt(model, messages: list[dict], image: dict | None = None) -> list[int]:
+    """The prompt's ids in ``model``'s template; ``image`` (what ``model.image_reader`` read) decides
+    how many tokens the image takes where the family reads images at their own resolution."""
+    count = model.num_image_tokens
+    if image is not None:
+        count = model.image_reader.num_tokens(image)
+    elif count is None:
+        count = 0  # no image read: a prompt with <image> then fails in the forward, naming the mismatch
     return prompt_ids(
         messages,
         model.tokenizer,
         model.template,
         image_token_id=model.image_token_id,
-        num_image_tokens=model.num_image_tokens,
+        num_image_tokens=count,
+        image_wrap=model.image_wrap,
     )
 
 
@@ -180,23 +188,30 @@ def answer_questions(
         ids, images = [], []
         for q in batch:
             text = q.text.replace(IMAGE_PLACEHOLDER, "").strip()
+            image = None
             if q.image is not None:
                 img = q.image if isinstance(q.image, Image.Image) else load_image(q.image)
-                images.append(img.convert("RGB"))
+                image = model.image_reader.read(img.convert("RGB"))
+                images.append(image)
                 text = f"{IMAGE_PLACEHOLDER}\n{text}"
-            ids.append(build_prompt(model, [{"role": "user", "content": text}]))
+            ids.append(build_prompt(model, [{"role": "user", "content": text}], image))
         width = max(map(len, ids))
         input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for i, row in enumerate(ids):  # left padding: every prompt ends at the last column
             input_ids[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
-        pixels = preprocess_images(images, model.image_processor).to(device, model.dtype) if images else None
+        pixels = {}
+        if images:
+            pixels = batch_images(images)
+            pixels = {
+                k: v.to(device, model.dtype) if v.is_floating_point() else v.to(device) for k, v in pixels.items()
+            }
         new = generate(
             model,
             input_ids.to(device),
             mask.to(device),
-            pixel_values=pixels,
+            **pixels,
             cfg=GenerationConfig(max_new_tokens=max_new_tokens),
         )
         for q, tokens in zip(batch, new.tolist()):

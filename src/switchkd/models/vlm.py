@@ -25,6 +25,7 @@ from torch import nn
 
 from switchkd import __version__
 from switchkd.config import ConfigError, ModelConfig, from_dict, require_folder, to_dict
+from switchkd.data.images import SquareImages
 from switchkd.data.templates import ChatTemplate, get_template
 from switchkd.models.builders import build_components
 from switchkd.models.generation import GenerationConfig, generate
@@ -45,6 +46,20 @@ class VLMOutput:
     past_key_values: Any = None
 
 
+def logits_at(head: nn.Module, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
+    """Apply the LM head only where logits are needed (a 576-token image needs none): ``where`` is
+    "all", an int (the last n positions), a (B, T) bool mask (gives (M, V)) or None (no logits)."""
+    if where is None:
+        return None
+    if isinstance(where, str):
+        if where != "all":
+            raise ValueError(f"logits_at must be 'all', an int, a mask or None, got {where!r}")
+        return head(hidden)
+    if isinstance(where, int):
+        return head(hidden[:, -where:])
+    return head(hidden[where])  # (M, V)
+
+
 @functools.cache
 def _cache_argument(decoder_class: type) -> str:
     """The keyword a decoder's ``forward`` takes its KV cache by: ``cache`` from transformers 5.24 on,
@@ -53,7 +68,9 @@ def _cache_argument(decoder_class: type) -> str:
 
 
 class VisionLanguageModel(nn.Module):
-    """``vision_tower`` (V), ``projector`` (P) and ``llm`` (L), reachable by name.
+    """``vision_tower`` (V), ``projector`` (P) and ``llm`` (L), reachable by name: the LLaVA-style
+    family (the paper's TinyLLaVA composition, and LLaVA-1.5 folders), one implementation of the
+    pathway interface (``switchkd.models.pathway``).
 
     The model owns its chat template (``template``, from ``config.chat_template`` and
     ``config.system_prompt``): data, generation and prediction all render prompts with it, and its
@@ -104,7 +121,19 @@ class VisionLanguageModel(nn.Module):
         if len(self.tokenizer) > rows:
             raise ValueError(f"the tokenizer has {len(self.tokenizer)} tokens but the LLM embeds only {rows}")
 
+    family = "llava"
+    image_wrap: tuple[list[int], list[int]] = ([], [])  # nothing around an image's tokens
+
     # ---- properties -----------------------------------------------------------------------------
+
+    @property
+    def image_reader(self) -> SquareImages:
+        """How this model reads an image: padded to a square, one resolution, ``num_image_tokens``."""
+        return SquareImages(self.image_processor, self.num_image_tokens)
+
+    def parts(self) -> dict[str, nn.Module]:
+        """The trainable parts by the names stages and LoRA use."""
+        return {"vision": self.vision_tower, "projector": self.projector, "llm": self.llm}
 
     @property
     def device(self) -> torch.device:
@@ -125,9 +154,17 @@ class VisionLanguageModel(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def encode_vision(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+        """V(x): (N, 3, H, W) -> (N, vision tokens, D_vision), the features before the projector."""
+        return self.vision_tower(pixel_values)
+
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """(N, 3, H, W) -> (N, num_image_tokens, D_llm)."""
         return self.projector(self.vision_tower(pixel_values))
+
+    def position_ids(self, input_ids, attention_mask, image_grid_thw=None) -> torch.Tensor:
+        """(B, T) positions counting attended tokens only (left padding does not shift them)."""
+        return position_ids_from_mask(attention_mask)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
         embedding = self.llm.get_input_embeddings()
@@ -141,6 +178,7 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         *,
         pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         past_key_values: Any = None,
@@ -151,7 +189,8 @@ class VisionLanguageModel(nn.Module):
         """Run the VLM.
 
         ``image_features`` (already projected) replaces ``pixel_values``; distillation uses it to
-        feed one model's vision features through another model's projector and LLM.
+        feed one model's vision features through another model's projector and LLM. ``image_grid_thw``
+        is for the pathway interface's sake (grid-reading families); this family's images have one size.
         ``logits_at``: "all", an int (last n positions), a (B, T) bool mask (returns (M, V)), or
         None for hidden states only.
         """
@@ -179,16 +218,7 @@ class VisionLanguageModel(nn.Module):
         )
 
     def logits_at(self, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
-        """Apply the LM head only where logits are needed (a 576-token image needs none)."""
-        if where is None:
-            return None
-        if isinstance(where, str):
-            if where != "all":
-                raise ValueError(f"logits_at must be 'all', an int, a mask or None, got {where!r}")
-            return self.lm_head(hidden)
-        if isinstance(where, int):
-            return self.lm_head(hidden[:, -where:])
-        return self.lm_head(hidden[where])  # (M, V)
+        return logits_at(self.lm_head, hidden, where)
 
     def generate(self, input_ids, attention_mask=None, *, pixel_values=None, **kwargs) -> torch.Tensor:
         """New tokens after the prompt, greedy or sampled with a KV cache; ``kwargs`` are
@@ -312,11 +342,21 @@ def verify_checksum(weights: Path, manifest: Path) -> None:
 
 
 def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None, *, section: str = "model"):
-    """A VLM from a ``ModelConfig``: a saved switchkd folder (``pretrained``) or its components.
-    ``section`` names the config section in errors (``teacher.pretrained: local folder not found``)."""
+    """A VLM from a ``ModelConfig``: a saved folder of any family (``pretrained``: switchkd's own, or a
+    Qwen2.5-VL folder) or the LLaVA-style family's components. ``section`` names the config section in
+    errors (``teacher.pretrained: local folder not found``)."""
+    from switchkd.models.pathway import load_vlm
+
     try:
         if cfg.pretrained is not None:
-            return VisionLanguageModel.from_pretrained(require_folder(cfg.pretrained, "pretrained"), dtype=dtype)
+            folder = require_folder(cfg.pretrained, "pretrained")
+            overrides = cfg.image_processor if isinstance(cfg.image_processor, dict) else None
+            try:
+                return load_vlm(folder, dtype=dtype, image_processor=overrides)
+            except ValueError as exc:
+                if "image_processor settings" in str(exc):
+                    raise ConfigError(str(exc), key="image_processor") from None
+                raise
         return VisionLanguageModel.from_config(cfg, fresh_weights=fresh_weights, dtype=dtype)
     except ConfigError as exc:
         raise exc.under(section) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from switchkd.data.dataset import image_inputs
 from switchkd.diagnostics import gradient_norm
 from switchkd.losses import cross_entropy_rows, loss_head, per_token, supervised_positions
 
@@ -23,7 +24,7 @@ class LanguageModelingObjective(nn.Module):
     def forward(self, batch: dict, num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         positions, targets = supervised_positions(batch["labels"])
         hidden = self.student(
-            batch["input_ids"], batch["attention_mask"], pixel_values=batch.get("pixel_values"), logits_at=None
+            batch["input_ids"], batch["attention_mask"], **image_inputs(batch), logits_at=None
         ).last_hidden_state[positions]  # (M, D)
         total, _ = loss_head(
             {"student": (hidden, self.student.lm_head)},

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
 from switchkd.data.dataset import Collator, LengthGroupedSampler, LlavaDataset, SampleError
-from switchkd.data.images import default_image_processor
+from switchkd.data.images import SquareImages, default_image_processor
 from switchkd.data.records import RecordError, load_records
 from switchkd.data.templates import get_template
 
@@ -65,9 +65,8 @@ def _dataset(records, root, tiny_tokenizer_dir, **kw):
         root,
         tokenizer=tok,
         template=get_template("chatml"),
-        image_processor=default_image_processor("clip_vision_model", 28),
+        images=SquareImages(default_image_processor("clip_vision_model", 28), N_IMG, kw.pop("pad_to_square", True)),
         image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-        num_image_tokens=N_IMG,
         **kw,
     )
 
