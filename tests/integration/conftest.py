@@ -46,3 +46,61 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
     student.save_pretrained(root / "student")
     teacher.save_pretrained(root / "teacher")
     return TinyWorld(root, paths, tok, root / "student", root / "teacher")
+
+
+@dataclass
+class QwenWorld:
+    """Tiny Qwen2.5-VL student and teacher folders (the real Qwen tokenizer) and LLaVA-format records
+    whose images have different sizes, so each takes its own number of image tokens."""
+
+    root: Path
+    paths: dict
+    student: Path
+    teacher: Path
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+SIZES = [(56, 56), (84, 56), (56, 112), (112, 84)]  # (width, height): 4, 6, 8 and 12 image tokens
+
+
+def write_qwen_records(root: Path, n: int = 16) -> Path:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(n):
+        name = list(COLOURS)[i % 3]
+        w, h = SIZES[i % len(SIZES)]
+        pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{i}.png")
+        records.append(
+            {
+                "id": f"q{i}",
+                "image": f"{i}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat colour is the picture?"},
+                    {"from": "gpt", "value": f"It is {name}."},
+                ],
+            }
+        )
+    path = root / "train.json"
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="session")
+def qwen_world(tmp_path_factory, qwen_tokenizer_dir) -> QwenWorld:
+    import torch
+
+    from switchkd.demo.presets import qwen2_5_vl_folder
+
+    root = tmp_path_factory.mktemp("qwen")
+    (root / "data").mkdir()
+    records = write_qwen_records(root / "data")
+    torch.manual_seed(0)
+    student = qwen2_5_vl_folder(root / "student", qwen_tokenizer_dir, width=32)
+    teacher = qwen2_5_vl_folder(root / "teacher", qwen_tokenizer_dir, width=48, layers=3, heads=4)
+    return QwenWorld(root, {"dft": records, "pt": records}, student, teacher)

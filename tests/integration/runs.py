@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from switchkd.models import VisionLanguageModel
+from switchkd.models.pathway import load_vlm
 from switchkd.training import checkpoints
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,8 +167,8 @@ def curve_bits(out: Path) -> list[float]:
 
 
 def same_weights(a: Path, b: Path) -> None:
-    want = VisionLanguageModel.from_pretrained(a).state_dict()
-    got = VisionLanguageModel.from_pretrained(b).state_dict()
+    want = load_vlm(a).state_dict()
+    got = load_vlm(b).state_dict()
     assert want.keys() == got.keys()
     different = [k for k in want if not torch.equal(got[k], want[k])]
     assert not different, different[:5]

@@ -37,3 +37,80 @@ def qwen2_config(
         max_position_embeddings=max_position_embeddings,
         **_shape(width, layers, heads),
     )
+
+
+def qwen2_5_vl_folder(
+    out,
+    tokenizer_dir,
+    *,
+    width: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    vision_width: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 4,
+    vision_intermediate: int | None = None,
+    vocab_size: int = 151_936,
+    tie_word_embeddings: bool = True,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 112 * 112,
+    dtype=None,
+):
+    """A fresh Qwen2.5-VL model saved as the Hub's folders are (config, weights, the Qwen tokenizer in
+    ``tokenizer_dir``, a Qwen2-VL image processor), to be loaded back through ``from_pretrained``.
+    Real widths (3B: 2048 / 1280, 7B: 3584 / 1280) with few layers give paper-shaped runs."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    ids = dict(
+        zip(
+            ("start", "image", "end", "video"),
+            tok.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>"]),
+        )
+    )
+    # M-RoPE splits each head's rotary half into (temporal, height, width) sections, as the family's 3:3:2
+    half = width // heads // 2
+    section = [half // 4, half // 4, half - 2 * (half // 4)]
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=vocab_size,
+            hidden_size=width,
+            intermediate_size=intermediate or 2 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            rope_scaling={"type": "mrope", "mrope_section": section},
+            max_position_embeddings=32_768,
+            tie_word_embeddings=tie_word_embeddings,
+        ),
+        vision_config=dict(
+            depth=vision_layers,
+            hidden_size=vision_width,
+            intermediate_size=vision_intermediate or 2 * vision_width,
+            num_heads=vision_heads,
+            out_hidden_size=width,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[vision_layers - 1],
+        ),
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
+        vision_start_token_id=ids["start"],
+        vision_end_token_id=ids["end"],
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    out = Path(out)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels).save_pretrained(str(out))
+    return out

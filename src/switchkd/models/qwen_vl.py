@@ -32,9 +32,9 @@ from torch import nn
 
 from switchkd.data.images import GridImages, load_image_processor
 from switchkd.data.templates import ChatTemplate, get_template
-from switchkd.models.generation import GenerationConfig, generate
+from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
 from switchkd.models.inputs import merge_image_features, position_ids_from_mask
-from switchkd.models.vlm import VLMOutput, _cache_argument
+from switchkd.models.vlm import VLMOutput, _cache_argument, output_cache
 from switchkd.models.vlm import logits_at as head_logits
 
 FAMILY = "qwen2_5_vl"
@@ -253,8 +253,7 @@ class QwenVLModel(nn.Module):
             **kwargs,
         )
         hidden = out.last_hidden_state
-        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-        return VLMOutput(head_logits(self.lm_head, hidden, logits_at), hidden, cache)
+        return VLMOutput(head_logits(self.lm_head, hidden, logits_at), hidden, output_cache(out))
 
     def generate(self, input_ids, attention_mask=None, *, pixel_values=None, image_grid_thw=None, **kwargs):
         return generate(
@@ -280,6 +279,9 @@ class QwenVLModel(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         if state_dict is not None:
             state_dict = {k.removeprefix("hf."): v for k, v in state_dict.items() if k.startswith("hf.")}
+        # transformers' generate stops where switchkd's does: at the end of the turn (and EOS)
+        self.hf.generation_config.eos_token_id = default_stop_ids(self)
+        self.hf.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self.hf.save_pretrained(str(directory), state_dict=state_dict)
         self.tokenizer.save_pretrained(str(directory))
         self.image_processor.save_pretrained(str(directory))

@@ -60,6 +60,15 @@ def logits_at(head: nn.Module, hidden: torch.Tensor, where: str | int | torch.Te
     return head(hidden[where])  # (M, V)
 
 
+def output_cache(out) -> Any:
+    """The KV cache a decoder returned: ``cache`` from transformers 5.24 on (whose outputs warn when
+    read by the old name), ``past_key_values`` before; None without one."""
+    for name in ("cache", "past_key_values"):
+        if name in out.keys():  # the keys as stored: reading a missing new name maps it to the old and warns
+            return out[name]
+    return None
+
+
 @functools.cache
 def _cache_argument(decoder_class: type) -> str:
     """The keyword a decoder's ``forward`` takes its KV cache by: ``cache`` from transformers 5.24 on,
@@ -212,10 +221,7 @@ class VisionLanguageModel(nn.Module):
             **llm_kwargs,
         )
         hidden = out.last_hidden_state  # (B, T, D)
-        cache = getattr(out, "past_key_values", None)
-        return VLMOutput(
-            self.logits_at(hidden, logits_at), hidden, cache if cache is not None else getattr(out, "cache", None)
-        )
+        return VLMOutput(self.logits_at(hidden, logits_at), hidden, output_cache(out))
 
     def logits_at(self, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
         return logits_at(self.lm_head, hidden, where)
