@@ -184,6 +184,11 @@ class GridImages:
         lo, hi = p.size.shortest_edge or 0, p.size.longest_edge or 448 * 448
         return min(max(448 * 448, lo), hi) // (p.patch_size * self.merge) ** 2
 
+    @property
+    def max_tokens(self) -> int:
+        """The most tokens an image can take (one of ``max_pixels``)."""
+        return (self.processor.size.longest_edge or 0) // (self.processor.patch_size * self.merge) ** 2
+
     def settings(self) -> dict:
         return processor_settings(self.processor)
 

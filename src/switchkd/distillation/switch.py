@@ -135,9 +135,17 @@ class VisualSwitchDistiller(nn.Module):
         teacher.requires_grad_(False)
         teacher.eval()
 
+    terms = ("ce", "align", "vsd")
+    """The loss terms ``forward`` returns beside ``total``: CE, Align = D(z^T, z^S), VSD = D(z^T, z^Switch)."""
+
     @property
     def teacher(self):
         return self._teacher[0]
+
+    def weights(self) -> dict[str, float]:
+        """Each term's weight in L (a term of weight 0 is not computed)."""
+        cfg = self.cfg
+        return {"ce": cfg.ce_weight, "align": cfg.lambda_align, "vsd": cfg.lambda_vsd if cfg.visual_switch else 0.0}
 
     def hold_teacher(self) -> None:
         """Make the teacher a submodule (``held_teacher``), for an engine that must see every parameter
@@ -177,12 +185,11 @@ class VisualSwitchDistiller(nn.Module):
         hidden = self._hidden_states(batch, positions, features, targets)
         if not hidden:  # every term is off
             return self._named_losses(torch.zeros((), device=self.student.device), {}, targets.numel(), None)
-        cfg = self.cfg
         heads = {"student": self.student.lm_head, "teacher": self.teacher.lm_head, "switch": self.teacher.lm_head}
         total, sums = loss_head(
             {name: (h, heads[name]) for name, h in hidden.items()},
             partial(self._chunk_sums, targets),
-            {"ce": cfg.ce_weight, "align": cfg.lambda_align, "vsd": cfg.lambda_vsd},
+            self.weights(),
             vocab=self.student.vocab_size,
             chunk_rows=self.chunk_rows,
             fused=self.fused,
@@ -201,8 +208,7 @@ class VisualSwitchDistiller(nn.Module):
             return {}
         out = {}
         cfg = self.cfg
-        weights = {"ce": cfg.ce_weight, "align": cfg.lambda_align, "vsd": cfg.lambda_vsd if cfg.visual_switch else 0.0}
-        for term, weight in weights.items():
+        for term, weight in self.weights().items():
             if weight == 0 or not params:
                 continue
             self.cfg = replace(cfg, **{k: (weight if t == term else 0.0) for t, k in _WEIGHT_KEYS.items()})
@@ -296,10 +302,7 @@ class VisualSwitchDistiller(nn.Module):
 
     def _named_losses(self, total, sums: dict, num_rows: int, num_items_in_batch) -> dict[str, torch.Tensor]:
         zero = torch.zeros((), device=self.student.device)
-        out = {
-            key: per_token(sums[key], num_rows, num_items_in_batch) if key in sums else zero
-            for key in ("ce", "align", "vsd")
-        }
+        out = {key: per_token(sums[key], num_rows, num_items_in_batch) if key in sums else zero for key in self.terms}
         if num_rows and "k_teacher" in sums:
             out.update({key: sums[key].float() / num_rows for key in ("k_teacher", "k_student")})
         out["total"] = per_token(total, num_rows, num_items_in_batch)

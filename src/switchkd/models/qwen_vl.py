@@ -287,6 +287,19 @@ class QwenVLModel(nn.Module):
         self.image_processor.save_pretrained(str(directory))
 
     @classmethod
+    def from_folder_config(
+        cls, directory: str | Path, *, image_processor: dict | None = None, system_prompt: str | None = None
+    ) -> QwenVLModel:
+        """The folder's model with fresh (uninitialised) weights: built under ``torch.device("meta")``,
+        shapes without memory, for a dry run."""
+        from transformers import AutoConfig, AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        hf = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(str(directory)))
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        processor = load_image_processor(directory, **(image_processor or {}))
+        return cls(hf, tokenizer, processor, system_prompt=system_prompt or "You are a helpful assistant.")
+
+    @classmethod
     def from_pretrained(
         cls,
         directory: str | Path,

@@ -17,6 +17,8 @@ from switchkd.data.records import load_records, require_records, to_messages
 from switchkd.distillation.switch import check_pair, switch_adapter
 from switchkd.models import build_vlm
 from switchkd.models.builders import processor_source, tokenizer_source
+from switchkd.models.pathway import family_of
+from switchkd.models.qwen_vl import QwenVLModel
 from switchkd.training.sharding import describe_share, process_share
 from switchkd.training.stages import STAGES, apply_stage, trainable_parts
 
@@ -52,6 +54,10 @@ def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
 def build_meta(cfg: ModelConfig, what: str):
     """The model ``what`` (model or teacher) on the meta device: shapes without weights."""
     try:
+        if cfg.pretrained is not None and family_of(require_folder(cfg.pretrained, "pretrained")) == "qwen2_5_vl":
+            overrides = cfg.image_processor if isinstance(cfg.image_processor, dict) else None
+            with torch.device("meta"):
+                return QwenVLModel.from_folder_config(cfg.pretrained, image_processor=overrides)
         meta_cfg = _meta_config(cfg, what)
     except ConfigError as exc:
         raise exc.under(what) from None
@@ -63,24 +69,38 @@ def _params(module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:,.1f}M"
 
 
+def _describe(model) -> str:
+    """One model's parts, sizes and image tokens, in its family's terms."""
+    tower = model.vision_tower
+    if model.family == "qwen2_5_vl":
+        size = model.image_processor.size
+        return (
+            f"Qwen2.5-VL, vision {_params(tower)} (width {tower.hidden_size}, {tower.config.depth} blocks), merger "
+            f"{_params(model.projector)} -> one token per {model.image_reader.merge**2} patches of "
+            f"{model.image_processor.patch_size} px, images resized to {size.shortest_edge:,}-{size.longest_edge:,} "
+            f"pixels (up to {model.image_reader.max_tokens:,} tokens an image), LLM {_params(model.llm)} "
+            f"(width {model.llm.config.hidden_size}); vocabulary {model.vocab_size:,}"
+        )
+    return (
+        f"vision {_params(tower)} ({tower.config.model_type}, {tower.num_tokens} tokens of width "
+        f"{tower.hidden_size}), projector {model.config.projector} {_params(model.projector)} -> "
+        f"{model.num_image_tokens} image tokens, LLM {_params(model.llm)}; vocabulary {model.vocab_size:,}"
+    )
+
+
 def dry_run(cfg: Config, processes: int = 8) -> str:
     """The report; with ``train.distributed: fsdp``, what each of ``processes`` processes holds."""
     parts = trainable_parts(cfg.train.stage, cfg.train.trainable)
     lines = [f"stage {cfg.train.stage}: trainable {parts}"]
     student = build_meta(cfg.model, "model")
     teacher = None
-    lines.append(
-        f"student: vision {_params(student.vision_tower)} ({student.vision_tower.config.model_type}, "
-        f"{student.vision_tower.num_tokens} tokens of width {student.vision_tower.hidden_size}), projector "
-        f"{cfg.model.projector} {_params(student.projector)} -> {student.num_image_tokens} image tokens, "
-        f"LLM {_params(student.llm)}; vocabulary {student.vocab_size:,}"
-    )
+    lines.append(f"student: {_describe(student)}")
     if STAGES[cfg.train.stage]["teacher"]:
         teacher = build_meta(cfg.teacher, "teacher")
         vocab = check_pair(student, teacher)
         adapter = switch_adapter(student, teacher, cfg.distill)
         lines.append(
-            f"teacher: LLM {_params(teacher.llm)}, projector {teacher.config.projector}; pair checks passed "
+            f"teacher: {_describe(teacher)}; pair checks passed "
             f"(shared vocabulary {vocab:,}); switch adapter: {adapter.extra_repr() if adapter else 'none needed'}; "
             f"distill {dataclasses.asdict(cfg.distill)}"
         )

@@ -14,6 +14,9 @@ class LanguageModelingObjective(nn.Module):
     """CE of the student's next-token logits through the loss head (``losses/head.py``: one chunk of
     ``chunk_rows`` supervised rows at a time, fused by default), normalised like the distiller's terms."""
 
+    terms = ("ce",)
+    """The loss terms ``forward`` returns beside ``total`` (the trainer logs these)."""
+
     def __init__(self, student, chunk_rows: int | None = None, fused: bool = True, compiled: bool = False):
         super().__init__()
         self.student = student

@@ -60,6 +60,10 @@ def shapes_of(model) -> Shapes:
     llm, tower = model.llm.config, model.vision_tower
     vision = tower.config
     root, block = units(model)
+    image_tokens, vision_tokens = model.num_image_tokens, tower.num_tokens
+    if image_tokens is None:  # dynamic resolution: sized for the largest image the processor lets through
+        image_tokens = model.image_reader.max_tokens
+        vision_tokens = image_tokens * model.image_reader.merge**2
     return Shapes(
         params=sum(p.numel() for p in model.parameters()),
         vision_params=sum(p.numel() for p in model.vision_tower.parameters()),
@@ -71,9 +75,9 @@ def shapes_of(model) -> Shapes:
         layers=llm.num_hidden_layers,
         vision_hidden=vision.hidden_size,
         vision_intermediate=vision.intermediate_size,
-        vision_layers=vision.num_hidden_layers,
-        vision_tokens=tower.num_tokens,
-        image_tokens=model.num_image_tokens,
+        vision_layers=getattr(vision, "num_hidden_layers", None) or vision.depth,
+        vision_tokens=vision_tokens,
+        image_tokens=image_tokens,
         root_params=root,
         block_params=block,
     )

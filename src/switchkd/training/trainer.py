@@ -40,7 +40,12 @@ from switchkd.training.setup import setup
 
 log = logging.getLogger("switchkd.train")
 
-LOSS_KEYS = ("total", "ce", "align", "vsd")
+
+def loss_keys(run: Run) -> tuple[str, ...]:
+    """The step's loss values: the total and the objective's terms (``objective.terms``: ``ce`` for the
+    LM objective; ``ce``, ``align``, ``vsd`` for the distiller). Every other value it returns is a
+    diagnostic (knee sizes)."""
+    return ("total", *run.accelerator.unwrap_model(run.objective).terms)
 
 
 @dataclass
@@ -147,11 +152,12 @@ def train_step(run: Run, micro_batches: list[dict]) -> dict:
     local = torch.tensor(sum(b["num_items"] for b in micro_batches), device=acc.device, dtype=torch.long)
     n_items = int(acc.reduce(local, "sum").item())  # supervised tokens of the whole step, every process
     sums: Counter = Counter()
+    losses = loss_keys(run)
     for batch in micro_batches:
         run.state.skipped.update(batch["skipped"])
         with acc.accumulate(run.objective):
             for key, value in forward_backward(run, batch, n_items).items():
-                sums[key] += value.detach().float() * (1 if key in LOSS_KEYS else 1 / len(micro_batches))
+                sums[key] += value.detach().float() * (1 if key in losses else 1 / len(micro_batches))
             if acc.sync_gradients and run.cfg.train.max_grad_norm:
                 acc.clip_grad_norm_(run.objective.parameters(), run.cfg.train.max_grad_norm)
             run.optimizer.step()
@@ -178,12 +184,12 @@ def forward_backward(run: Run, batch: dict, n_items: int) -> dict[str, torch.Ten
 
 def step_record(run: Run, sums: Counter, *, tokens: int, samples: int, seconds: float) -> dict:
     """Losses (global means over tokens), diagnostics (means over micro-batches and processes), speed."""
-    acc, keys = run.accelerator, sorted(sums)
+    acc, keys, losses = run.accelerator, sorted(sums), loss_keys(run)
     record = {"step": run.state.step, "epoch": run.state.epoch, "lr": run.scheduler.get_last_lr()[0]}
     if keys:
         values = acc.reduce(torch.stack([sums[k] for k in keys]).to(acc.device), "sum").cpu()
         for key, value in zip(keys, values.tolist()):
-            record["loss" if key == "total" else key] = value / (1 if key in LOSS_KEYS else acc.num_processes)
+            record["loss" if key == "total" else key] = value / (1 if key in losses else acc.num_processes)
     record["tokens"] = tokens
     record["tokens_per_s"] = tokens / max(seconds, 1e-9)
     record["samples_per_s"] = samples * acc.num_processes / max(seconds, 1e-9)
@@ -229,7 +235,7 @@ class StepLog:
                 run.accelerator.log({k: v for k, v in record.items() if isinstance(v, float)}, step=record["step"])
         if self.progress is not None:
             self.progress.update(1)
-            shown = {k: f"{record[k]:.3f}" for k in ("loss", "ce", "align", "vsd") if k in record}
+            shown = {k: f"{record[k]:.3f}" for k in ("loss", *loss_keys(run)[1:]) if k in record}
             self.progress.set_postfix(shown | {"tok/s": f"{record['tokens_per_s']:.0f}"})
 
     def __enter__(self) -> StepLog:
