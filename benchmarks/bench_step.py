@@ -30,6 +30,13 @@ every block above 1 MB on its own and returns it when freed, so the peak is that
 for memory, not for time.
 ``--precision no`` runs everything in float32 instead.
 
+``--family qwen2_5_vl`` runs the same steps on Qwen2.5-VL shapes instead: student Qwen2.5-VL-3B (LLM
+H = 2,048, 16 heads, 2 KV heads, MLP 11,008, tied head; vision width 1,280, 16 heads, MLP 3,420, merger
+to 2,048), teacher Qwen2.5-VL-7B (LLM H = 3,584, 28 heads, 4 KV heads, MLP 18,944, untied head; the
+same vision widths, merger to 3,584); 2 LLM layers and 2 vision blocks each, the real vocabulary. The
+models are saved as Hub-style folders (the teacher in bf16) and loaded through ``from_pretrained``; the
+384 x 384 pictures become 28 x 28 patches, 196 image tokens each.
+
 FLOP estimates count weight matmuls: 2 per parameter and token forward, 4 more backward for a trained
 part, 2 more for a frozen part that passes a gradient through (the switch pathway); attention scores
 are left out. The DFT/SFT time ratio is printed next to the FLOP ratio.
@@ -108,6 +115,39 @@ def model_config(width: int, heads: int, mlp: int) -> dict:
     return {"vision": vision, "llm": llm, "tokenizer": str(tokenizer_dir()), "projector": "mlp2x_gelu"}
 
 
+QWEN_VL = {  # (LLM width, heads, KV heads, MLP, tied head) of Qwen2.5-VL-3B and -7B; vision 1280 wide
+    "student": dict(width=2048, heads=16, kv_heads=2, intermediate=11008, tie_word_embeddings=True),
+    "teacher": dict(width=3584, heads=28, kv_heads=4, intermediate=18944, tie_word_embeddings=False),
+}
+
+
+def qwen_vl_folders(folder: Path) -> dict[str, str]:
+    """Qwen2.5-VL-3B and -7B shapes with 2 layers, saved as the Hub's folders (random weights)."""
+    import torch
+
+    from switchkd.demo.presets import qwen2_5_vl_folder
+
+    out = {}
+    for role, shape in QWEN_VL.items():
+        torch.manual_seed(0)
+        out[role] = str(
+            qwen2_5_vl_folder(
+                folder / role,
+                tokenizer_dir(),
+                layers=2,
+                vision_width=1280,
+                vision_layers=2,
+                vision_heads=16,
+                vision_intermediate=3420,
+                min_pixels=3136,
+                max_pixels=12_845_056,
+                dtype=torch.bfloat16 if role == "teacher" else None,
+                **shape,
+            )
+        )
+    return out
+
+
 def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -125,7 +165,10 @@ def estimate_flops(objective, batch: dict, rows: int) -> float:
     student = objective.student
     teacher = getattr(objective, "teacher", None)
     tokens = int(batch["attention_mask"].sum())
-    vision_tokens = batch["pixel_values"].shape[0] * student.vision_tower.num_tokens
+    if batch.get("image_grid_thw") is not None:  # dynamic resolution: every patch is a vision token
+        vision_tokens = batch["pixel_values"].shape[0]
+    else:
+        vision_tokens = batch["pixel_values"].shape[0] * student.vision_tower.num_tokens
     vocab = student.vocab_size
 
     def width(model):
@@ -151,8 +194,9 @@ def worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     out = Path(spec["out"])
+    qwen = spec.get("folders")
     cfg = {
-        "model": model_config(896, 14, 4864),
+        "model": {"pretrained": qwen["student"]} if qwen else model_config(896, 14, 4864),
         "data": {"train": spec["data"], "num_workers": 0, "length_grouped": False, "max_length": 2048},
         "train": {
             "stage": spec["stage"],
@@ -170,7 +214,7 @@ def worker(spec: dict) -> dict:
         },
     }
     if spec["stage"] == "dft":
-        cfg["teacher"] = model_config(2048, 16, 11008)
+        cfg["teacher"] = {"pretrained": qwen["teacher"]} if qwen else model_config(2048, 16, 11008)
         cfg["distill"] = {"loss": {"name": spec["loss"]}, "teacher_checkpointing": True}
     path = out.with_suffix(".yaml")
     import yaml
@@ -257,6 +301,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps per head (after one warm-up): the median")
     parser.add_argument("--heads", nargs="+", default=["plain", "fused"], choices=["plain", "fused"])
     parser.add_argument("--chunk-rows", type=int, help="train.loss_chunk_rows of the fused head (default: per device)")
+    parser.add_argument(
+        "--family", default="llava", choices=["llava", "qwen2_5_vl"], help="the paper's shapes, or Qwen2.5-VL-3B <- 7B"
+    )
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(args.worker)
@@ -265,6 +312,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        folders = qwen_vl_folders(tmp / "models") if args.family == "qwen2_5_vl" else None
+        if folders:
+            print("Qwen2.5-VL-3B <- 7B shapes (2 LLM layers, 2 vision blocks each)")
         for threads in args.threads:
             rate = run({"kind": "matmul", "threads": threads})
             print(f"\n## {threads} thread(s), {os.cpu_count()} CPUs; median of {args.steps} steps after a warm-up")
@@ -286,6 +336,7 @@ def main() -> None:
                     "samples": samples,
                     "data": str(folder / "data.json"),
                     "precision": args.precision,
+                    "folders": folders,
                 }
                 steps = [("sft", None)] if not args.no_sft else []
                 losses = args.losses if rows <= args.plain_max_rows else args.fused_only_losses

@@ -104,3 +104,20 @@ def qwen_world(tmp_path_factory, qwen_tokenizer_dir) -> QwenWorld:
     student = qwen2_5_vl_folder(root / "student", qwen_tokenizer_dir, width=32)
     teacher = qwen2_5_vl_folder(root / "teacher", qwen_tokenizer_dir, width=48, layers=3, heads=4)
     return QwenWorld(root, {"dft": records, "pt": records}, student, teacher)
+
+
+@pytest.fixture(scope="session")
+def onevision_world(tmp_path_factory, qwen_tokenizer_dir) -> QwenWorld:
+    """Tiny LLaVA-OneVision student and teacher (SigLIP on 56 px crops, 1-3 crops a side), the same
+    records of pictures of several sizes."""
+    import torch
+
+    from switchkd.demo.presets import onevision_folder
+
+    root = tmp_path_factory.mktemp("onevision")
+    (root / "data").mkdir()
+    records = write_qwen_records(root / "data")
+    torch.manual_seed(0)
+    student = onevision_folder(root / "student", qwen_tokenizer_dir, width=32)
+    teacher = onevision_folder(root / "teacher", qwen_tokenizer_dir, width=48, layers=3)
+    return QwenWorld(root, {"dft": records, "pt": records}, student, teacher)

@@ -65,12 +65,13 @@ def teacher_view_of(student, teacher) -> TeacherView | None:
     return TeacherView(teacher.image_reader if pixels else None, teacher.num_image_tokens if tokens else None)
 
 
-TEACHER_KEYS = ("input_ids", "attention_mask", "labels", "pixel_values", "image_grid_thw")
-IMAGE_KEYS = ("pixel_values", "image_grid_thw")
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
+TEACHER_KEYS = ("input_ids", "attention_mask", "labels", *IMAGE_KEYS)
 
 
 def image_inputs(batch: dict) -> dict:
-    """The batch's image tensors (``pixel_values``, and ``image_grid_thw`` for grid-reading families)."""
+    """The batch's image tensors: ``pixel_values``, and the images' own shapes where the family reads
+    each image at its own size (``image_grid_thw``: Qwen2.5-VL; ``image_sizes``: LLaVA-OneVision)."""
     return {key: batch[key] for key in IMAGE_KEYS if batch.get(key) is not None}
 
 

@@ -21,10 +21,15 @@ class ImageError(ValueError):
 def _pil_classes():
     # The PIL backends of transformers' processors; the default ones need torchvision.
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
     return {
+        "LlavaOnevisionImageProcessor": LlavaOnevisionImageProcessorPil,  # LLaVA-OneVision
+        "LlavaOnevisionImageProcessorPil": LlavaOnevisionImageProcessorPil,
         "Qwen2VLImageProcessor": Qwen2VLImageProcessorPil,  # Qwen2-VL, Qwen2.5-VL (the Hub folders name this one)
         "Qwen2VLImageProcessorPil": Qwen2VLImageProcessorPil,
         "CLIPImageProcessor": CLIPImageProcessorPil,
@@ -189,16 +194,83 @@ class GridImages:
         """The most tokens an image can take (one of ``max_pixels``)."""
         return (self.processor.size.longest_edge or 0) // (self.processor.patch_size * self.merge) ** 2
 
+    @property
+    def max_vision_tokens(self) -> int:
+        """The patches of the largest image (what the vision tower runs on)."""
+        return self.max_tokens * self.merge**2
+
     def settings(self) -> dict:
         return processor_settings(self.processor)
 
 
+class CropImages:
+    """How a LLaVA-OneVision model reads an image ("anyres"): the whole picture as one crop of
+    ``crop_size``², plus the crops of the grid in ``grid_pinpoints`` that best fits its aspect ratio.
+    ``read`` gives ``{"pixel_values": (crops, 3, S, S), "image_sizes": (2,)}`` (height, width). The image
+    takes as many tokens as transformers' ``pack_image_features`` makes of its crops (padding cut away,
+    pooled past ``aspect_ratio``, one newline a row); ``num_tokens`` runs that code on empty features."""
+
+    def __init__(
+        self, processor, *, crop_size: int, patch_size: int, grid_pinpoints, aspect_ratio: str, cls_token: bool = False
+    ):
+        self.processor = processor
+        self.crop_size, self.patch_size = crop_size, patch_size
+        self.grid_pinpoints, self.aspect_ratio = [list(p) for p in grid_pinpoints], aspect_ratio
+
+    def read(self, picture: Image.Image) -> dict[str, torch.Tensor]:
+        out = self.processor(images=[picture], return_tensors="pt")
+        return {"pixel_values": out["pixel_values"][0], "image_sizes": out["image_sizes"][0]}
+
+    def crops(self, image_size) -> int:
+        """How many crops an image of ``image_size`` (height, width) is read as."""
+        from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
+
+        return image_size_to_num_patches(image_size, self.grid_pinpoints, self.crop_size)
+
+    def num_tokens(self, image: dict[str, torch.Tensor]) -> int:
+        from types import SimpleNamespace
+
+        from transformers.models.llava_onevision.modeling_llava_onevision import LlavaOnevisionModel
+
+        side = self.crop_size // self.patch_size
+        owner = SimpleNamespace(  # what the packing reads of its model: the config
+            config=SimpleNamespace(
+                vision_config=SimpleNamespace(image_size=self.crop_size, patch_size=self.patch_size),
+                image_grid_pinpoints=self.grid_pinpoints,
+            )
+        )
+        empty = torch.zeros(self.crops(image["image_sizes"]), side * side, 1)
+        _, lengths = LlavaOnevisionModel.pack_image_features(
+            owner, [empty], image["image_sizes"][None], torch.zeros(1), self.aspect_ratio
+        )
+        return int(lengths[0])
+
+    @property
+    def approx_tokens(self) -> int:
+        """A length estimate for batching: a 4:3 picture of 768 x 1024 pixels."""
+        return self.num_tokens({"image_sizes": torch.tensor([768, 1024])})
+
+    @property
+    def max_tokens(self) -> int:
+        """The most tokens an image can take (over the grid's shapes)."""
+        return max(self.num_tokens({"image_sizes": torch.tensor(p)}) for p in self.grid_pinpoints)
+
+    @property
+    def max_vision_tokens(self) -> int:
+        """The vision tower's tokens for the image read as the most crops."""
+        return max(self.crops(p) for p in self.grid_pinpoints) * (self.crop_size // self.patch_size) ** 2
+
+    def settings(self) -> dict:
+        return processor_settings(self.processor) | {"aspect_ratio": self.aspect_ratio}
+
+
 def batch_images(images: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """One batch's images, in reading order: fixed-size pixels stacked (N, 3, H, W); patches (with a
-    grid per image) concatenated into one sequence (sum of patches, C·T·P·P) beside the grids (N, 3)."""
-    if "image_grid_thw" in images[0]:
-        return {
-            "pixel_values": torch.cat([i["pixel_values"] for i in images]),
-            "image_grid_thw": torch.stack([i["image_grid_thw"] for i in images]),
-        }
-    return {"pixel_values": torch.stack([i["pixel_values"] for i in images])}
+    """One batch's images, in reading order. Fixed-size pixels are stacked (N, 3, H, W). Where each image
+    carries its own shape (``image_grid_thw``: Qwen2-VL's patches; ``image_sizes``: LLaVA-OneVision's
+    crops), the pixels of all images are concatenated (Qwen: (sum of patches, C·T·P·P); OneVision:
+    (sum of crops, 3, H, W)) and the per-image shapes stacked (N, 3) or (N, 2)."""
+    shapes = [key for key in images[0] if key != "pixel_values"]
+    if not shapes:
+        return {"pixel_values": torch.stack([i["pixel_values"] for i in images])}
+    out = {"pixel_values": torch.cat([i["pixel_values"] for i in images])}
+    return out | {key: torch.stack([i[key] for i in images]) for key in shapes}

@@ -114,3 +114,77 @@ def qwen2_5_vl_folder(
     tok.save_pretrained(str(out))
     Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels).save_pretrained(str(out))
     return out
+
+
+def onevision_folder(
+    out,
+    tokenizer_dir,
+    *,
+    width: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    vision_width: int = 32,
+    vision_layers: int = 2,
+    vision_heads: int = 4,
+    crop_size: int = 56,
+    patch_size: int = 14,
+    vocab_size: int = 151_936,
+    tie_word_embeddings: bool = True,
+    dtype=None,
+):
+    """A fresh LLaVA-OneVision model saved as the Hub's folders are: a SigLIP tower reading
+    ``crop_size`` px crops, a Qwen2 LLM, the Qwen tokenizer in ``tokenizer_dir`` with the family's
+    ``<image>`` token added, and an anyres image processor whose grid is 1-3 crops a side."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    tok.add_tokens(["<image>"], special_tokens=True)
+    pinpoints = [[crop_size * h, crop_size * w] for h in (1, 2, 3) for w in (1, 2, 3)]
+    config = LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=vision_width,
+            intermediate_size=2 * vision_width,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=vision_heads,
+            image_size=crop_size,
+            patch_size=patch_size,
+            vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=vocab_size,
+            hidden_size=width,
+            intermediate_size=intermediate or 2 * width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            tie_word_embeddings=tie_word_embeddings,
+            max_position_embeddings=32_768,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<|video_pad|>"),
+        image_grid_pinpoints=pinpoints,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    out = Path(out)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    processor = LlavaOnevisionImageProcessorPil(
+        size={"height": crop_size, "width": crop_size},
+        image_grid_pinpoints=pinpoints,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    processor.save_pretrained(str(out))
+    return out

@@ -238,9 +238,10 @@ class VisualSwitchDistiller(nn.Module):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         out = {}
         if cfg.ce_weight > 0 or cfg.lambda_align > 0:
-            image = student.projector(features) if features is not None else None
-            grid = batch.get("image_grid_thw")
-            out["student"] = student(ids, mask, image_features=image, image_grid_thw=grid, logits_at=None)
+            images = image_inputs(batch)
+            image = student.project(features, images) if features is not None else None
+            shapes = {k: v for k, v in images.items() if k != "pixel_values"}  # what the positions need
+            out["student"] = student(ids, mask, image_features=image, logits_at=None, **shapes)
             out["student"] = out["student"].last_hidden_state[positions]
         if cfg.lambda_align > 0 or self._uses_switch(features):
             view = teacher_view(batch)
@@ -267,15 +268,18 @@ class VisualSwitchDistiller(nn.Module):
         """z^Switch's hidden states: the student's vision features through the frozen P^T and L^T."""
         teacher = self.teacher
 
+        images = image_inputs(batch)
+        shapes = {k: v for k, v in images.items() if k != "pixel_values"}  # the images' own shapes, if any
+
         def run(feats):
             if self.switch_adapter is not None:
                 feats = self.switch_adapter(feats)
             out = teacher(
                 batch["input_ids"],
                 batch["attention_mask"],
-                image_features=teacher.projector(feats),
-                image_grid_thw=batch.get("image_grid_thw"),  # the teacher's positions for these features
+                image_features=teacher.project(feats, images),
                 logits_at=None,
+                **shapes,
             )
             return out.last_hidden_state[positions]
 

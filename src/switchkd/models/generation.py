@@ -109,15 +109,15 @@ class _Decoding:
     out: object
     finished: torch.Tensor
     image_features: torch.Tensor | None
-    image_grid_thw: torch.Tensor | None
+    shapes: dict  # the images' own shapes (image_grid_thw, image_sizes), where the family has them
 
 
-def _prefill(model, ids, mask, *, image_features, image_grid_thw, cfg: GenerationConfig) -> _Decoding:
+def _prefill(model, ids, mask, *, image_features, shapes: dict, cfg: GenerationConfig) -> _Decoding:
     """One forward over the prompts (left-padded), filling the KV cache when there is one. Positions are
     the family's own (M-RoPE's three rows for Qwen2.5-VL); every prompt ends with text, whose next
     position is the last one plus one in every row."""
     cache = DynamicCache(config=model.llm.config) if cfg.use_cache else None
-    positions = model.position_ids(ids, mask, image_grid_thw)
+    positions = model.position_ids(ids, mask, **shapes)
     out = model(
         ids,
         mask,
@@ -128,7 +128,7 @@ def _prefill(model, ids, mask, *, image_features, image_grid_thw, cfg: Generatio
         logits_at=1,
     )
     finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    return _Decoding(ids, mask, positions[..., -1:] + 1, out, finished, image_features, image_grid_thw)
+    return _Decoding(ids, mask, positions[..., -1:] + 1, out, finished, image_features, shapes)
 
 
 def _decode_step(model, state: _Decoding, token: torch.Tensor, cfg: GenerationConfig) -> None:
@@ -142,9 +142,7 @@ def _decode_step(model, state: _Decoding, token: torch.Tensor, cfg: GenerationCo
         )
         state.next_pos = state.next_pos + 1
     else:
-        state.out = model(
-            state.ids, state.mask, image_features=state.image_features, image_grid_thw=state.image_grid_thw, logits_at=1
-        )
+        state.out = model(state.ids, state.mask, image_features=state.image_features, logits_at=1, **state.shapes)
 
 
 @torch.no_grad()
@@ -154,13 +152,13 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     *,
     pixel_values: torch.Tensor | None = None,
-    image_grid_thw: torch.Tensor | None = None,
     cfg: GenerationConfig | None = None,
     streamer: Callable[[torch.Tensor], None] | None = None,
+    **shapes: torch.Tensor,
 ) -> torch.Tensor:
     """New tokens (B, n): rows that stopped early are filled with the pad id after their stop token.
-    ``pixel_values`` (and ``image_grid_thw``) are the images as ``model.image_reader`` read them,
-    batched with ``batch_images``.
+    ``pixel_values`` and the images' ``shapes`` (``image_grid_thw``, ``image_sizes``, where the family has
+    them) are the images as ``model.image_reader`` read them, batched with ``batch_images``.
 
     ``streamer`` is called with each step's (B,) tokens as they are chosen.
     """
@@ -177,8 +175,8 @@ def generate(
     if cfg.do_sample and cfg.seed is not None:
         generator = torch.Generator(device=ids.device).manual_seed(cfg.seed)
     vocab = model.vocab_size  # logits rows past the tokenizer are padding and never chosen
-    image_features = model.encode_images(pixel_values, image_grid_thw) if pixel_values is not None else None
-    state = _prefill(model, ids, mask, image_features=image_features, image_grid_thw=image_grid_thw, cfg=cfg)
+    image_features = model.encode_images(pixel_values, **shapes) if pixel_values is not None else None
+    state = _prefill(model, ids, mask, image_features=image_features, shapes=shapes, cfg=cfg)
     new: list[torch.Tensor] = []
     for _ in range(cfg.max_new_tokens):
         token = next_tokens(state.out.logits[:, -1, :vocab], state.ids, cfg, generator)

@@ -5,7 +5,8 @@ exposes the same three stages and the data around them:
 
 =====================  ==========================================================================
 ``encode_vision``      V(x): the vision features before the projector (the switch point)
-``projector``          P: vision features -> LLM input embeddings (``encode_images`` = P(V(x)))
+``project``            P: vision features -> LLM input embeddings (``encode_images`` = P(V(x))); its
+                       parameters are the ``projector`` part
 ``__call__``           L: the LLM over the prompt with image embeddings in place
                        (``image_features=``), on the family's own position ids (``position_ids``)
 ``lm_head``            the output head the loss head multiplies hidden states with
@@ -19,8 +20,9 @@ exposes the same three stages and the data around them:
 =====================  ==========================================================================
 
 Families: ``llava`` (``VisionLanguageModel``: the paper's CLIP/SigLIP -> projector -> Qwen2.5
-composition, and LLaVA-1.5 folders through ``switchkd import``) and ``qwen2_5_vl`` (``QwenVLModel``:
-transformers' Qwen2.5-VL). ``load_vlm`` reads the family from a folder's ``config.json``.
+composition, and LLaVA-1.5 folders through ``switchkd import``), ``qwen2_5_vl`` (``QwenVLModel``:
+transformers' Qwen2.5-VL) and ``llava_onevision`` (``OneVisionModel``: transformers' LLaVA-OneVision).
+``load_vlm`` reads the family from a folder's ``config.json``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("llava", "qwen2_5_vl")
+FAMILIES = ("llava", "qwen2_5_vl", "llava_onevision")
 
 
 def family_of(folder: str | Path) -> str:
@@ -47,11 +49,25 @@ def family_of(folder: str | Path) -> str:
     if "model" in meta:
         return "llava"
     kind = meta.get("model_type")
-    if kind == "qwen2_5_vl":
-        return "qwen2_5_vl"
+    if kind in ("qwen2_5_vl", "llava_onevision"):
+        return kind
     if kind == "llava":
         raise ValueError(f"{folder} is a LLaVA-HF folder: convert it once with `switchkd import {folder} --out DIR`")
-    raise ValueError(f"{path}: model_type {kind!r} is not a VLM family switchkd reads (a switchkd folder, qwen2_5_vl)")
+    raise ValueError(
+        f"{path}: model_type {kind!r} is not a VLM family switchkd reads "
+        "(a switchkd folder, qwen2_5_vl, llava_onevision)"
+    )
+
+
+def family_class(family: str) -> type:
+    """The class of a whole-folder family (``qwen2_5_vl``, ``llava_onevision``)."""
+    if family == "qwen2_5_vl":
+        from switchkd.models.qwen_vl import QwenVLModel
+
+        return QwenVLModel
+    from switchkd.models.onevision import OneVisionModel
+
+    return OneVisionModel
 
 
 def load_vlm(
@@ -64,14 +80,13 @@ def load_vlm(
     """The model saved in ``folder``, of whichever family it is, in eval mode. ``image_processor``:
     settings over the saved ones (grid-reading families: ``min_pixels``, ``max_pixels``)."""
     family = family_of(folder)
-    if family == "qwen2_5_vl":
-        from switchkd.models.qwen_vl import QwenVLModel
-
-        return QwenVLModel.from_pretrained(folder, dtype=dtype, device=device, image_processor=image_processor)
+    if family != "llava":
+        return family_class(family).from_pretrained(folder, dtype=dtype, device=device, image_processor=image_processor)
     from switchkd.models.vlm import VisionLanguageModel
 
     if image_processor:
         raise ValueError(
-            f"{folder}: image_processor settings apply to Qwen2.5-VL folders; a switchkd folder keeps its own"
+            f"{folder}: image_processor settings apply to Qwen2.5-VL and LLaVA-OneVision folders; "
+            "a switchkd folder keeps its own"
         )
     return VisionLanguageModel.from_pretrained(folder, dtype=dtype, device=device)

@@ -197,13 +197,18 @@ class QwenVLModel(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.hf.lm_head
 
-    def encode_vision(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    def encode_vision(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """V(x): (total patches, C·T·P·P) -> (total patches, hidden_size)."""
         if image_grid_thw is None:
             raise ValueError("Qwen2.5-VL images need their image_grid_thw (read them with model.image_reader)")
         return self.vision_tower(pixel_values, image_grid_thw)
 
-    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    def project(self, features: torch.Tensor, images: dict | None = None) -> torch.Tensor:
+        """P(V): the merger, (total patches, hidden_size) -> (image tokens, D_llm); each group of
+        merge_size² neighbouring patches becomes one token, so it needs no shapes."""
+        return self.projector(features)
+
+    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """(total patches, C·T·P·P) -> (image tokens, D_llm), every image of the batch in reading order."""
         return self.projector(self.encode_vision(pixel_values, image_grid_thw))
 

@@ -163,15 +163,20 @@ class VisionLanguageModel(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
 
-    def encode_vision(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_vision(self, pixel_values: torch.Tensor, **shapes) -> torch.Tensor:
         """V(x): (N, 3, H, W) -> (N, vision tokens, D_vision), the features before the projector."""
         return self.vision_tower(pixel_values)
 
-    def encode_images(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+    def project(self, features: torch.Tensor, images: dict | None = None) -> torch.Tensor:
+        """P(V): (N, vision tokens, D_vision) -> (N, num_image_tokens, D_llm). ``images`` is for the
+        interface's sake (families whose projection depends on each image's shape)."""
+        return self.projector(features)
+
+    def encode_images(self, pixel_values: torch.Tensor, **shapes) -> torch.Tensor:
         """(N, 3, H, W) -> (N, num_image_tokens, D_llm)."""
         return self.projector(self.vision_tower(pixel_values))
 
-    def position_ids(self, input_ids, attention_mask, image_grid_thw=None) -> torch.Tensor:
+    def position_ids(self, input_ids, attention_mask, **shapes) -> torch.Tensor:
         """(B, T) positions counting attended tokens only (left padding does not shift them)."""
         return position_ids_from_mask(attention_mask)
 
@@ -188,6 +193,7 @@ class VisionLanguageModel(nn.Module):
         *,
         pixel_values: torch.Tensor | None = None,
         image_grid_thw: torch.Tensor | None = None,
+        image_sizes: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         past_key_values: Any = None,
@@ -198,8 +204,8 @@ class VisionLanguageModel(nn.Module):
         """Run the VLM.
 
         ``image_features`` (already projected) replaces ``pixel_values``; distillation uses it to
-        feed one model's vision features through another model's projector and LLM. ``image_grid_thw``
-        is for the pathway interface's sake (grid-reading families); this family's images have one size.
+        feed one model's vision features through another model's projector and LLM. ``image_grid_thw`` and
+        ``image_sizes`` are for the pathway interface's sake; this family's images have one size.
         ``logits_at``: "all", an int (last n positions), a (B, T) bool mask (returns (M, V)), or
         None for hidden states only.
         """

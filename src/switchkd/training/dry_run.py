@@ -17,8 +17,7 @@ from switchkd.data.records import load_records, require_records, to_messages
 from switchkd.distillation.switch import check_pair, switch_adapter
 from switchkd.models import build_vlm
 from switchkd.models.builders import processor_source, tokenizer_source
-from switchkd.models.pathway import family_of
-from switchkd.models.qwen_vl import QwenVLModel
+from switchkd.models.pathway import family_class, family_of
 from switchkd.training.sharding import describe_share, process_share
 from switchkd.training.stages import STAGES, apply_stage, trainable_parts
 
@@ -54,10 +53,11 @@ def _meta_config(cfg: ModelConfig, what: str) -> ModelConfig:
 def build_meta(cfg: ModelConfig, what: str):
     """The model ``what`` (model or teacher) on the meta device: shapes without weights."""
     try:
-        if cfg.pretrained is not None and family_of(require_folder(cfg.pretrained, "pretrained")) == "qwen2_5_vl":
+        family = cfg.pretrained and family_of(require_folder(cfg.pretrained, "pretrained"))
+        if family and family != "llava":
             overrides = cfg.image_processor if isinstance(cfg.image_processor, dict) else None
             with torch.device("meta"):
-                return QwenVLModel.from_folder_config(cfg.pretrained, image_processor=overrides)
+                return family_class(family).from_folder_config(cfg.pretrained, image_processor=overrides)
         meta_cfg = _meta_config(cfg, what)
     except ConfigError as exc:
         raise exc.under(what) from None
@@ -80,6 +80,13 @@ def _describe(model) -> str:
             f"{model.image_processor.patch_size} px, images resized to {size.shortest_edge:,}-{size.longest_edge:,} "
             f"pixels (up to {model.image_reader.max_tokens:,} tokens an image), LLM {_params(model.llm)} "
             f"(width {model.llm.config.hidden_size}); vocabulary {model.vocab_size:,}"
+        )
+    if model.family == "llava_onevision":
+        return (
+            f"LLaVA-OneVision, vision {_params(tower)} ({tower.config.model_type}, width {tower.hidden_size}, "
+            f"{tower.config.num_hidden_layers} layers, {model.image_reader.crop_size} px crops), projector "
+            f"{_params(model.projector)}, anyres up to {model.image_reader.max_tokens:,} tokens an image, LLM "
+            f"{_params(model.llm)} (width {model.llm.config.hidden_size}); vocabulary {model.vocab_size:,}"
         )
     return (
         f"vision {_params(tower)} ({tower.config.model_type}, {tower.num_tokens} tokens of width "

@@ -61,9 +61,9 @@ def shapes_of(model) -> Shapes:
     vision = tower.config
     root, block = units(model)
     image_tokens, vision_tokens = model.num_image_tokens, tower.num_tokens
-    if image_tokens is None:  # dynamic resolution: sized for the largest image the processor lets through
+    if image_tokens is None:  # tokens differ per image: sized for the largest image the processor lets through
         image_tokens = model.image_reader.max_tokens
-        vision_tokens = image_tokens * model.image_reader.merge**2
+        vision_tokens = model.image_reader.max_vision_tokens
     return Shapes(
         params=sum(p.numel() for p in model.parameters()),
         vision_params=sum(p.numel() for p in model.vision_tower.parameters()),
