@@ -101,8 +101,8 @@ def qwen_world(tmp_path_factory, qwen_tokenizer_dir) -> QwenWorld:
     (root / "data").mkdir()
     records = write_qwen_records(root / "data")
     torch.manual_seed(0)
-    student = qwen2_5_vl_folder(root / "student", qwen_tokenizer_dir, width=32)
-    teacher = qwen2_5_vl_folder(root / "teacher", qwen_tokenizer_dir, width=48, layers=3, heads=4)
+    student = qwen2_5_vl_folder(root / "student", qwen_tokenizer_dir, width=32, init_std=0.1)
+    teacher = qwen2_5_vl_folder(root / "teacher", qwen_tokenizer_dir, width=48, layers=3, heads=4, init_std=0.1)
     return QwenWorld(root, {"dft": records, "pt": records}, student, teacher)
 
 

@@ -623,3 +623,20 @@ def test_plan_prints_the_step_memory_and_what_fits(tiny_world, tmp_path, capsys)
     assert main(["plan", "--config", str(config), "--gpu-memory", "0.5GB", "train.mixed_precision=bf16"]) == 0
     out = capsys.readouterr().out
     assert "does NOT fit" in out and "nothing fits" in out and "float32 copies of the head weights" in out
+
+
+def test_one_optimizer_step_per_group_also_at_an_epochs_end(tiny_world, tmp_path):
+    """12 records, 4 a micro-batch, 2 micro-batches a step: epoch 0 is a full group and a short one, so
+    step 3 starts epoch 1. Each step is one optimizer step (Adam's step count), also for the epoch's
+    last group, whose micro-batches are all fetched before the loader's end is known (accelerate's
+    ``accumulate`` took that end as the step's end and stepped after each of them)."""
+    from safetensors import safe_open
+
+    data = twelve_records(tiny_world, tmp_path)
+    config = load_config(with_data(make_config(tiny_world, tmp_path / "run", grad_accum=2, max_steps=3), data))
+    train(config)
+    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 0, 1]
+    with safe_open(str(checkpoints(tmp_path / "run")[-1] / "optimizer.safetensors"), framework="pt") as f:
+        counts = {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".step")}
+    assert counts == {3.0}

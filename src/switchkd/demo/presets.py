@@ -56,11 +56,14 @@ def qwen2_5_vl_folder(
     tie_word_embeddings: bool = True,
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
+    init_std: float = 0.02,
     dtype=None,
 ):
     """A fresh Qwen2.5-VL model saved as the Hub's folders are (config, weights, the Qwen tokenizer in
     ``tokenizer_dir``, a Qwen2-VL image processor), to be loaded back through ``from_pretrained``.
-    Real widths (3B: 2048 / 1280, 7B: 3584 / 1280) with few layers give paper-shaped runs."""
+    Real widths (3B: 2048 / 1280, 7B: 3584 / 1280) with few layers give paper-shaped runs. ``init_std``:
+    the weights' initial spread (transformers' 0.02 leaves a tiny model's attention so flat that its
+    keys get almost no gradient, which Adam turns into steps of rounding noise)."""
     from pathlib import Path
 
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -87,6 +90,7 @@ def qwen2_5_vl_folder(
             rope_scaling={"type": "mrope", "mrope_section": section},
             max_position_embeddings=32_768,
             tie_word_embeddings=tie_word_embeddings,
+            initializer_range=init_std,
         ),
         vision_config=dict(
             depth=vision_layers,
@@ -99,6 +103,7 @@ def qwen2_5_vl_folder(
             temporal_patch_size=2,
             window_size=112,
             fullatt_block_indexes=[vision_layers - 1],
+            initializer_range=init_std,
         ),
         image_token_id=ids["image"],
         video_token_id=ids["video"],

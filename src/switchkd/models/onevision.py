@@ -64,11 +64,21 @@ class OneVisionTower(_View):
 
 
 class OneVisionProjector(_View):
-    """P's parameters: the two-layer projector and the learned ``image_newline``."""
+    """P's parameters: the two-layer projector and the learned ``image_newline``. The newline is read
+    from its owner at each use, not held: a sharding engine (FSDP2) replaces the owner's parameters with
+    sharded ones, and a reference kept here would go on training the replaced tensor."""
 
-    def __init__(self, projector: nn.Module, image_newline: nn.Parameter):
+    def __init__(self, projector: nn.Module, owner: nn.Module):
         super().__init__(mlp=projector)
-        self.register_parameter("image_newline", image_newline)  # shared with the model, not copied
+        self._owner = [owner]  # unregistered: the model's own names stay the family's
+
+    @property
+    def image_newline(self) -> nn.Parameter:
+        return self._owner[0].image_newline
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
+        yield from super().named_parameters(prefix, recurse, remove_duplicate)
+        yield (f"{prefix}." if prefix else "") + "image_newline", self.image_newline
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.mlp(features)
@@ -98,7 +108,7 @@ class OneVisionModel(nn.Module):
             "vision": OneVisionTower(
                 inner.vision_tower, config.vision_feature_layer, config.vision_feature_select_strategy
             ),
-            "projector": OneVisionProjector(inner.multi_modal_projector, inner.image_newline),
+            "projector": OneVisionProjector(inner.multi_modal_projector, inner),
             "llm": QwenLanguageModel(inner.language_model, hf.lm_head, config.text_config),
         }
         if not isinstance(config.vision_feature_layer, int):

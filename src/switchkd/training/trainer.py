@@ -19,6 +19,7 @@ weighs the same whatever the batch layout.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -153,16 +154,22 @@ def train_step(run: Run, micro_batches: list[dict]) -> dict:
     n_items = int(acc.reduce(local, "sum").item())  # supervised tokens of the whole step, every process
     sums: Counter = Counter()
     losses = loss_keys(run)
-    for batch in micro_batches:
+    for i, batch in enumerate(micro_batches):
         run.state.skipped.update(batch["skipped"])
-        with acc.accumulate(run.objective):
+        # The group decides where the step ends: its last micro-batch, a short final group's too. (Not
+        # accelerate's ``accumulate``: the group is fetched whole before the first backward, which tells
+        # accelerate's loader the epoch's end early, and ``accumulate`` then stepped after every
+        # micro-batch of an epoch's last group.) ``sync_gradients`` is what accelerate's optimizer,
+        # clipping and DeepSpeed's backward read; ``no_sync`` keeps DDP from reducing before the last.
+        last = i == len(micro_batches) - 1
+        acc.sync_gradients = last
+        with contextlib.nullcontext() if last else acc.no_sync(run.objective):
             for key, value in forward_backward(run, batch, n_items).items():
                 sums[key] += value.detach().float() * (1 if key in losses else 1 / len(micro_batches))
-            if acc.sync_gradients and run.cfg.train.max_grad_norm:
-                acc.clip_grad_norm_(run.objective.parameters(), run.cfg.train.max_grad_norm)
-            run.optimizer.step()
-            run.optimizer.zero_grad(set_to_none=True)
-    # A short final group (end of data) still ends the step: accelerate syncs at the loader's end.
+    if run.cfg.train.max_grad_norm:
+        acc.clip_grad_norm_(run.objective.parameters(), run.cfg.train.max_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
     run.state.step += 1
     run.state.position += len(micro_batches)
