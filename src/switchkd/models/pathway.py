@@ -37,6 +37,8 @@ FAMILIES = ("llava", "qwen2_5_vl", "llava_onevision")
 
 def family_of(folder: str | Path) -> str:
     """The family of a model folder, from its ``config.json``; one line naming the folder otherwise."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"model folder not found: {folder}")
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a model folder (no config.json)")
