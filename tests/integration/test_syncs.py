@@ -29,7 +29,7 @@ PER_STEP = {
     ("index_put (bool mask)", "training/trainer.py", "forward_backward"): "the backward of those two gathers",
     ("_local_scalar_dense", "models/inputs.py", "merge_image_features"): "the check that image placeholders "
     "and image features agree in number (one line instead of a wrong merge), once per forward",
-    ("_local_scalar_dense", "models/vlm.py", "forward"): "inside transformers' Qwen2 decoder: its attention-mask "
+    ("_local_scalar_dense", "models/vlm.py", "run_llm"): "inside transformers' Qwen2 decoder: its attention-mask "
     "preparation asks whether the mask has padding, twice per forward",
 }
 

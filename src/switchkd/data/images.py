@@ -210,9 +210,7 @@ class CropImages:
     takes as many tokens as transformers' ``pack_image_features`` makes of its crops (padding cut away,
     pooled past ``aspect_ratio``, one newline a row); ``num_tokens`` runs that code on empty features."""
 
-    def __init__(
-        self, processor, *, crop_size: int, patch_size: int, grid_pinpoints, aspect_ratio: str, cls_token: bool = False
-    ):
+    def __init__(self, processor, *, crop_size: int, patch_size: int, grid_pinpoints, aspect_ratio: str):
         self.processor = processor
         self.crop_size, self.patch_size = crop_size, patch_size
         self.grid_pinpoints, self.aspect_ratio = [list(p) for p in grid_pinpoints], aspect_ratio

@@ -20,24 +20,17 @@ The number of image tokens differs per image; ``CropImages`` counts them with th
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 
-from switchkd.data.images import CropImages, load_image_processor
-from switchkd.data.templates import ChatTemplate, get_template
-from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
-from switchkd.models.inputs import merge_image_features, position_ids_from_mask
-from switchkd.models.qwen_vl import QwenLanguageModel, _View
-from switchkd.models.vlm import VLMOutput, _cache_argument, output_cache
-from switchkd.models.vlm import logits_at as head_logits
+from switchkd.data.images import CropImages
+from switchkd.models.hub import HubVLM, LanguageModelView, View
+from switchkd.models.inputs import position_ids_from_mask
 
 FAMILY = "llava_onevision"
 
 
-class OneVisionTower(_View):
+class OneVisionTower(View):
     """V: the SigLIP tower's hidden states at the feature layer, per crop (crops, tokens, width)."""
 
     def __init__(self, tower: nn.Module, feature_layer: int, select: str):
@@ -48,13 +41,12 @@ class OneVisionTower(_View):
         self.num_tokens = None  # per image: its crops
 
     def unused_parameter_names(self) -> list[str]:
-        """Layers after the feature layer (and SigLIP's head) never reach the features."""
+        """Layers after the feature layer (and SigLIP's post-norm and head) never reach the features."""
         layers = self.config.num_hidden_layers
         last = self.feature_layer % (layers + 1)  # hidden_states has layers + 1 entries
-        unused = [n for n, _ in self.encoder.named_parameters() if "post_layernorm" in n or ".head." in n]
-        for i in range(last, layers):
-            unused += [n for n, _ in self.encoder.named_parameters() if f".layers.{i}." in n]
-        return unused
+        names = [n for n, _ in self.encoder.named_parameters()]
+        unused = [n for n in names if "post_layernorm" in n or ".head." in n]
+        return unused + [n for n in names for i in range(last, layers) if f".layers.{i}." in n]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = next(self.encoder.parameters()).dtype
@@ -63,7 +55,7 @@ class OneVisionTower(_View):
         return features[:, 1:] if self.select == "default" else features
 
 
-class OneVisionProjector(_View):
+class OneVisionProjector(View):
     """P's parameters: the two-layer projector and the learned ``image_newline``. The newline is read
     from its owner at each use, not held: a sharding engine (FSDP2) replaces the owner's parameters with
     sharded ones, and a reference kept here would go on training the replaced tensor."""
@@ -84,55 +76,27 @@ class OneVisionProjector(_View):
         return self.mlp(features)
 
 
-class OneVisionModel(nn.Module):
+class OneVisionModel(HubVLM):
     """A LLaVA-OneVision model (``hf``) with its tokenizer and image processor, speaking the pathway
-    interface."""
+    interface; the prompt marks an image with the family's ``<image>`` token, once per image token."""
 
     family = FAMILY
-    image_wrap: tuple[list[int], list[int]] = ([], [])
+    hf_class = "LlavaOnevisionForConditionalGeneration"
 
-    def __init__(
-        self, hf: nn.Module, tokenizer, image_processor, system_prompt: str | None = "You are a helpful assistant."
-    ):
-        super().__init__()
-        self.hf = hf
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.template: ChatTemplate = get_template("chatml", system_prompt)
-        tokenizer.chat_template = self.template.jinja()  # the image part is "<image>", the family's token
-        config = hf.config
-        self.image_token_id = int(config.image_token_id)
-        self.num_image_tokens = None  # per image (anyres crops)
-        inner = hf.model
-        self._views = {
+    def __init__(self, hf: nn.Module, tokenizer, image_processor, **kwargs):
+        if not isinstance(hf.config.vision_feature_layer, int):
+            raise ValueError("LLaVA-OneVision with several vision feature layers is not supported")
+        super().__init__(hf, tokenizer, image_processor, **kwargs)
+
+    def _views_of(self, hf: nn.Module) -> dict[str, nn.Module]:
+        inner, config = hf.model, hf.config
+        return {
             "vision": OneVisionTower(
                 inner.vision_tower, config.vision_feature_layer, config.vision_feature_select_strategy
             ),
             "projector": OneVisionProjector(inner.multi_modal_projector, inner),
-            "llm": QwenLanguageModel(inner.language_model, hf.lm_head, config.text_config),
+            "llm": LanguageModelView(inner.language_model, hf.lm_head, config.text_config),
         }
-        if not isinstance(config.vision_feature_layer, int):
-            raise ValueError("LLaVA-OneVision with several vision feature layers is not supported")
-        if len(tokenizer) > self.llm.get_input_embeddings().num_embeddings:
-            rows = self.llm.get_input_embeddings().num_embeddings
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM embeds only {rows}")
-
-    # ---- the pathway interface ------------------------------------------------------------------
-
-    @property
-    def vision_tower(self) -> OneVisionTower:
-        return self._views["vision"]
-
-    @property
-    def projector(self) -> OneVisionProjector:
-        return self._views["projector"]
-
-    @property
-    def llm(self) -> QwenLanguageModel:
-        return self._views["llm"]
-
-    def parts(self) -> dict[str, nn.Module]:
-        return dict(self._views)
 
     @property
     def image_reader(self) -> CropImages:
@@ -143,28 +107,7 @@ class OneVisionModel(nn.Module):
             patch_size=c.vision_config.patch_size,
             grid_pinpoints=c.image_grid_pinpoints,
             aspect_ratio=c.vision_aspect_ratio,
-            cls_token=c.vision_feature_select_strategy == "default",
         )
-
-    @property
-    def config(self):
-        return self.hf.config
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.hf.lm_head.weight.dtype
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.tokenizer)
-
-    @property
-    def lm_head(self) -> nn.Module:
-        return self.hf.lm_head
 
     def encode_vision(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
         """V(x): (crops of every image, 3, 384, 384) -> (crops, tokens, width)."""
@@ -177,8 +120,7 @@ class OneVisionModel(nn.Module):
             raise ValueError("LLaVA-OneVision images need their image_sizes (read them with model.image_reader)")
         sizes = images["image_sizes"]
         crops = [self.image_reader.crops(size) for size in sizes]
-        inner = self.hf.model
-        packed, _ = inner.pack_image_features(
+        packed, _ = self.hf.model.pack_image_features(
             torch.split(self.projector(features), crops),
             sizes,
             image_newline=self.projector.image_newline,
@@ -186,104 +128,6 @@ class OneVisionModel(nn.Module):
         )
         return torch.cat(packed)
 
-    def encode_images(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
-        return self.project(self.encode_vision(pixel_values), {"image_sizes": image_sizes})
-
     def position_ids(self, input_ids, attention_mask, **shapes) -> torch.Tensor:
+        """(B, T) 1-D positions counting attended tokens only."""
         return position_ids_from_mask(attention_mask)
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        pixel_values: torch.Tensor | None = None,
-        image_sizes: torch.Tensor | None = None,
-        image_features: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
-        use_cache: bool = False,
-        logits_at: str | int | torch.Tensor | None = "all",
-    ) -> VLMOutput:
-        """As ``VisionLanguageModel.forward``; ``image_features`` are (image tokens, D_llm)."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if image_features is None and pixel_values is not None:
-            image_features = self.encode_images(pixel_values, image_sizes)
-        embedding = self.llm.get_input_embeddings()
-        safe_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
-        feats = None if image_features is None else image_features.unsqueeze(0)
-        embeds = merge_image_features(embedding(safe_ids), input_ids, feats, self.image_token_id)
-        if position_ids is None:
-            position_ids = self.position_ids(input_ids, attention_mask)
-        decoder = self.llm.get_decoder()
-        kwargs = {} if past_key_values is None else {_cache_argument(type(decoder)): past_key_values}
-        out = decoder(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        hidden = out.last_hidden_state
-        return VLMOutput(head_logits(self.lm_head, hidden, logits_at), hidden, output_cache(out))
-
-    def generate(self, input_ids, attention_mask=None, *, pixel_values=None, image_sizes=None, **kwargs):
-        return generate(
-            self,
-            input_ids,
-            attention_mask,
-            pixel_values=pixel_values,
-            image_sizes=image_sizes,
-            cfg=GenerationConfig(**kwargs),
-        )
-
-    def gradient_checkpointing_enable(self) -> None:
-        enable = getattr(self.hf, "activation_checkpointing_enable", None) or self.hf.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
-
-    # ---- save / load ----------------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
-        """The family's own folder (``LlavaOnevisionForConditionalGeneration`` reads it)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if state_dict is not None:
-            state_dict = {k.removeprefix("hf."): v for k, v in state_dict.items() if k.startswith("hf.")}
-        self.hf.generation_config.eos_token_id = default_stop_ids(self)
-        self.hf.generation_config.pad_token_id = self.tokenizer.pad_token_id
-        self.hf.save_pretrained(str(directory), state_dict=state_dict)
-        self.tokenizer.save_pretrained(str(directory))
-        self.image_processor.save_pretrained(str(directory))
-
-    @classmethod
-    def from_folder_config(
-        cls, directory: str | Path, *, image_processor: dict | None = None, system_prompt: str | None = None
-    ) -> OneVisionModel:
-        """Fresh weights from the folder's config (under ``torch.device("meta")``: shapes only)."""
-        from transformers import AutoConfig, AutoTokenizer, LlavaOnevisionForConditionalGeneration
-
-        hf = LlavaOnevisionForConditionalGeneration._from_config(AutoConfig.from_pretrained(str(directory)))
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        processor = load_image_processor(directory, **(image_processor or {}))
-        return cls(hf, tokenizer, processor, system_prompt=system_prompt or "You are a helpful assistant.")
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        directory: str | Path,
-        dtype: torch.dtype | None = None,
-        device: str | torch.device | None = None,
-        *,
-        image_processor: dict | None = None,
-        system_prompt: str | None = "You are a helpful assistant.",
-    ) -> OneVisionModel:
-        from transformers import AutoTokenizer, LlavaOnevisionForConditionalGeneration
-
-        hf = LlavaOnevisionForConditionalGeneration.from_pretrained(str(directory), dtype=dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(directory))
-        processor = load_image_processor(directory, **(image_processor or {}))
-        model = cls(hf, tokenizer, processor, system_prompt=system_prompt)
-        if device is not None:
-            model.to(device)
-        return model.eval()

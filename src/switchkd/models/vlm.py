@@ -46,7 +46,44 @@ class VLMOutput:
     past_key_values: Any = None
 
 
-def logits_at(head: nn.Module, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
+def embed_with_images(llm: nn.Module, input_ids: torch.Tensor, image_features, image_token_id: int) -> torch.Tensor:
+    """The LLM's input embeddings with the image features at the image tokens, in reading order."""
+    # The image token may lie outside the embedding table; it is overwritten anyway.
+    safe_ids = input_ids.masked_fill(input_ids == image_token_id, 0)
+    return merge_image_features(llm.get_input_embeddings()(safe_ids), input_ids, image_features, image_token_id)
+
+
+def run_llm(
+    llm: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_features: torch.Tensor | None,
+    image_token_id: int,
+    *,
+    position_ids: torch.Tensor,
+    past_key_values: Any = None,
+    use_cache: bool = False,
+    logits_at: str | int | torch.Tensor | None = "all",
+    **llm_kwargs,
+) -> VLMOutput:
+    """L: the LLM (``get_input_embeddings``, ``get_decoder``, ``get_output_embeddings``) over the prompt with
+    the image features in place, on the given positions; logits only where asked (``logits_at``)."""
+    embeds = embed_with_images(llm, input_ids, image_features, image_token_id)
+    decoder = llm.get_decoder()
+    if past_key_values is not None:  # transformers >= 5.24 calls it `cache` (and warns on the old name)
+        llm_kwargs[_cache_argument(type(decoder))] = past_key_values
+    out = decoder(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=use_cache,
+        **llm_kwargs,
+    )
+    hidden = out.last_hidden_state  # (B, T, D)
+    return VLMOutput(head_logits(llm.get_output_embeddings(), hidden, logits_at), hidden, output_cache(out))
+
+
+def head_logits(head: nn.Module, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
     """Apply the LM head only where logits are needed (a 576-token image needs none): ``where`` is
     "all", an int (the last n positions), a (B, T) bool mask (gives (M, V)) or None (no logits)."""
     if where is None:
@@ -181,10 +218,7 @@ class VisionLanguageModel(nn.Module):
         return position_ids_from_mask(attention_mask)
 
     def embed_inputs(self, input_ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        embedding = self.llm.get_input_embeddings()
-        # The image token may lie outside the embedding table; it is overwritten anyway.
-        safe_ids = input_ids.masked_fill(input_ids == self.image_token_id, 0)
-        return merge_image_features(embedding(safe_ids), input_ids, image_features, self.image_token_id)
+        return embed_with_images(self.llm, input_ids, image_features, self.image_token_id)
 
     def forward(
         self,
@@ -213,24 +247,23 @@ class VisionLanguageModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values)
-        inputs_embeds = self.embed_inputs(input_ids, image_features)
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        decoder = self.llm.get_decoder()
-        if past_key_values is not None:  # transformers >= 5.24 calls it `cache` (and warns on the old name)
-            llm_kwargs[_cache_argument(type(decoder))] = past_key_values
-        out = decoder(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
+        return run_llm(
+            self.llm,
+            input_ids,
+            attention_mask,
+            image_features,
+            self.image_token_id,
             position_ids=position_ids,
+            past_key_values=past_key_values,
             use_cache=use_cache,
+            logits_at=logits_at,
             **llm_kwargs,
         )
-        hidden = out.last_hidden_state  # (B, T, D)
-        return VLMOutput(self.logits_at(hidden, logits_at), hidden, output_cache(out))
 
     def logits_at(self, hidden: torch.Tensor, where: str | int | torch.Tensor | None) -> torch.Tensor | None:
-        return logits_at(self.lm_head, hidden, where)
+        return head_logits(self.lm_head, hidden, where)
 
     def generate(self, input_ids, attention_mask=None, *, pixel_values=None, **kwargs) -> torch.Tensor:
         """New tokens after the prompt, greedy or sampled with a KV cache; ``kwargs`` are
