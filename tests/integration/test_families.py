@@ -332,3 +332,27 @@ def test_two_fsdp_processes_compute_what_one_process_computes(world, tmp_path):
     assert want.keys() == got.keys()
     far = {k: int((~torch.isclose(got[k], want[k], rtol=1e-4, atol=1e-5)).sum()) for k in want}
     assert sum(far.values()) <= sum(v.numel() for v in want.values()) // 100_000, {k: n for k, n in far.items() if n}
+
+
+def test_predict_and_chat_answer_with_the_familys_images(world):
+    """The prediction and chat paths read each picture as the family does: a batch of questions about
+    pictures of different shapes answers as each question alone does, and a chat turn as ``generate``."""
+    from switchkd.inference.chat import ChatSession
+    from switchkd.inference.predict import Question, answer_questions
+
+    model = _load(world.student)
+    root = world.paths["dft"].parent
+    questions = [Question(str(i), "What colour is the picture?", str(root / f"{i}.png")) for i in range(4)]
+    together = answer_questions(model, questions, batch_size=4, max_new_tokens=5)
+    alone = {q.id: answer_questions(model, [q], batch_size=1, max_new_tokens=5)[q.id] for q in questions}
+    assert together == alone and len(together) == 4
+    picture = Image.open(root / "1.png").convert("RGB")
+    session = ChatSession(model, picture)
+    session.gen.max_new_tokens = 5
+    reply = session.ask("What colour is the picture?")
+    read = model.image_reader.read(picture)
+    ids = build_prompt(model, [{"role": "user", "content": "<image>\nWhat colour is the picture?"}], read)
+    new = model.generate(torch.tensor([ids]), **batch_images([read]), max_new_tokens=5)[0]
+    stops = set(model.tokenizer.convert_tokens_to_ids(["<|im_end|>"]))
+    expected = model.tokenizer.decode([t for t in new.tolist() if t not in stops], skip_special_tokens=True).strip()
+    assert reply == expected
