@@ -32,9 +32,9 @@ def check_pair(student, teacher) -> int:
     The pair must be of one family (``models.pathway``) and share one vocabulary and one image token.
     In the LLaVA-style family everything else may differ: image sizes and processors (each model reads
     the image its own way), image-token counts (each gets its own prompt; the collator carries both
-    versions), vision widths and grids (the switch adapter). A family that reads images at their own
-    resolution (Qwen2.5-VL) must read them alike in both models: the student's patches are what the
-    teacher's merger and LLM see, one to one."""
+    versions), vision widths and grids (the switch adapter). A family that reads each image at its own
+    size (Qwen2.5-VL's patches, LLaVA-OneVision's crops) must read it alike in both models: the student's
+    features are what the teacher's projector and LLM see, one to one."""
     if student.family != teacher.family:
         raise ValueError(
             f"teacher is a {teacher.family} model and student a {student.family} one: Switch-KD pairs one "
@@ -61,8 +61,9 @@ def check_pair(student, teacher) -> int:
             if student.image_reader.settings().get(k) != teacher.image_reader.settings().get(k)
         )
         raise ValueError(
-            f"teacher and student read images differently ({', '.join(differ)} differ): with dynamic resolution the "
-            "student's patches go through the teacher's merger as they are; give both the same image_processor settings"
+            f"teacher and student read images differently ({', '.join(differ)} differ): each image is read at its "
+            "own size, and the student's features go through the teacher's projector as they are; give both the "
+            "same image_processor settings"
         )
     # Logit rows may be padded differently (Qwen2.5-7B: 152,064; 0.5B-3B: 151,936): the tokenizer decides.
     return len(student.tokenizer)
