@@ -28,6 +28,7 @@ import torch
 
 from switchkd.config import DistillConfig, ModelConfig, from_dict
 from switchkd.demo.benchmark import WORLD, is_correct, load_world
+from switchkd.demo.encoder import pretrain_encoder
 from switchkd.demo.plots import plot_kinds, pyplot
 from switchkd.demo.presets import qwen2_config, vision_config
 from switchkd.demo.tokenizer import train_tokenizer
@@ -62,6 +63,10 @@ class DemoConfig:
     """The heterogeneous student's tower (``switchkd reproduce``, beyond the paper): SigLIP, 48 wide,
     40-px images in 8-px patches (25 image tokens against the teacher's 9)."""
     batch_size: int = 16
+    encoder_steps: int = 300
+    """Pre-training steps of the shared vision encoder on every cell's shape, colour and size
+    (``demo/encoder.py``), before the teacher's LLM is trained on it."""
+    encoder_lr: float = 2e-3
     teacher_steps: int = 900
     pt_steps: int = 60
     student_steps: int = 400
@@ -81,6 +86,7 @@ class DemoConfig:
         return cls(
             out=out,
             world=WorldConfig(train_images=48, val_images=4, test_images=14, image_size=48),
+            encoder_steps=3,
             teacher_steps=6,
             pt_steps=3,
             student_steps=4,
@@ -112,6 +118,7 @@ def run_stage(
     teacher: ModelConfig | None = None,
     distill: DistillConfig | None = None,
     diagnose: bool = False,
+    trainable: dict | None = None,
 ) -> TrainResult:
     """One ordinary training run of the demo, in ``<out>/<name>``; with ``diagnose``, it logs the vision
     tower's diagnostics every ``cfg.diagnostics_every`` steps. With ``cfg.reuse`` a finished run of the
@@ -122,6 +129,7 @@ def run_stage(
         data=DataConfig(train=str(data), num_workers=0, max_length=256),
         train=TrainConfig(
             stage=stage,
+            trainable=trainable or {},
             output_dir=str(Path(cfg.out) / name),
             lr=lr,
             max_steps=steps,
@@ -198,17 +206,41 @@ def train_teacher_variant(cfg: DemoConfig, name: str, *, tokenizer: Path, mixed:
 
 
 def train_teacher(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> tuple[Path, Path]:
-    """The teacher, trained in two phases. The phase-1 model plays the "pretrained encoder" that the
-    paper's teacher and student share: the student starts from its encoder, while the teacher's own
-    copy keeps training in phase 2 (so V^S and V^T differ, and the visual switch has work to do)."""
+    """The teacher, trained in two phases on a pre-trained vision encoder (``demo/encoder.py``). The
+    phase-1 model plays the "pretrained encoder" that the paper's teacher and student share: the student
+    starts from its encoder, while the teacher's own copy keeps training in phase 2 (so V^S and V^T
+    differ, and the visual switch has work to do)."""
     torch.manual_seed(cfg.seed)
-    teacher = ModelConfig(
-        vision=_vision(cfg),
-        llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width, layers=cfg.teacher_layers, heads=4, kv_heads=2),
-        tokenizer=str(tokenizer),
+    teacher = build_vlm(
+        ModelConfig(
+            vision=_vision(cfg),
+            llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width, layers=cfg.teacher_layers, heads=4, kv_heads=2),
+            tokenizer=str(tokenizer),
+        )
     )
+    pretrain_encoder(
+        teacher,
+        mixed.parent / "scenes.json",
+        steps=cfg.encoder_steps,
+        batch_size=32,
+        lr=cfg.encoder_lr,
+        seed=cfg.seed,
+    )
+    init = Path(cfg.out) / "teacher_init"
+    teacher.save_pretrained(init)
     first = max(cfg.teacher_steps // 3, 1)
-    phase1 = run_stage(cfg, "teacher_phase1", model=teacher, data=mixed, stage="sft", steps=first, lr=cfg.lr)
+    # phase 1 learns to read the pre-trained features without wearing them away (the LLM's loss, early
+    # on, would: the shape read-out fell from 99 % to 65 % when the tower trained from the start)
+    phase1 = run_stage(
+        cfg,
+        "teacher_phase1",
+        model=ModelConfig(pretrained=str(init)),
+        data=mixed,
+        stage="sft",
+        steps=first,
+        lr=cfg.lr,
+        trainable={"vision": False},
+    )
     final = run_stage(
         cfg,
         "teacher",

@@ -118,6 +118,18 @@ def render(objs: list[Obj], cfg: WorldConfig, rng: random.Random) -> Image.Image
     return img
 
 
+ATTRIBUTES = {"shape": SHAPES, "colour": tuple(COLOURS), "size": SIZES}
+
+
+def cell_labels(objs: list[Obj]) -> list[dict | None]:
+    """What each of the 9 cells holds (``{shape, colour, size}``, or None when empty): the labels the
+    shared vision encoder is pre-trained on (``demo/encoder.py``)."""
+    cells: list[dict | None] = [None] * len(POSITIONS)
+    for o in objs:
+        cells[o.cell] = {"shape": o.shape, "colour": o.colour, "size": o.size}
+    return cells
+
+
 def caption(objs: list[Obj]) -> str:
     parts = [o.phrase() for o in sorted(objs, key=lambda o: o.cell)]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
@@ -223,7 +235,7 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
     """Images and LLaVA-format files for the three splits; returns the paths written."""
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    records: dict[str, list] = {"pt": [], "dft": [], "val": [], "test": []}
+    records: dict[str, list] = {"pt": [], "dft": [], "val": [], "test": [], "scenes": []}
     yes_turn = 0  # alternate yes/no exactly, split by split
     for split, count, offset in (
         ("train", cfg.train_images, 0),
@@ -244,6 +256,7 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
                     {"from": "gpt", "value": caption(objs)},
                 ]
                 records["pt"].append({"id": f"pt-{i}", "image": image, "conversations": caption_turns})
+                records["scenes"].append({"image": image, "cells": cell_labels(objs)})
             qas, yes_turn = _questions(kinds[i * per_image : (i + 1) * per_image], objs, rng, yes_turn)
             if split == "train":
                 records["dft"].append(_conversation(f"dft-{i}", image, qas))
@@ -260,7 +273,9 @@ def _write_world_files(out: Path, cfg: WorldConfig, records: dict[str, list]) ->
         "test": out / "test.jsonl",
         "stats": out / "stats.json",
         "config": out / "world.json",
+        "scenes": out / "scenes.json",
     }
+    paths["scenes"].write_text(json.dumps(records["scenes"]))
     paths["pt"].write_text(json.dumps(records["pt"], indent=1))
     paths["dft"].write_text(json.dumps(records["dft"], indent=1))
     for key in ("val", "test"):
