@@ -356,3 +356,10 @@ def test_predict_and_chat_answer_with_the_familys_images(world):
     stops = set(model.tokenizer.convert_tokens_to_ids(["<|im_end|>"]))
     expected = model.tokenizer.decode([t for t in new.tolist() if t not in stops], skip_special_tokens=True).strip()
     assert reply == expected
+
+
+def test_image_processor_settings_beside_a_switchkd_folder_are_a_config_error_naming_the_key(tiny_world):
+    from switchkd.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^model\.image_processor: .*apply to Qwen2.5-VL and LLaVA-OneVision"):
+        build_vlm(ModelConfig(pretrained=str(tiny_world.student), image_processor={"max_pixels": 40_000}))

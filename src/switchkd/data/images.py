@@ -272,3 +272,8 @@ def batch_images(images: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tenso
         return {"pixel_values": torch.stack([i["pixel_values"] for i in images])}
     out = {"pixel_values": torch.cat([i["pixel_values"] for i in images])}
     return out | {key: torch.stack([i[key] for i in images]) for key in shapes}
+
+
+def place_images(images: dict[str, torch.Tensor], device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A batch's images on ``device``: pixels in the model's ``dtype``, the images' shapes as they are."""
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in images.items()}

@@ -39,6 +39,35 @@ def qwen2_config(
     )
 
 
+def _text_fields(vocab_size, width, layers, heads, kv_heads, intermediate, tie_word_embeddings) -> dict:
+    """A whole VLM's text config: the Qwen2 fields of ``qwen2_config`` (without its model type, which the
+    VLM's config sets), an MLP width of its own, room for long image prompts."""
+    fields = qwen2_config(
+        vocab_size,
+        width=width,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        tie_word_embeddings=tie_word_embeddings,
+        max_position_embeddings=32_768,
+    )
+    del fields["model_type"]
+    return fields | {"intermediate_size": intermediate or 2 * width}
+
+
+def _save_folder(out, model, tokenizer, processor, dtype):
+    """``model`` (in ``dtype`` when given), its tokenizer and image processor saved as one Hub-style folder."""
+    from pathlib import Path
+
+    out = Path(out)
+    if dtype is not None:
+        model.to(dtype)
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    processor.save_pretrained(str(out))
+    return out
+
+
 def qwen2_5_vl_folder(
     out,
     tokenizer_dir,
@@ -64,8 +93,6 @@ def qwen2_5_vl_folder(
     Real widths (3B: 2048 / 1280, 7B: 3584 / 1280) with few layers give paper-shaped runs. ``init_std``:
     the weights' initial spread (transformers' 0.02 leaves a tiny model's attention so flat that its
     keys get almost no gradient, which Adam turns into steps of rounding noise)."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -80,18 +107,8 @@ def qwen2_5_vl_folder(
     half = width // heads // 2
     section = [half // 4, half // 4, half - 2 * (half // 4)]
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab_size,
-            hidden_size=width,
-            intermediate_size=intermediate or 2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            rope_scaling={"type": "mrope", "mrope_section": section},
-            max_position_embeddings=32_768,
-            tie_word_embeddings=tie_word_embeddings,
-            initializer_range=init_std,
-        ),
+        text_config=_text_fields(vocab_size, width, layers, heads, kv_heads, intermediate, tie_word_embeddings)
+        | {"rope_scaling": {"type": "mrope", "mrope_section": section}, "initializer_range": init_std},
         vision_config=dict(
             depth=vision_layers,
             hidden_size=vision_width,
@@ -111,14 +128,8 @@ def qwen2_5_vl_folder(
         vision_end_token_id=ids["end"],
         tie_word_embeddings=tie_word_embeddings,
     )
-    out = Path(out)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    if dtype is not None:
-        model.to(dtype)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels).save_pretrained(str(out))
-    return out
+    processor = Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return _save_folder(out, Qwen2_5_VLForConditionalGeneration(config), tok, processor, dtype)
 
 
 def onevision_folder(
@@ -142,8 +153,6 @@ def onevision_folder(
     """A fresh LLaVA-OneVision model saved as the Hub's folders are: a SigLIP tower reading
     ``crop_size`` px crops, a Qwen2 LLM, the Qwen tokenizer in ``tokenizer_dir`` with the family's
     ``<image>`` token added, and an anyres image processor whose grid is 1-3 crops a side."""
-    from pathlib import Path
-
     from transformers import AutoTokenizer, LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
     from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
         LlavaOnevisionImageProcessorPil,
@@ -163,33 +172,17 @@ def onevision_folder(
             patch_size=patch_size,
             vision_use_head=False,
         ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=vocab_size,
-            hidden_size=width,
-            intermediate_size=intermediate or 2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            tie_word_embeddings=tie_word_embeddings,
-            max_position_embeddings=32_768,
-        ),
+        text_config={"model_type": "qwen2"}
+        | _text_fields(vocab_size, width, layers, heads, kv_heads, intermediate, tie_word_embeddings),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         video_token_index=tok.convert_tokens_to_ids("<|video_pad|>"),
         image_grid_pinpoints=pinpoints,
         tie_word_embeddings=tie_word_embeddings,
     )
-    out = Path(out)
-    model = LlavaOnevisionForConditionalGeneration(config)
-    if dtype is not None:
-        model.to(dtype)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
     processor = LlavaOnevisionImageProcessorPil(
         size={"height": crop_size, "width": crop_size},
         image_grid_pinpoints=pinpoints,
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
-    processor.save_pretrained(str(out))
-    return out
+    return _save_folder(out, LlavaOnevisionForConditionalGeneration(config), tok, processor, dtype)

@@ -14,7 +14,7 @@ from typing import TextIO
 import torch
 from PIL import Image
 
-from switchkd.data.images import batch_images
+from switchkd.data.images import batch_images, place_images
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.inference.predict import build_prompt
 from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
@@ -33,10 +33,7 @@ class ChatSession:
         self.pixels = None  # ... batched, on the model's device
         if image is not None:
             self.image = model.image_reader.read(image.convert("RGB"))
-            self.pixels = {
-                k: v.to(model.device, model.dtype) if v.is_floating_point() else v.to(model.device)
-                for k, v in batch_images([self.image]).items()
-            }
+            self.pixels = place_images(batch_images([self.image]), model.device, model.dtype)
 
     @torch.no_grad()
     def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> str:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from switchkd.config import read_utf8
-from switchkd.data.images import ImageError, batch_images, load_image, resolve_image_path
+from switchkd.data.images import ImageError, batch_images, load_image, place_images, resolve_image_path
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.data.tokenize import prompt_ids
 from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
@@ -201,12 +201,7 @@ def answer_questions(
         for i, row in enumerate(ids):  # left padding: every prompt ends at the last column
             input_ids[i, width - len(row) :] = torch.tensor(row)
             mask[i, width - len(row) :] = 1
-        pixels = {}
-        if images:
-            pixels = batch_images(images)
-            pixels = {
-                k: v.to(device, model.dtype) if v.is_floating_point() else v.to(device) for k, v in pixels.items()
-            }
+        pixels = place_images(batch_images(images), device, model.dtype) if images else {}
         new = generate(
             model,
             input_ids.to(device),

@@ -7,6 +7,7 @@ positions (``position_ids``)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from switchkd.data.images import load_image_processor
 from switchkd.data.records import IMAGE_PLACEHOLDER
 from switchkd.data.templates import ChatTemplate, get_template
 from switchkd.models.generation import GenerationConfig, default_stop_ids, generate
-from switchkd.models.vlm import VLMOutput, run_llm
+from switchkd.models.vlm import VLMOutput, enable_checkpointing, run_llm
 
 SYSTEM_PROMPT = "You are a helpful assistant."  # both families' default system line
 
@@ -49,7 +50,7 @@ class LanguageModelView(View):
         return self.model
 
 
-class HubVLM(nn.Module):
+class HubVLM(nn.Module, ABC):
     """A whole transformers VLM speaking the pathway interface (``switchkd.models.pathway``)."""
 
     family: str
@@ -71,8 +72,9 @@ class HubVLM(nn.Module):
         if len(tokenizer) > rows:
             raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the LLM embeds only {rows}")
 
+    @abstractmethod
     def _views_of(self, hf: nn.Module) -> dict[str, nn.Module]:
-        raise NotImplementedError
+        """The family's parts of ``hf`` as ``{"vision", "projector", "llm"}`` views."""
 
     # ---- the pathway interface ------------------------------------------------------------------
 
@@ -157,8 +159,7 @@ class HubVLM(nn.Module):
         )
 
     def gradient_checkpointing_enable(self) -> None:
-        enable = getattr(self.hf, "activation_checkpointing_enable", None) or self.hf.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+        enable_checkpointing(self.hf)
 
     # ---- save / load ----------------------------------------------------------------------------
 

@@ -32,7 +32,10 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("llava", "qwen2_5_vl", "llava_onevision")
+from switchkd.config import ConfigError
+
+WHOLE_FOLDER_FAMILIES = ("qwen2_5_vl", "llava_onevision")
+"""Families whose folders are transformers' own (``model_type``); the other, ``llava``, is switchkd's."""
 
 
 def family_of(folder: str | Path) -> str:
@@ -51,13 +54,13 @@ def family_of(folder: str | Path) -> str:
     if "model" in meta:
         return "llava"
     kind = meta.get("model_type")
-    if kind in ("qwen2_5_vl", "llava_onevision"):
+    if kind in WHOLE_FOLDER_FAMILIES:
         return kind
     if kind == "llava":
         raise ValueError(f"{folder} is a LLaVA-HF folder: convert it once with `switchkd import {folder} --out DIR`")
     raise ValueError(
         f"{path}: model_type {kind!r} is not a VLM family switchkd reads "
-        "(a switchkd folder, qwen2_5_vl, llava_onevision)"
+        f"(a switchkd folder, {', '.join(WHOLE_FOLDER_FAMILIES)})"
     )
 
 
@@ -87,8 +90,9 @@ def load_vlm(
     from switchkd.models.vlm import VisionLanguageModel
 
     if image_processor:
-        raise ValueError(
+        raise ConfigError(
             f"{folder}: image_processor settings apply to Qwen2.5-VL and LLaVA-OneVision folders; "
-            "a switchkd folder keeps its own"
+            "a switchkd folder keeps its own",
+            key="image_processor",
         )
     return VisionLanguageModel.from_pretrained(folder, dtype=dtype, device=device)

@@ -106,6 +106,17 @@ def output_cache(out) -> Any:
     return None
 
 
+def enable_checkpointing(module: nn.Module) -> None:
+    """Per-layer, non-reentrant activation checkpointing in a transformers model (nothing for a module
+    that has none). transformers v5 renamed the switch (the old name warns); both take the checkpoint's
+    keywords first."""
+    enable = getattr(module, "activation_checkpointing_enable", None) or getattr(
+        module, "gradient_checkpointing_enable", None
+    )
+    if enable is not None:
+        enable({"use_reentrant": False})
+
+
 @functools.cache
 def _cache_argument(decoder_class: type) -> str:
     """The keyword a decoder's ``forward`` takes its KV cache by: ``cache`` from transformers 5.24 on,
@@ -210,8 +221,8 @@ class VisionLanguageModel(nn.Module):
         return self.projector(features)
 
     def encode_images(self, pixel_values: torch.Tensor, **shapes) -> torch.Tensor:
-        """(N, 3, H, W) -> (N, num_image_tokens, D_llm)."""
-        return self.projector(self.vision_tower(pixel_values))
+        """P(V(x)): (N, 3, H, W) -> (N, num_image_tokens, D_llm)."""
+        return self.project(self.encode_vision(pixel_values))
 
     def position_ids(self, input_ids, attention_mask, **shapes) -> torch.Tensor:
         """(B, T) positions counting attended tokens only (left padding does not shift them)."""
@@ -272,12 +283,7 @@ class VisionLanguageModel(nn.Module):
 
     def gradient_checkpointing_enable(self) -> None:
         for module in (self.llm, self.vision_tower.encoder):
-            # transformers v5 renamed it (the old name warns); both take the checkpoint's keywords first
-            enable = getattr(module, "activation_checkpointing_enable", None) or getattr(
-                module, "gradient_checkpointing_enable", None
-            )
-            if enable is not None:
-                enable({"use_reentrant": False})
+            enable_checkpointing(module)
 
     # ---- save / load ----------------------------------------------------------------------------
 
@@ -396,12 +402,7 @@ def build_vlm(cfg: ModelConfig, fresh_weights: bool = True, dtype=None, *, secti
         if cfg.pretrained is not None:
             folder = require_folder(cfg.pretrained, "pretrained")
             overrides = cfg.image_processor if isinstance(cfg.image_processor, dict) else None
-            try:
-                return load_vlm(folder, dtype=dtype, image_processor=overrides)
-            except ValueError as exc:
-                if "image_processor settings" in str(exc):
-                    raise ConfigError(str(exc), key="image_processor") from None
-                raise
+            return load_vlm(folder, dtype=dtype, image_processor=overrides)
         return VisionLanguageModel.from_config(cfg, fresh_weights=fresh_weights, dtype=dtype)
     except ConfigError as exc:
         raise exc.under(section) from None
