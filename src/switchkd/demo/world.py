@@ -7,7 +7,8 @@ travel the same code path as real data.
 
 Question kinds: colour, shape, count, position, size (short answers), exists (yes/no, balanced
 like POPE, half of the "no" questions adversarial: a present shape in an absent colour) and
-choice (A-D multiple choice like MMBench).
+choice (A-D multiple choice like MMBench). The world asks the first five unless told otherwise
+(``WorldConfig.kinds``): the demo's teacher does not learn the last two (see ``TAUGHT``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ COLOURS = {"red": (215, 40, 40), "green": (40, 165, 60), "blue": (45, 85, 215), 
 SIZES = ("small", "large")
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 KINDS = ("colour", "shape", "count", "position", "size", "exists", "choice")
+TAUGHT = ("colour", "shape", "count", "position", "size")
+"""The kinds the world asks by default. Existence and multiple choice stay out: the demo's teacher
+(128 wide, 4 layers) stayed at chance on both after the demo's 900 steps (53 % and 22 % of 60
+questions, chance 50 % and 25 %) and after 2,250 (57 % and 20 %), while the other kinds rose (count
+67 -> 80 %), over two seeds of ``switchkd reproduce`` as well; a kind the teacher cannot answer gives the
+student nothing to distil and takes a share of every model's training questions. Ask for them with
+``WorldConfig(kinds=KINDS)``."""
 CAPTION_PROMPTS = ("Describe the image briefly.", "What is in the picture?", "Give a short caption of the image.")
 NUMBER = ("0", "1", "2", "3", "4", "5")
 
@@ -51,8 +59,14 @@ class WorldConfig:
     turns_per_image: int = 3
     """Question/answer turns per DFT training conversation."""
     questions_per_test_image: int = 3
+    kinds: tuple[str, ...] = TAUGHT
+    """Question kinds asked, in equal shares (``KINDS`` for all seven)."""
 
     def __post_init__(self) -> None:
+        self.kinds = tuple(self.kinds)  # a list from a JSON or YAML config
+        unknown = [k for k in self.kinds if k not in KINDS]
+        if unknown or not self.kinds:
+            raise ValueError(f"world kinds {list(self.kinds)}: valid kinds are {', '.join(KINDS)} (at least one)")
         if not 1 <= self.min_objects <= self.max_objects <= len(POSITIONS):
             raise ValueError("need 1 <= min_objects <= max_objects <= 9")
         if self.image_size < 24:
@@ -195,8 +209,8 @@ def ask(kind: str, objs: list[Obj], rng: random.Random, want_yes: bool | None = 
     raise ValueError(f"unknown question kind {kind!r}; valid: {', '.join(KINDS)}")
 
 
-def _balanced_kinds(rng: random.Random, n: int) -> list[str]:
-    kinds = [KINDS[i % len(KINDS)] for i in range(n)]
+def _balanced_kinds(rng: random.Random, n: int, asked: tuple[str, ...]) -> list[str]:
+    kinds = [asked[i % len(asked)] for i in range(n)]
     rng.shuffle(kinds)
     return kinds
 
@@ -244,7 +258,7 @@ def write_world(cfg: WorldConfig, out_dir: str | Path) -> dict[str, Path]:
     ):
         rng = random.Random(f"{cfg.seed}-{split}-{offset}")
         per_image = cfg.turns_per_image if split == "train" else cfg.questions_per_test_image
-        kinds = _balanced_kinds(rng, count * per_image)
+        kinds = _balanced_kinds(rng, count * per_image, cfg.kinds)
         for i in range(count):
             objs = sample_scene(rng, cfg)
             name = f"{split}_{i:05d}.png"

@@ -4,11 +4,12 @@ import hashlib
 import json
 from collections import Counter
 
+import pytest
 from transformers import AutoTokenizer
 
 from switchkd.data.records import load_records
 from switchkd.demo.tokenizer import train_tokenizer
-from switchkd.demo.world import COLOURS, KINDS, WorldConfig, corpus, write_world
+from switchkd.demo.world import COLOURS, KINDS, TAUGHT, WorldConfig, corpus, write_world
 
 SMALL = dict(train_images=40, val_images=10, test_images=70, image_size=48)
 
@@ -33,15 +34,32 @@ def test_balanced_questions(tmp_path):
     paths = write_world(WorldConfig(seed=0, **SMALL), tmp_path)
     test = [json.loads(line) for line in paths["test"].read_text().splitlines()]
     kinds = Counter(r["type"] for r in test)
+    assert set(kinds) == set(TAUGHT) and max(kinds.values()) - min(kinds.values()) <= 1
+    colours = Counter(r["answer"] for r in test if r["type"] == "colour")
+    assert set(colours) <= set(COLOURS) and len(colours) >= 3
+    stats = json.loads(paths["stats"].read_text())
+    assert set(stats["train"]) == set(TAUGHT)
+
+
+def test_every_kind_on_request(tmp_path):
+    """Existence (yes and no alternating exactly) and multiple choice are asked when the config names them."""
+    paths = write_world(WorldConfig(seed=0, kinds=KINDS, **SMALL), tmp_path)
+    test = [json.loads(line) for line in paths["test"].read_text().splitlines()]
+    kinds = Counter(r["type"] for r in test)
     assert set(kinds) == set(KINDS) and max(kinds.values()) - min(kinds.values()) <= 1
     yes_no = Counter(r["answer"] for r in test if r["type"] == "exists")
     assert abs(yes_no["yes"] - yes_no["no"]) <= 1
     letters = Counter(r["answer"] for r in test if r["type"] == "choice")
     assert set(letters) <= set("ABCD") and len(letters) >= 3
-    colours = Counter(r["answer"] for r in test if r["type"] == "colour")
-    assert set(colours) <= set(COLOURS) and len(colours) >= 3
-    stats = json.loads(paths["stats"].read_text())
-    assert set(stats["train"]) == set(KINDS)
+    assert set(json.loads(paths["stats"].read_text())["train"]) == set(KINDS)
+    only = write_world(WorldConfig(seed=0, kinds=["exists"], **SMALL), tmp_path / "exists")
+    assert {json.loads(line)["type"] for line in only["test"].read_text().splitlines()} == {"exists"}
+
+
+@pytest.mark.parametrize("kinds", [(), ("colour", "texture")])
+def test_unknown_or_no_kinds_are_refused(kinds):
+    with pytest.raises(ValueError, match="valid kinds are colour, shape"):
+        WorldConfig(kinds=kinds)
 
 
 def test_files_are_llava_format_and_tokenizer_works(tmp_path):
