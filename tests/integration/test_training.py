@@ -640,3 +640,16 @@ def test_one_optimizer_step_per_group_also_at_an_epochs_end(tiny_world, tmp_path
     with safe_open(str(checkpoints(tmp_path / "run")[-1] / "optimizer.safetensors"), framework="pt") as f:
         counts = {float(f.get_tensor(k)) for k in f.keys() if k.endswith(".step")}
     assert counts == {3.0}
+
+
+def test_cached_samples_train_exactly_as_loaded_ones_across_epochs(tiny_world, tmp_path):
+    """``data.cache`` (DFT: the teacher's view too) changes nothing a run computes over several epochs:
+    every logged loss and every weight bit for bit. It needs the training process to load the data."""
+    runs = {}
+    for name, cache in (("loaded", False), ("cached", True)):
+        config = with_data(make_config(tiny_world, tmp_path / name, max_steps=7), twelve_records(tiny_world, tmp_path))
+        runs[name] = train(load_config(config, [f"data.cache={str(cache).lower()}"]))
+    assert curve_bits(tmp_path / "cached") == curve_bits(tmp_path / "loaded")
+    same_weights(runs["loaded"].final_model, runs["cached"].final_model)
+    with pytest.raises(ConfigError, match=r"data.cache: needs num_workers: 0"):
+        load_config(config, ["data.cache=true", "data.num_workers=2"])

@@ -85,7 +85,10 @@ def teacher_view(batch: dict) -> dict:
 class LlavaDataset(Dataset):
     """LLaVA-format records as one model reads them: ``images`` (``SquareImages`` or ``GridImages``, from
     ``model.image_reader``) turns the picture into tensors and says how many image tokens it takes; the
-    prompt marks them with ``image_token_id`` between the family's ``image_wrap`` ids."""
+    prompt marks them with ``image_token_id`` between the family's ``image_wrap`` ids. With ``cache``
+    each sample (or its skip) is kept after its first load and handed out again as it is: for a small
+    data set read for several epochs in the process that trains (no DataLoader workers: each would keep a
+    copy of its own); the collator builds new tensors and never writes into a sample's."""
 
     def __init__(
         self,
@@ -101,7 +104,9 @@ class LlavaDataset(Dataset):
         on_error: str = "raise",
         control_tokens: str = "split",
         teacher: TeacherView | None = None,
+        cache: bool = False,
     ):
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache else None
         if isinstance(records, (str, Path)):
             records = RecordStore.load(records)
         self.records = records if isinstance(records, RecordStore) else RecordStore.from_records(records)
@@ -189,17 +194,25 @@ class LlavaDataset(Dataset):
         )
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         try:
-            return self.load(index)
+            sample = self.load(index)
         except SampleError as exc:
             if self.on_error == "skip":
-                return {"skipped": exc.reason, "id": index}
+                sample = {"skipped": exc.reason, "id": index}
+                if self._cache is not None:
+                    self._cache[index] = sample
+                return sample
             if get_worker_info() is not None:
                 # Raised in a DataLoader worker, it would reach the main process as a RuntimeError
                 # holding the whole traceback; the message travels as data and raise_sample_error
                 # raises it there as the one-line SampleError it is.
                 return {"error": str(exc), "reason": exc.reason, "id": index}
             raise
+        if self._cache is not None:
+            self._cache[index] = sample
+        return sample
 
 
 class Collator:

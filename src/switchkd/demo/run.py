@@ -126,7 +126,7 @@ def run_stage(
     run = Config(
         model=model,
         teacher=teacher,
-        data=DataConfig(train=str(data), num_workers=0, max_length=256),
+        data=DataConfig(train=str(data), num_workers=0, max_length=256, cache=True),
         train=TrainConfig(
             stage=stage,
             trainable=trainable or {},

@@ -174,6 +174,7 @@ def make_loader(
         max_length=data.max_length,
         on_error=data.on_error,
         control_tokens=data.control_tokens,
+        cache=data.cache,
     )
     if data.length_grouped:
         sampler = LengthGroupedSampler(dataset.approx_lengths(), t.per_device_batch_size * world, seed=t.seed)

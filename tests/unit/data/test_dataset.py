@@ -129,6 +129,27 @@ def test_bad_input_is_skipped_and_counted(folder, tiny_tokenizer_dir):
     assert total == Counter(reason for _, reason, _ in BAD)
 
 
+def test_a_cached_sample_is_loaded_once_and_handed_out_unchanged(folder, tiny_tokenizer_dir):
+    """With ``cache`` a sample is read once: later epochs get the same tensors even after the image is
+    gone, equal to what an uncached dataset loads, and the collator's padding never writes into them."""
+    longer = _good(1)["conversations"] + [{"from": "human", "value": "And?"}, {"from": "gpt", "value": "nothing ."}]
+    records = [_good(0), {**_good(1), "conversations": longer}, BAD[0][0]]
+    plain = _dataset(records, folder, tiny_tokenizer_dir, max_length=100, on_error="skip")
+    cached = _dataset(records, folder, tiny_tokenizer_dir, max_length=100, on_error="skip", cache=True)
+    collate = Collator(cached.tokenizer.pad_token_id)
+    want = [plain.load(i) for i in range(2)]
+    first = [cached[i] for i in range(3)]
+    collate(first)  # pads sample 0 to sample 1's length
+    (folder / "ok.png").unlink()
+    again = [cached[i] for i in range(3)]
+    assert all(a is b for a, b in zip(first, again))
+    assert again[2] == {"skipped": BAD[0][1], "id": 2}
+    for i in range(2):
+        for key in ("input_ids", "labels", "pixel_values"):
+            assert torch.equal(again[i][key], want[i][key]), key
+    assert plain[0] == {"skipped": BAD[0][1], "id": 0}  # the uncached dataset reads the file again
+
+
 def test_malformed_files_name_the_position(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('[{"id": 1, "conversations": []},\n {"id": 2,, }]')
