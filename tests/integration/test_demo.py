@@ -64,7 +64,7 @@ def test_the_demo_repeats_bit_for_bit_with_the_same_threads(tmp_path):
 
 def test_resume_keeps_a_finished_stage_only_when_its_config_is_unchanged(tiny_world, tmp_path):
     from switchkd.config import ModelConfig
-    from switchkd.demo.run import run_stage
+    from switchkd.demo.stages import run_stage
 
     cfg = DemoConfig.quick(str(tmp_path / "r"))
     cfg.reuse = True

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from switchkd.demo import DemoConfig, run_reproduce
-from switchkd.demo.reproduce import TEACHER_SIZES, tables
+from switchkd.demo.report import TEACHER_SIZES, tables
 from switchkd.losses import LOSSES
 
 KINDS = {"colour": 50.0, "count": 50.0}
@@ -96,7 +96,7 @@ def test_a_teacher_that_learned_nothing_leaves_every_kind_scored():
 
 
 def test_report_rebuilds_the_tables_from_the_scores_without_training(tmp_path):
-    from switchkd.demo.reproduce import report
+    from switchkd.demo.report import report
 
     with pytest.raises(FileNotFoundError, match="scores.json not found"):
         report(tmp_path)
@@ -130,8 +130,8 @@ def test_quick_reproduce_runs_every_ablation_and_draws_its_plots(tmp_path):
 
 
 def test_without_matplotlib_no_plot_is_claimed(tmp_path, monkeypatch):
-    import switchkd.demo.reproduce as reproduce
+    import switchkd.demo.report as report
 
-    monkeypatch.setattr(reproduce, "pyplot", lambda: None)
-    drawn, why = reproduce.draw_plots(tmp_path, [_seed(30, 2)])
+    monkeypatch.setattr(report, "pyplot", lambda: None)
+    drawn, why = report.draw_plots(tmp_path, [_seed(30, 2)])
     assert drawn == [] and why == "plots not drawn: matplotlib is missing (pip install -e .[plot])"

@@ -328,7 +328,7 @@ def reproduce_arguments(p: argparse.ArgumentParser) -> None:
 
 def reproduce_command(args: argparse.Namespace) -> int:
     from switchkd.demo import DemoConfig, run_reproduce
-    from switchkd.demo.reproduce import report
+    from switchkd.demo.report import report
 
     if args.report:
         print(report(args.out))

@@ -4,6 +4,7 @@ benchmark, the end-to-end run (``switchkd demo``) and the paper's ablations in m
 
 from switchkd.demo.benchmark import WORLD
 from switchkd.demo.reproduce import run_reproduce
-from switchkd.demo.run import DemoConfig, run_demo
+from switchkd.demo.run import run_demo
+from switchkd.demo.stages import DemoConfig
 
 __all__ = ["WORLD", "DemoConfig", "run_demo", "run_reproduce"]
