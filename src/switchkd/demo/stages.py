@@ -33,8 +33,10 @@ class DemoConfig:
     out: str = "runs/demo"
     seed: int = 0
     world: WorldConfig = field(
-        default_factory=lambda: WorldConfig(train_images=800, val_images=40, test_images=140, image_size=48)
+        default_factory=lambda: WorldConfig(train_images=800, val_images=40, test_images=600, image_size=48)
     )
+    """1,800 held-out questions (600 images, 3 each): one model's accuracy has a 95 % interval of about
+    +-2.3 points and two students' paired difference about +-1.4 (420 questions gave +-3)."""
     vocab_size: int = 400
     vision_width: int = 64
     vision_layers: int = 3
