@@ -76,3 +76,13 @@ def test_files_are_llava_format_and_tokenizer_works(tmp_path):
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
     rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
     assert rendered == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+
+
+def test_more_test_images_change_no_training_text(tmp_path):
+    """The training splits and the tokenizer's corpus are the same however many test images the world has
+    (each split draws from its own stream, and the held-out questions stay out of the corpus)."""
+    small = write_world(WorldConfig(seed=2, **SMALL), tmp_path / "small")
+    large = write_world(WorldConfig(seed=2, **(SMALL | {"test_images": 140})), tmp_path / "large")
+    assert small["dft"].read_bytes() == large["dft"].read_bytes()
+    assert small["pt"].read_bytes() == large["pt"].read_bytes()
+    assert corpus(small) == corpus(large)
