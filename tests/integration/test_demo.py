@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from switchkd.demo import DemoConfig, run_demo
+from switchkd.demo.world import TAUGHT
 from switchkd.models import VisionLanguageModel
 
 
@@ -19,7 +20,7 @@ def test_quick_demo_end_to_end(tmp_path):
     for r in results.values():
         w = r["world"]
         assert w["n"] == 14 * 3 and 0 <= w["accuracy"] <= 100
-        assert set(w["per_type"]) == {"colour", "shape", "count", "position", "size", "exists", "choice"}
+        assert set(w["per_type"]) == set(TAUGHT)
     table = summary["table"].splitlines()
     assert table[0].startswith("| model | all | 95 % interval |") and table[2].startswith("| teacher |")
     assert table[-1].startswith("Switch-KD - SFT: ") and "paired bootstrap over the 42 questions" in table[-1]
