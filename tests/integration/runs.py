@@ -57,7 +57,9 @@ def env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
 
 
-def torchrun(config: Path, *overrides: str, procs: int = 2):
+def torchrun(config: Path, *overrides: str, procs: int = 2, check: bool = True):
+    """``switchkd train`` under torchrun; with ``check`` the run must succeed (else its stderr's end is
+    the assertion's message)."""
     cmd = [
         sys.executable,
         "-m",
@@ -74,7 +76,7 @@ def torchrun(config: Path, *overrides: str, procs: int = 2):
         *overrides,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0 or not check, out.stderr[-3000:]
     return out
 
 

@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Called with ``argv=None`` (the ``switchkd`` program, ``python -m switchkd``) in a
-    distributed process, it ends the process itself once the command is done: see `_end_process`."""
+    distributed process, it ends the process itself once the command has succeeded: see `_end_process`."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -47,18 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         # fix: one clear line, no traceback.
         # One write with its newline: under several processes sharing one stderr (torchrun), print's
         # separate writes of text and newline let two ranks' errors run together on one line.
+        # The process then exits the ordinary way: ended at once, it could be the first of a failing
+        # run's processes to go, and torchrun would stop the others before they wrote their own line.
         sys.stderr.write(f"switchkd {args.command}: error: {exc}\n")
         sys.stderr.flush()
-        code, launched = 2, _in_process_group()
+        return 2
     if launched and argv is None:
         _end_process(code)
     return code
-
-
-def _in_process_group() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
 
 
 def _leave_process_group() -> bool:
@@ -66,7 +62,7 @@ def _leave_process_group() -> bool:
     whether there was one."""
     import torch.distributed as dist
 
-    if not _in_process_group():
+    if not (dist.is_available() and dist.is_initialized()):
         return False
     dist.barrier()
     dist.destroy_process_group()
