@@ -135,6 +135,16 @@ def above_chance(hits: int, n: int, chance: float) -> float:
     probability ``chance`` each time; 1.0 when ``n`` is 0."""
     if not 0.0 <= chance <= 1.0:
         raise ValueError(f"chance must lie in [0, 1], got {chance}")
-    if n == 0:
+    if n == 0 or hits <= 0 or chance == 1.0:
         return 1.0
-    return min(1.0, sum(math.comb(n, i) * chance**i * (1.0 - chance) ** (n - i) for i in range(hits, n + 1)))
+    if hits > n or chance == 0.0:
+        return 0.0
+    # In logs: the binomial coefficients of a few hundred questions pooled over seeds (C(1080, 540) is
+    # about 10^323) overflow a float, and their products with chance^i underflow one.
+    log_p, log_q = math.log(chance), math.log1p(-chance)
+    terms = [
+        math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q
+        for i in range(hits, n + 1)
+    ]
+    top = max(terms)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(t - top) for t in terms))

@@ -100,6 +100,17 @@ def test_above_chance_hand_computed(hits, n, chance, p):
     assert above_chance(hits, n, chance) == pytest.approx(p)
 
 
+@pytest.mark.parametrize("hits, n, chance", [(700, 1080, 0.29), (330, 1080, 0.29), (5400, 9000, 0.5), (4, 7, 1.0)])
+def test_above_chance_at_pooled_sizes_equals_exact_arithmetic(hits, n, chance):
+    """Three seeds pool about a thousand questions a kind: C(1080, 540) alone overflows a float. The
+    p-value against the same sum in exact fractions (``switchkd reproduce``'s report once died here)."""
+    from fractions import Fraction
+
+    p = Fraction(chance)
+    exact = sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(hits, n + 1))
+    assert above_chance(hits, n, chance) == pytest.approx(float(exact), rel=1e-9, abs=1e-300)
+
+
 def test_above_chance_refuses_a_probability_outside_0_1():
     with pytest.raises(ValueError, match="chance must lie in"):
         above_chance(1, 2, 1.5)
