@@ -83,8 +83,9 @@ def tokenize_conversation(
         _content_pieces(text, tokenizer, control_tokens=control_tokens) if content else [text]
         for text, _, content in segments
     ]
-    literal = iter(_encode_all(tokenizer, [p for ps, s in zip(pieces, segments) if s[2] for p in ps], literal=True))
-    fixed = iter(_encode_all(tokenizer, [ps[0] for ps, s in zip(pieces, segments) if not s[2]], literal=False))
+    is_content = [content for _, _, content in segments]
+    literal = iter(_encode_all(tokenizer, [p for ps, c in zip(pieces, is_content) if c for p in ps], literal=True))
+    fixed = iter(_encode_all(tokenizer, [ps[0] for ps, c in zip(pieces, is_content) if not c], literal=False))
     ids: list[int] = []
     labels: list[int] = []
     for (_, supervised, content), parts in zip(segments, pieces):
