@@ -84,6 +84,12 @@ class DemoConfig:
             diagnostics_every=2,
         )
 
+    @property
+    def teacher_phase1_steps(self) -> int:
+        """The teacher's first phase (vision frozen): a third of its steps; also the steps of the runs
+        that stand in for it (a Table 6 teacher trains for the second phase's, the hetero encoder for this)."""
+        return max(self.teacher_steps // 3, 1)
+
 
 def _vision(cfg: DemoConfig) -> dict:
     return vision_config(
@@ -93,6 +99,14 @@ def _vision(cfg: DemoConfig) -> dict:
         image_size=cfg.world.image_size,
         patch_size=cfg.patch_size,
     )
+
+
+def _fresh_vlm(cfg: DemoConfig, tokenizer: Path, *, seed: int, width: int, layers: int, vision: dict | None = None):
+    """A new VLM seeded with ``seed``: the demo's CLIP tower (or ``vision``) and a ``width`` x ``layers``
+    Qwen2 LLM on the world's tokenizer."""
+    torch.manual_seed(seed)
+    llm = qwen2_config(cfg.vocab_size, width=width, layers=layers)
+    return build_vlm(ModelConfig(vision=vision or _vision(cfg), llm=llm, tokenizer=str(tokenizer)))
 
 
 def run_stage(
@@ -178,14 +192,7 @@ def train_teacher(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> tuple[Path, 
     phase-1 model plays the "pretrained encoder" that the paper's teacher and student share: the student
     starts from its encoder, while the teacher's own copy keeps training in phase 2 (so V^S and V^T
     differ, and the visual switch has work to do)."""
-    torch.manual_seed(cfg.seed)
-    teacher = build_vlm(
-        ModelConfig(
-            vision=_vision(cfg),
-            llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width, layers=cfg.teacher_layers, heads=4, kv_heads=2),
-            tokenizer=str(tokenizer),
-        )
-    )
+    teacher = _fresh_vlm(cfg, tokenizer, seed=cfg.seed, width=cfg.teacher_width, layers=cfg.teacher_layers)
     pretrain_encoder(
         teacher,
         mixed.parent / "scenes.json",
@@ -196,7 +203,7 @@ def train_teacher(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> tuple[Path, 
     )
     init = Path(cfg.out) / "teacher_init"
     teacher.save_pretrained(init)
-    first = max(cfg.teacher_steps // 3, 1)
+    first = cfg.teacher_phase1_steps
     # phase 1 learns to read the pre-trained features without wearing them away (the LLM's loss, early
     # on, would: the shape read-out fell from 99 % to 65 % when the tower trained from the start)
     phase1 = run_stage(
@@ -225,18 +232,11 @@ def train_teacher_variant(cfg: DemoConfig, name: str, *, tokenizer: Path, mixed:
     """Another teacher for the same student (paper Table 6): an LLM of ``cfg.teacher_width`` x
     ``cfg.teacher_layers`` on the shared pretrained encoder (``encoder_from``, the one the student starts
     from), trained as the main teacher's second phase is."""
-    torch.manual_seed(cfg.seed + 2)
-    model = build_vlm(
-        ModelConfig(
-            vision=_vision(cfg),
-            llm=qwen2_config(cfg.vocab_size, width=cfg.teacher_width, layers=cfg.teacher_layers, heads=4, kv_heads=2),
-            tokenizer=str(tokenizer),
-        )
-    )
+    model = _fresh_vlm(cfg, tokenizer, seed=cfg.seed + 2, width=cfg.teacher_width, layers=cfg.teacher_layers)
     copy_encoder(encoder_from, into=model)
     init = Path(cfg.out) / f"{name}_init"
     model.save_pretrained(init)
-    steps = cfg.teacher_steps - max(cfg.teacher_steps // 3, 1)
+    steps = cfg.teacher_steps - cfg.teacher_phase1_steps
     return run_stage(
         cfg, name, model=ModelConfig(pretrained=str(init)), data=mixed, stage="sft", steps=steps, lr=cfg.lr
     ).final_model
@@ -244,14 +244,7 @@ def train_teacher_variant(cfg: DemoConfig, name: str, *, tokenizer: Path, mixed:
 
 def student_init(cfg: DemoConfig, tokenizer: Path, encoder_from: Path) -> Path:
     """The student: the smaller LLM, its vision tower copied from ``encoder_from``."""
-    torch.manual_seed(cfg.seed + 1)
-    student = build_vlm(
-        ModelConfig(
-            vision=_vision(cfg),
-            llm=qwen2_config(cfg.vocab_size, width=cfg.student_width, layers=cfg.student_layers),
-            tokenizer=str(tokenizer),
-        )
-    )
+    student = _fresh_vlm(cfg, tokenizer, seed=cfg.seed + 1, width=cfg.student_width, layers=cfg.student_layers)
     copy_encoder(encoder_from, into=student)
     path = Path(cfg.out) / "student_init"
     student.save_pretrained(path)
@@ -265,7 +258,6 @@ def hetero_student_init(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> Path:
     student then starts from that encoder and a fresh LLM."""
 
     def model(seed: int):
-        torch.manual_seed(seed)
         vision = vision_config(
             "siglip",
             width=cfg.hetero_width,
@@ -273,8 +265,7 @@ def hetero_student_init(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> Path:
             image_size=cfg.hetero_image_size,
             patch_size=cfg.hetero_patch_size,
         )
-        llm = qwen2_config(cfg.vocab_size, width=cfg.student_width, layers=cfg.student_layers)
-        return build_vlm(ModelConfig(vision=vision, llm=llm, tokenizer=str(tokenizer)))
+        return _fresh_vlm(cfg, tokenizer, seed=seed, width=cfg.student_width, layers=cfg.student_layers, vision=vision)
 
     out = Path(cfg.out)
     model(cfg.seed + 3).save_pretrained(out / "hetero_encoder_init")
@@ -284,7 +275,7 @@ def hetero_student_init(cfg: DemoConfig, tokenizer: Path, mixed: Path) -> Path:
         model=ModelConfig(pretrained=str(out / "hetero_encoder_init")),
         data=mixed,
         stage="sft",
-        steps=max(cfg.teacher_steps // 3, 1),
+        steps=cfg.teacher_phase1_steps,
         lr=cfg.lr,
     ).final_model
     student = model(cfg.seed + 1)
