@@ -199,17 +199,14 @@ class LlavaDataset(Dataset):
         try:
             sample = self.load(index)
         except SampleError as exc:
-            if self.on_error == "skip":
-                sample = {"skipped": exc.reason, "id": index}
-                if self._cache is not None:
-                    self._cache[index] = sample
-                return sample
-            if get_worker_info() is not None:
-                # Raised in a DataLoader worker, it would reach the main process as a RuntimeError
-                # holding the whole traceback; the message travels as data and raise_sample_error
-                # raises it there as the one-line SampleError it is.
-                return {"error": str(exc), "reason": exc.reason, "id": index}
-            raise
+            if self.on_error != "skip":
+                if get_worker_info() is not None:
+                    # Raised in a DataLoader worker, it would reach the main process as a RuntimeError
+                    # holding the whole traceback; the message travels as data and raise_sample_error
+                    # raises it there as the one-line SampleError it is.
+                    return {"error": str(exc), "reason": exc.reason, "id": index}
+                raise
+            sample = {"skipped": exc.reason, "id": index}
         if self._cache is not None:
             self._cache[index] = sample
         return sample
