@@ -619,11 +619,11 @@ def test_plan_prints_the_step_memory_and_what_fits(tiny_world, tmp_path, capsys)
     assert main(["plan", "--config", str(config), "--gpus", "2", "--gpu-memory", "80GB", "--engine", "fsdp"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("fsdp on 2 GPU(s), per-GPU batch 4 x 2048 tokens")
-    assert "teacher weights" in out and "float32 copies of the head weights" not in out  # no mixed precision
+    assert "teacher weights" in out and "a block of each head weight, rounded" not in out  # no mixed precision
     assert ": fits" in out and "largest per-GPU batch as configured: 128 or more" in out
     assert main(["plan", "--config", str(config), "--gpu-memory", "0.5GB", "train.mixed_precision=bf16"]) == 0
     out = capsys.readouterr().out
-    assert "does NOT fit" in out and "nothing fits" in out and "float32 copies of the head weights" in out
+    assert "does NOT fit" in out and "nothing fits" in out and "a block of each head weight, rounded" in out
 
 
 def test_one_optimizer_step_per_group_also_at_an_epochs_end(tiny_world, tmp_path):

@@ -10,7 +10,9 @@ is ``sum(weights[name] * sums[name])`` over the whole batch. Two ways to run it,
   turned into gradients of the hidden states (``g @ W``) and of the head weights (``g^T @ h``, added
   over chunks) before the next chunk starts. Backward only scales the saved gradients by the incoming
   one. No tensor with all M rows x V exists, and nothing V-wide is kept for backward (the way
-  Liger-Kernel's chunked losses work, for any loss and several pathways at once).
+  Liger-Kernel's chunked losses work, for any loss and several pathways at once). The products run a
+  block of vocabulary rows at a time, so no copy of a whole head weight in the products' precision
+  exists either (under bf16 autocast, 1.24 GB for Qwen2.5-3B's head in float32).
 - ``fused=False``: the plain autograd graph; each chunk's logits (and what the loss saves of them)
   stay alive until backward. Works with any head module, e.g. one wrapped by an adapter.
 
@@ -31,11 +33,12 @@ from switchkd.losses.sequence import row_chunks
 
 ChunkLoss = Callable[[dict[str, torch.Tensor], slice], dict[str, torch.Tensor]]
 
-# Elements of one pathway's chunk of logits: (m, V) at V = 151,936 is ~64 MB of float32 on CPU (96 rows;
-# 208 rows peaked 0.2 GB higher in a paper-shaped DFT step and were ~5 % faster); ~512 MB on a GPU
+# Elements of one pathway's chunk of logits: (m, V) at V = 151,936 is ~128 MB of float32 on CPU (208 rows:
+# in a paper-shaped DFT step 96 rows took 27.3 s, 192 rows 23.8 s, 384 rows 22.2 s, at 5.4, 5.9 and 7.0 GB
+# resident peak, the plain head 13.3 GB; benchmarks/bench_step.py); ~512 MB on a GPU
 # (880 rows), where wide matmuls and few kernel launches matter, and the knee's full sort of the chunk
 # (values, int64 order, float64 distances: ~4 GB at this size) must still fit beside the model.
-CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 27}
+CHUNK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 27}
 
 
 def auto_chunk_rows(vocab: int, device: torch.device | str) -> int:
@@ -92,20 +95,37 @@ def logits_dtype(operand: torch.dtype) -> torch.dtype:
 
 @contextmanager
 def exact_products(operand: torch.dtype, device: torch.device):
-    """On CUDA, float32 products of half-precision-valued operands run on TF32 tensor cores: TF32 holds
-    every bf16 and fp16 value exactly, so only the float32 accumulation rounds, as in a bf16 GEMM with a
-    float32 output, at TF32 speed instead of full float32's. Elsewhere (the CPU) nothing changes."""
-    if device.type != "cuda" or operand not in (torch.bfloat16, torch.float16):
-        yield
-        return
-    matmul = torch.backends.cuda.matmul
-    flag, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
-    before = getattr(matmul, flag)  # torch < 2.9 has only allow_tf32
-    setattr(matmul, flag, value)
+    """Float32 products of half-precision-valued operands at the hardware's half-precision rate, with
+    float32 accumulation and output. On CUDA they run on TF32 tensor cores: TF32 holds every bf16 and
+    fp16 value exactly. On a CPU, bf16 operands go through oneDNN's bf16 math mode (AMX / AVX512-BF16
+    where the CPU has them): every bf16 value is exact in it. So a product of two such operands is what
+    a bf16 GEMM with a float32 output gives, and only the float32 accumulation rounds. A float32 operand
+    that is not half-precision-valued (the logits' gradient in the fused head's backward products) is
+    rounded to TF32 / bf16 on the way in, as autocast's cast of the gradient would round it. Elsewhere
+    (float32 or float64 operands, fp16 on a CPU) nothing changes."""
+    flags = _product_flags(operand, device)
+    before = [(owner, name, getattr(owner, name)) for owner, name, _ in flags]
+    for owner, name, value in flags:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        setattr(matmul, flag, before)
+        for owner, name, value in before:
+            setattr(owner, name, value)
+
+
+def _product_flags(operand: torch.dtype, device: torch.device) -> list[tuple[object, str, object]]:
+    """(settings object, attribute, value) that ``exact_products`` sets; none where nothing changes."""
+    if device.type == "cuda" and operand in (torch.bfloat16, torch.float16):
+        matmul = torch.backends.cuda.matmul
+        if hasattr(matmul, "fp32_precision"):
+            return [(matmul, "fp32_precision", "tf32")]
+        return [(matmul, "allow_tf32", True)]  # torch < 2.9 has only allow_tf32
+    if device.type == "cpu" and operand == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        matmul = getattr(torch.backends.mkldnn, "matmul", None)  # torch >= 2.9; before: plain float32
+        if matmul is not None and hasattr(matmul, "fp32_precision"):
+            return [(matmul, "fp32_precision", "bf16")]
+    return []
 
 
 def _rounded(x: torch.Tensor, operand: torch.dtype, logit: torch.dtype) -> torch.Tensor:
@@ -193,25 +213,71 @@ def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-OUTER_BLOCK_ELEMENTS = 2**24
-"""Elements per block of a weight gradient accumulated in another dtype (rows = this // H): 16M, 96 MB of
-bf16 product and float32 copy, where the whole (V, H) product at V = 151,936 and H = 896 would be 817 MB
-on top of the gradient, per chunk."""
+# Elements of one block of a head weight's rows (a slice of the vocabulary) that the fused head multiplies
+# at a time. Its copy in the products' precision (e.g. bf16-rounded float32) exists per block, never for
+# the whole weight (1.24 GB for Qwen2.5-3B's head in float32), and it stays in cache while every product
+# of the chunk that reads it runs.
+BLOCK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
 
 
-def _add_outer_in_blocks(out: torch.Tensor, g: torch.Tensor, h: torch.Tensor, vocab: int) -> None:
-    """``out[:vocab] += g^T h``, multiplied in ``g``'s dtype and added in ``out``'s, a block of vocabulary
-    rows at a time, so no (V, H) temporary exists (``addmm_`` cannot mix the two dtypes in place)."""
-    step = max(1, OUTER_BLOCK_ELEMENTS // h.shape[1])
+def block_rows(width: int, device: torch.device | str) -> int:
+    """Vocabulary rows per block of a head weight ``width`` wide on ``device``: at least 1."""
+    budget = BLOCK_ELEMENTS.get(torch.device(device).type, BLOCK_ELEMENTS["cuda"])
+    return max(1, budget // max(width, 1))
+
+
+def _blocks(weight: torch.Tensor, bias: torch.Tensor | None, vocab: int, operand, dtype):
+    """``(start, stop, weight rows, bias rows)`` over the first ``vocab`` rows, a block at a time, each
+    as the ``operand`` precision holds it, in ``dtype`` (no copy when those are the weight's dtype)."""
+    step = block_rows(weight.shape[1], weight.device)
     for start in range(0, vocab, step):
         stop = min(start + step, vocab)
-        out[start:stop] += (g[:, start:stop].T @ h).to(out.dtype)
+        b = None if bias is None else _rounded(bias[start:stop], operand, dtype)
+        yield start, stop, _rounded(weight[start:stop], operand, dtype), b
+
+
+def _logits(weight, bias, hidden: list[torch.Tensor], vocab: int, operand, dtype) -> list[torch.Tensor]:
+    """The logits (m, vocab) of each of ``hidden``'s row sets under one head: one product over the
+    stacked rows, a block of vocabulary rows at a time. Each result is its own leaf tensor."""
+    h = hidden[0] if len(hidden) == 1 else torch.cat(hidden)
+    z = h.new_empty(h.shape[0], vocab, dtype=dtype)
+    for start, stop, w, b in _blocks(weight, bias, vocab, operand, dtype):
+        z[:, start:stop] = F.linear(h, w, b)
+    return [part.detach() for part in z.split([x.shape[0] for x in hidden])]
+
+
+def _backward_products(weight, vocab, operand, dtype, outs, g, h_mm, rows) -> None:
+    """For each ``(pathway, grad_h, grad_w, grad_b)`` in ``outs`` (pathways of one head weight): the
+    chunk's ``g @ W`` into ``grad_h[rows]`` and ``g^T h`` into ``grad_w`` (added in place, in ``grad_w``'s
+    dtype), a block of vocabulary rows at a time; the bias gradient is ``g``'s column sum. Hidden-state
+    gradients are summed over blocks in the products' precision and stored once."""
+    acc = {j: h_mm[j].new_zeros(h_mm[j].shape) for j, gh, _, _ in outs if gh is not None}
+    for start, stop, w, _ in _blocks(weight, None, vocab, operand, dtype):
+        for j, _, gw, _ in outs:
+            g_block = g[j][:, start:stop]
+            if j in acc:
+                acc[j].addmm_(g_block, w)
+            if gw is not None and gw.dtype == dtype:
+                gw[start:stop].addmm_(g_block.T, h_mm[j])
+            elif gw is not None:  # half-precision weights that train (no master copy): a block's temporary
+                gw[start:stop] += (g_block.T @ h_mm[j]).to(gw.dtype)
+    for j, gh, _, gb in outs:
+        if gh is not None:
+            gh[rows] = acc[j]
+        if gb is not None:
+            gb[:vocab] += g[j].sum(0).to(gb.dtype)
 
 
 class _FusedHead(torch.autograd.Function):
     """``(weighted total, detached sums stacked, their (name, dtype) keys)`` from ``(hidden, weight,
     bias)`` per pathway; the gradients of the total are computed chunk by chunk in forward, kept on
-    ``ctx`` and only scaled in backward."""
+    ``ctx`` and only scaled in backward.
+
+    Per chunk of rows: the logits of the pathways that share a head weight (the teacher's head serves
+    the teacher and the switch) come from one product over their stacked rows; every product runs a
+    block of vocabulary rows at a time (``_blocks``), the block rounded to the operands' precision once
+    for all the chunk's products that read it: in forward the logits, in backward ``g @ W`` into the
+    hidden states' gradients and ``g^T h`` into the weight's, added block by block."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, *flat):
@@ -222,23 +288,25 @@ class _FusedHead(torch.autograd.Function):
         operand = _matmul_dtype(hidden[0])
         dtype = logits_dtype(operand)  # the logits', their gradients' and the products' precision
         device = hidden[0].device
+        groups: dict[tuple[int, int], list[int]] = {}  # pathways by head (weight and bias), in order
+        for i, (w, b) in enumerate(zip(weight, bias)):
+            groups.setdefault((id(w), id(b)), []).append(i)
         with torch.autocast(device.type, enabled=False), exact_products(operand, device):
-            # Rounded once per call, not per chunk; one copy per weight however many pathways share it
-            # (the teacher's head serves the teacher and the switch).
-            copies: dict[int, torch.Tensor] = {}
-            w_mm = [copies.setdefault(id(w), _rounded(w[: plan.vocab], operand, dtype)) for w in weight]
-            b_mm = [None if b is None else _rounded(b[: plan.vocab], operand, dtype) for b in bias]
             grad_h = [torch.zeros_like(h) if want else None for h, want in zip(hidden, want_h)]
             grad_w = [torch.zeros_like(w) if want else None for w, want in zip(weight, want_w)]
             grad_b = [torch.zeros_like(b) if want else None for b, want in zip(bias, want_b)]
             sums: dict[str, torch.Tensor] = {}
             for rows in plan.chunks:
                 h_mm = [_rounded(h[rows], operand, dtype) for h in hidden]
+                z = {}
+                for members in groups.values():
+                    i = members[0]
+                    parts = _logits(weight[i], bias[i], [h_mm[j] for j in members], plan.vocab, operand, dtype)
+                    z.update(zip(members, parts))
                 with torch.enable_grad():
                     logits = {}
                     for i, name in enumerate(plan.names):
-                        z = F.linear(h_mm[i], w_mm[i], b_mm[i])
-                        logits[name] = z.requires_grad_(want_h[i] or want_w[i] or want_b[i])
+                        logits[name] = z[i].requires_grad_(want_h[i] or want_w[i] or want_b[i])
                     program = compiled_chunk_program() if plan.compiled else _chunk_program
                     chunk, total = program(plan.chunk_loss, plan.weights, logits, rows.start, rows.stop)
                     graded = [i for i, name in enumerate(plan.names) if logits[name].requires_grad]
@@ -247,19 +315,13 @@ class _FusedHead(torch.autograd.Function):
                     else:
                         grads = [None] * len(graded)
                 _add(sums, {key: value.detach() for key, value in chunk.items()})
-                for i, g in zip(graded, grads):
-                    if g is None:
-                        continue
-                    g = g.to(dtype)  # (m, V)
-                    if grad_h[i] is not None:
-                        grad_h[i][rows] = g @ w_mm[i]
-                    if grad_w[i] is not None and grad_w[i].dtype == dtype:
-                        grad_w[i][: plan.vocab].addmm_(g.T, h_mm[i])  # in place: no (V, H) temporary
-                    elif grad_w[i] is not None:  # half-precision weights that train (no master copy)
-                        _add_outer_in_blocks(grad_w[i], g, h_mm[i], plan.vocab)
-                    if grad_b[i] is not None:
-                        grad_b[i][: plan.vocab] += g.sum(0).to(grad_b[i].dtype)
-                del logits, chunk, total, grads
+                g = {i: gi.to(dtype) for i, gi in zip(graded, grads) if gi is not None}  # (m, V) each
+                del logits, z, chunk, total, grads
+                for members in groups.values():
+                    i = members[0]
+                    outs = [(j, grad_h[j], grad_w[j], grad_b[j]) for j in members if j in g]
+                    if outs:
+                        _backward_products(weight[i], plan.vocab, operand, dtype, outs, g, h_mm, rows)
         keys = tuple((key, value.dtype) for key, value in sums.items())
         ctx.grads = [g for i in range(n) for g in (grad_h[i], grad_w[i], grad_b[i])]
         ctx.used = False

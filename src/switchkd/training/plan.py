@@ -7,8 +7,8 @@ weights, gradients and AdamW state of the student per engine (DDP keeps them who
 bucket copy; ZeRO-2 shards gradients and optimizer state; FSDP shards all three, and the frozen
 teacher's weights, and gathers the root unit and two blocks whole while they run), the frozen teacher,
 the activations each pathway keeps (the student's and the switch pathway's per-layer inputs under
-checkpointing, one layer recomputed at a time), and the fused loss head (the float32 copies of the head
-weights, one chunk's logits, their gradients and the knee's sort). The step's peak is the larger of
+checkpointing, one layer recomputed at a time), and the fused loss head (a rounded block of each head
+weight, one chunk's logits, their gradients and the knee's sort). The step's peak is the larger of
 two phases: the loss head (activations saved, head temporaries, the head's weight gradient) and the
 backward pass (every gradient, one layer recomputed). It was checked against the live-tensor peaks
 that ``benchmarks/bench_step.py`` measures on the CPU at the paper's widths (docs/scale.md), where the
@@ -21,7 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from switchkd.config import Config, ConfigError
-from switchkd.losses.head import auto_chunk_rows
+from switchkd.losses.head import auto_chunk_rows, block_rows
 from switchkd.training.sharding import units
 from switchkd.training.stages import STAGES, trainable_parts
 
@@ -191,7 +191,7 @@ def _activations(cfg: Config, student: Shapes, teacher: Shapes | None, shape: St
 
 def _head(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape) -> dict:
     """The loss head's temporaries: its inputs (hidden states at the supervised rows, float32, and their
-    gradients), the float32 copies of the head weights under mixed precision, one chunk's logits and
+    gradients), a rounded block of each head weight under mixed precision, one chunk's logits and
     logit gradients per pathway, and the knee's sort of a chunk (GPU: values, int64 order, float64
     distances)."""
     rows, v = shape.rows, student.vocab
@@ -199,11 +199,11 @@ def _head(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape
     widths = [student.hidden] + ([teacher.hidden, teacher.hidden] if distil else [])  # student, teacher, switch
     trained_widths = [student.hidden] + ([teacher.hidden] if distil else [])  # the teacher's rows get no gradient
     out = {"loss head inputs and their gradients": 4 * rows * (sum(widths) + sum(trained_widths))}
-    if cfg.train.mixed_precision != "no":
-        copies = 4 * student.vocab_rows * student.hidden
-        if distil:
-            copies += 4 * teacher.vocab_rows * teacher.hidden
-        out["float32 copies of the head weights"] = copies
+    if cfg.train.mixed_precision != "no":  # a block of vocabulary rows at a time, rounded: bf16, then float32
+        heads = [(student.vocab_rows, student.hidden)] + ([(teacher.vocab_rows, teacher.hidden)] if distil else [])
+        out["a block of each head weight, rounded"] = 6 * sum(
+            min(block_rows(width, shape.device), rows) * width for rows, width in heads
+        )
     chunk = cfg.train.loss_chunk_rows or auto_chunk_rows(v, shape.device)
     chunk = min(chunk, rows)
     per_element = 8 * len(widths) + 8  # logits and their gradients per pathway, the CE softmax, DBiLD's grad buffer

@@ -81,14 +81,47 @@ def test_each_term_within_one_percent_of_float64_on_bf16_operands(term, fused, v
     assert error < 0.01, f"{term}: {100 * error:.2f} % off float64 on the same bf16 operands"
 
 
-def test_tf32_products_only_inside_the_head_and_only_for_half_precision_operands():
+def test_reduced_precision_products_only_inside_the_head_and_only_for_operands_they_hold_exactly():
+    """TF32 on CUDA for bf16 and fp16 operands; oneDNN's bf16 math on the CPU for bf16 operands only
+    (an fp16 value has more mantissa than bf16 holds); restored on the way out, also after an error."""
     from switchkd.losses.head import exact_products
 
-    matmul = torch.backends.cuda.matmul
-    before = matmul.fp32_precision
-    with exact_products(torch.bfloat16, torch.device("cuda")):
-        assert matmul.fp32_precision == "tf32"  # bf16 values are exact in TF32
-    assert matmul.fp32_precision == before
-    for operand, device in ((torch.float32, "cuda"), (torch.bfloat16, "cpu")):
+    cuda, cpu = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+    before = cuda.fp32_precision, cpu.fp32_precision
+    for operand in (torch.bfloat16, torch.float16):
+        with exact_products(operand, torch.device("cuda")):
+            assert cuda.fp32_precision == "tf32" and cpu.fp32_precision == before[1]
+    with exact_products(torch.bfloat16, torch.device("cpu")):
+        assert cpu.fp32_precision == "bf16" and cuda.fp32_precision == before[0]
+    with pytest.raises(ValueError), exact_products(torch.bfloat16, torch.device("cpu")):
+        raise ValueError
+    assert (cuda.fp32_precision, cpu.fp32_precision) == before
+    for operand, device in (
+        (torch.float32, "cuda"),
+        (torch.float16, "cpu"),
+        (torch.float32, "cpu"),
+        (torch.float64, "cpu"),
+    ):
         with exact_products(operand, torch.device(device)):
-            assert matmul.fp32_precision == before  # float32 operands would be rounded; the CPU has no TF32
+            assert (cuda.fp32_precision, cpu.fp32_precision) == before  # these operands would be rounded
+
+
+def test_the_cpus_bf16_products_are_exact_for_bf16_valued_operands():
+    """What ``exact_products`` relies on: a float32 product of bf16-valued operands in oneDNN's bf16 mode
+    equals the float64 product to float32 accumulation (the inputs are not rounded further), and an
+    operand that is not bf16-valued is rounded to bf16 on the way in (as the fused head's logit
+    gradients are in its backward products)."""
+    from switchkd.losses.head import exact_products
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 256, generator=g).bfloat16().float()
+    b = torch.randn(256, 512, generator=g).bfloat16().float()
+    exact = a.double() @ b.double()
+    c = torch.randn(64, 256, generator=g)  # float32 values, not bf16 ones
+    with exact_products(torch.bfloat16, torch.device("cpu")):
+        ab, cb = a @ b, c @ b
+    assert ab.dtype == torch.float32
+    assert ((ab.double() - exact).abs() / exact.abs().clamp_min(1)).max() < 1e-5
+    rounded, unrounded = c.bfloat16().double() @ b.double(), c.double() @ b.double()
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # else oneDNN multiplies in float32 (exact as well)
+        assert (cb.double() - rounded).abs().max() < 1e-3 < (cb.double() - unrounded).abs().max()

@@ -65,9 +65,21 @@ def _run(fused, name, *, switch=True, weights=(1.0, 1.0, 1.0), chunk_rows=5, bia
     return total.detach(), {k: v.detach() for k, v in sums.items()}, grads
 
 
+@pytest.fixture(params=["one block", "blocks"])
+def vocabulary_blocks(request, monkeypatch):
+    """The fused head's products over the whole vocabulary at once, or over blocks of it: 11 rows of
+    the student's head and 7 of the teacher's here, the last block of each short."""
+    if request.param == "blocks":
+        from switchkd.losses import head
+
+        monkeypatch.setitem(head.BLOCK_ELEMENTS, "cpu", 7 * H_T)
+        assert (head.block_rows(H_S, "cpu"), head.block_rows(H_T, "cpu")) == (11, 7)
+    return request.param
+
+
 @pytest.mark.parametrize("name", list(LOSSES))
 @pytest.mark.parametrize("switch", [True, False])
-def test_fused_equals_plain_values_and_every_gradient(name, switch):
+def test_fused_equals_plain_values_and_every_gradient(name, switch, vocabulary_blocks):
     plain_total, plain_sums, plain_grads = _run(False, name, switch=switch, chunk_rows=None)
     total, sums, grads = _run(True, name, switch=switch, chunk_rows=5)  # 8 chunks, the last short
     assert total.item() == pytest.approx(plain_total.item(), rel=1e-12)
@@ -88,7 +100,7 @@ def test_fused_equals_plain_values_and_every_gradient(name, switch):
 
 
 @pytest.mark.parametrize("weights", [(1.0, 0.0, 1.0), (0.0, 0.0, 2.0), (0.5, 1.5, 0.0), (1.0, 0.0, 0.0)])
-def test_terms_weighted_or_off_match_the_plain_graph(weights):
+def test_terms_weighted_or_off_match_the_plain_graph(weights, vocabulary_blocks):
     plain_total, _, plain_grads = _run(False, "dbild_rkl", weights=weights, switch=weights[2] > 0)
     total, _, grads = _run(True, "dbild_rkl", weights=weights, switch=weights[2] > 0)
     assert total.item() == pytest.approx(plain_total.item(), rel=1e-12)
@@ -99,14 +111,16 @@ def test_terms_weighted_or_off_match_the_plain_graph(weights):
         assert grads["h_s"] is None and grads["w_s"] is None  # the student's head never ran
 
 
-def test_the_padding_rows_of_the_head_get_exactly_zero_gradient_and_a_bias_its_own():
-    _, _, grads = _run(True, "dbild_rkl", bias=True)
-    _, _, plain = _run(False, "dbild_rkl", bias=True)
+def test_the_padding_rows_of_the_head_get_exactly_zero_gradient_and_a_bias_its_own(vocabulary_blocks):
+    total, _, grads = _run(True, "dbild_rkl", bias=True)
+    plain_total, _, plain = _run(False, "dbild_rkl", bias=True)
     assert torch.all(grads["w_s"][V:] == 0) and torch.all(grads["b_s"][V:] == 0)
-    torch.testing.assert_close(grads["b_s"], plain["b_s"], rtol=1e-10, atol=1e-13)
+    assert total.item() == pytest.approx(plain_total.item(), rel=1e-12)
+    for key, g in plain.items():
+        torch.testing.assert_close(grads[key], g, rtol=1e-10, atol=1e-13)
 
 
-def test_a_head_tied_to_the_embeddings_gets_both_gradients():
+def test_a_head_tied_to_the_embeddings_gets_both_gradients(vocabulary_blocks):
     """Qwen2.5 <= 3B ties the LM head to the input embeddings: the head's gradient adds to the embedding's."""
     results = []
     for fused in (False, True):
@@ -166,17 +180,24 @@ def test_no_rows_and_no_grad_and_a_second_backward():
         total.backward()
 
 
-def test_a_weight_gradient_in_another_dtype_is_added_a_vocabulary_block_at_a_time(monkeypatch):
-    """No (V, H) temporary: blocks of 3 rows here, the last one short, padding rows left alone."""
+def test_a_half_precision_weight_that_trains_gets_its_gradient_a_vocabulary_block_at_a_time(monkeypatch):
+    """bf16 head weights with no float32 master: each block's weight gradient is multiplied in float32 and
+    added in bf16 (blocks of 3 rows here, the last one short); the padding rows get exactly zero."""
     from switchkd.losses import head
 
-    monkeypatch.setattr(head, "OUTER_BLOCK_ELEMENTS", 3 * H_S)
+    monkeypatch.setitem(head.BLOCK_ELEMENTS, "cpu", 3 * H_S)
+    assert head.block_rows(H_S, "cpu") == 3 and V % 3 != 0
     torch.manual_seed(0)
-    g, h = torch.randn(M, V), torch.randn(M, H_S)
-    out = torch.full((V_PAD, H_S), 0.5, dtype=torch.float64)
-    head._add_outer_in_blocks(out, g, h, V)
-    torch.testing.assert_close(out[:V], 0.5 + g.double().T @ h.double(), rtol=1e-5, atol=1e-5)
-    assert V % 3 != 0 and bool((out[V:] == 0.5).all())
+    student = nn.Linear(H_S, V_PAD, bias=False).bfloat16()
+    h = torch.randn(M, H_S).bfloat16().requires_grad_(True)
+    targets = torch.randint(0, V, (M,))
+    total, _ = loss_head({"student": (h, student)}, _ce(targets), {"ce": 1.0}, vocab=V, chunk_rows=8)
+    total.backward()
+    w64 = student.weight.detach()[:V].double().requires_grad_(True)
+    want = torch.autograd.grad(F.cross_entropy(h.detach().double() @ w64.T, targets, reduction="sum"), [w64])[0]
+    got = student.weight.grad
+    assert got.dtype == torch.bfloat16 and bool((got[V:] == 0).all())
+    assert _relative(got[:V], want) < 0.01
 
 
 def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -193,7 +214,7 @@ def test_bfloat16_autocast_computes_like_the_plain_head(block_rows, monkeypatch)
     from switchkd.losses import head
 
     if block_rows is not None:
-        monkeypatch.setattr(head, "OUTER_BLOCK_ELEMENTS", block_rows * H_S)
+        monkeypatch.setitem(head.BLOCK_ELEMENTS, "cpu", block_rows * H_S)
     torch.manual_seed(0)
     student = nn.Linear(H_S, V_PAD, bias=False)
     h = torch.randn(M, H_S)
@@ -239,6 +260,6 @@ def test_adapter_wrapped_heads_fall_back_to_the_plain_graph():
 
 
 def test_chunk_rows_per_device():
-    assert auto_chunk_rows(151_936, "cpu") == 96
+    assert auto_chunk_rows(151_936, "cpu") == 208
     assert auto_chunk_rows(151_936, "cuda") == 880
     assert auto_chunk_rows(10, "cpu") % 16 == 0 and auto_chunk_rows(10**9, "cpu") == 16

@@ -49,12 +49,12 @@ def test_a_dft_step_by_hand():
     assert p["saved: switch pathway layer inputs (bf16)"] == 2 * 20 * 16 * 3
     assert p["recomputed: one teacher layer"] == 20 * layer_bytes(16, 32)
     assert p["loss head inputs and their gradients"] == 4 * 12 * ((8 + 16 + 16) + (8 + 16))
-    assert p["float32 copies of the head weights"] == 4 * 64 * 8 + 4 * 64 * 16
+    assert p["a block of each head weight, rounded"] == 6 * 64 * 8 + 6 * 64 * 16  # blocks hold whole heads here
     assert p["one chunk of logits, gradients, knee"] == 4 * 60 * (8 * 3 + 8)  # CPU: no full sort
     assert p["student gradients (float32)"] == 4 * 1000
     persistent = 4000 + 8000 + 8000
     saved = 1280 + 288 + 1920  # the three "saved" parts above
-    head = p["loss head inputs and their gradients"] + p["float32 copies of the head weights"] + 7680
+    head = p["loss head inputs and their gradients"] + p["a block of each head weight, rounded"] + 7680
     assert plan.head_phase == persistent + saved + head + 4 * 64 * 8  # the head's weight gradient
     assert plan.backward_phase == persistent + saved + 20 * layer_bytes(16, 32) + 4000
     assert plan.peak == RUNTIME["cpu"] + max(plan.head_phase, plan.backward_phase)
@@ -78,7 +78,7 @@ def test_pt_trains_the_projector_only_and_sft_has_no_teacher():
     pt = plan_step(_config("pt"), STUDENT, None, StepShape(batch=1, tokens=10, rows=5))
     assert pt.parts["AdamW state (2 x float32)"] == 8 * 50
     assert "teacher weights (bf16)" not in pt.parts
-    assert pt.parts["float32 copies of the head weights"] == 4 * 64 * 8  # the student's head only
+    assert pt.parts["a block of each head weight, rounded"] == 6 * 64 * 8  # the student's head only
 
 
 def test_fit_finds_the_largest_batch():
