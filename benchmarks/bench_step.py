@@ -21,7 +21,8 @@ calls of ``train_step`` on the same micro-batch. The first creates the optimizer
 measured: the median wall time (one step is too noisy to decide a 10 % question here), and the process's
 peak resident memory over them (the high-water mark is reset just before; the resident size before,
 weights and optimizer state included, is printed too), and the step's GFLOP/s beside this machine's
-bf16 and float32 matmul rates on an LM-head-shaped product, measured in the same run,
+bf16, float32 and loss-head (float32 from bf16 operands) matmul rates on an LM-head-shaped product,
+measured in the same run,
 beside the peak ``switchkd plan``'s arithmetic predicts for the same step and its error. glibc keeps
 freed blocks below its dynamic mmap threshold in the process, so the resident peak also holds memory
 that earlier steps freed; ``MALLOC_MMAP_THRESHOLD_=1048576 python benchmarks/bench_step.py ...`` maps
@@ -253,22 +254,33 @@ def worker(spec: dict) -> dict:
 
 
 def matmul_rate(spec: dict) -> dict:
-    """This machine's matmul rates on an LM-head-shaped product, (2,048 x 896) @ (896 x 151,936), in bf16
-    and in float32 (the loss head's precision on the CPU: float32 logits from bf16-valued operands,
-    for want of a bf16 x bf16 -> float32 product there): the median of 5 after 2 warm-ups, GFLOP/s."""
+    """This machine's matmul rates on an LM-head-shaped product, (2,048 x 896) @ (896 x 151,936): in bf16
+    (bf16 out), in float32, and in float32 from bf16-valued operands through ``exact_products`` (the
+    loss head's products: float32 logits, on this CPU through oneDNN's bf16 math where it has one):
+    the median of 5 after 2 warm-ups, GFLOP/s."""
+    import contextlib
+
     import torch
+
+    from switchkd.losses.head import exact_products
 
     torch.set_num_threads(spec["threads"])
     out = {}
-    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-        a = torch.randn(2048, 896).to(dtype)
-        b = torch.randn(896, 151_936).to(dtype)
+    cases = (
+        ("bf16", torch.bfloat16, contextlib.nullcontext()),
+        ("fp32", torch.float32, contextlib.nullcontext()),
+        ("head", torch.float32, exact_products(torch.bfloat16, torch.device("cpu"))),
+    )
+    for name, dtype, products in cases:
+        a = torch.randn(2048, 896).bfloat16().to(dtype)
+        b = torch.randn(896, 151_936).bfloat16().to(dtype)
         times = []
-        for i in range(7):
-            started = time.perf_counter()
-            a @ b
-            if i >= 2:
-                times.append(time.perf_counter() - started)
+        with products:
+            for i in range(7):
+                started = time.perf_counter()
+                a @ b
+                if i >= 2:
+                    times.append(time.perf_counter() - started)
         out[name] = 2 * 2048 * 896 * 151_936 / statistics.median(times) / 1e9
     return out
 
@@ -320,7 +332,8 @@ def main() -> None:
             print(f"\n## {threads} thread(s), {os.cpu_count()} CPUs; median of {args.steps} steps after a warm-up")
             print(
                 f"\nmatmul rate here (LM-head-shaped product): bf16 {rate.get('bf16', float('nan')):,.0f} GFLOP/s, "
-                f"float32 {rate.get('fp32', float('nan')):,.0f} GFLOP/s\n"
+                f"float32 {rate.get('fp32', float('nan')):,.0f} GFLOP/s, float32 from bf16 operands as the loss "
+                f"head multiplies them {rate.get('head', float('nan')):,.0f} GFLOP/s\n"
             )
             print("| step | M | head | time (s) | peak (GB) | planned (GB) | before (GB) | GFLOP | GFLOP/s | loss |")
             print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -274,10 +274,11 @@ class _FusedHead(torch.autograd.Function):
     ``ctx`` and only scaled in backward.
 
     Per chunk of rows: the logits of the pathways that share a head weight (the teacher's head serves
-    the teacher and the switch) come from one product over their stacked rows; every product runs a
-    block of vocabulary rows at a time (``_blocks``), the block rounded to the operands' precision once
-    for all the chunk's products that read it: in forward the logits, in backward ``g @ W`` into the
-    hidden states' gradients and ``g^T h`` into the weight's, added block by block."""
+    the teacher and the switch) come from one product over their stacked rows; the products run a
+    block of vocabulary rows at a time (``_blocks``), in two passes over each weight's blocks, each block
+    rounded to the operands' precision once a pass for every product that reads it: first the logits,
+    then (after the chunk's loss and its gradient ``g``) ``g @ W`` into the hidden states' gradients and
+    ``g^T h`` into the weight's, added block by block."""
 
     @staticmethod
     def forward(ctx, plan: _Plan, *flat):
