@@ -226,46 +226,62 @@ def block_rows(width: int, device: torch.device | str) -> int:
     return max(1, budget // max(width, 1))
 
 
-def _blocks(weight: torch.Tensor, bias: torch.Tensor | None, vocab: int, operand, dtype):
-    """``(start, stop, weight rows, bias rows)`` over the first ``vocab`` rows, a block at a time, each
-    as the ``operand`` precision holds it, in ``dtype`` (no copy when those are the weight's dtype)."""
-    step = block_rows(weight.shape[1], weight.device)
-    for start in range(0, vocab, step):
-        stop = min(start + step, vocab)
-        b = None if bias is None else _rounded(bias[start:stop], operand, dtype)
-        yield start, stop, _rounded(weight[start:stop], operand, dtype), b
+@dataclass(frozen=True, kw_only=True)
+class _SharedHead:
+    """One head weight (and bias) and the pathways that read it (``members``, indices into the fused
+    head's inputs: the teacher's head serves the teacher and the switch). Its products run a block of
+    vocabulary rows at a time, each block as the ``operand`` precision holds it, in ``dtype`` (no copy
+    when those are the weight's dtype), rounded once a pass for every product that reads it."""
 
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    members: tuple[int, ...]
+    vocab: int
+    operand: torch.dtype
+    dtype: torch.dtype
 
-def _logits(weight, bias, hidden: list[torch.Tensor], vocab: int, operand, dtype) -> list[torch.Tensor]:
-    """The logits (m, vocab) of each of ``hidden``'s row sets under one head: one product over the
-    stacked rows, a block of vocabulary rows at a time. Each result is its own leaf tensor."""
-    h = hidden[0] if len(hidden) == 1 else torch.cat(hidden)
-    z = h.new_empty(h.shape[0], vocab, dtype=dtype)
-    for start, stop, w, b in _blocks(weight, bias, vocab, operand, dtype):
-        z[:, start:stop] = F.linear(h, w, b)
-    return [part.detach() for part in z.split([x.shape[0] for x in hidden])]
+    def blocks(self, *, bias: bool):
+        """``(start, stop, weight rows, bias rows or None)`` over the first ``vocab`` rows."""
+        step = block_rows(self.weight.shape[1], self.weight.device)
+        for start in range(0, self.vocab, step):
+            stop = min(start + step, self.vocab)
+            b = None if self.bias is None or not bias else _rounded(self.bias[start:stop], self.operand, self.dtype)
+            yield start, stop, _rounded(self.weight[start:stop], self.operand, self.dtype), b
 
+    def logits(self, h_mm: list[torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Each member's logits (m, vocab) from its rows of ``h_mm``: one product over the stacked rows.
+        Each result is its own leaf tensor."""
+        hidden = [h_mm[j] for j in self.members]
+        h = hidden[0] if len(hidden) == 1 else torch.cat(hidden)
+        z = h.new_empty(h.shape[0], self.vocab, dtype=self.dtype)
+        for start, stop, w, b in self.blocks(bias=True):
+            z[:, start:stop] = F.linear(h, w, b)
+        return {j: part.detach() for j, part in zip(self.members, z.split([x.shape[0] for x in hidden]))}
 
-def _backward_products(weight, vocab, operand, dtype, outs, g, h_mm, rows) -> None:
-    """For each ``(pathway, grad_h, grad_w, grad_b)`` in ``outs`` (pathways of one head weight): the
-    chunk's ``g @ W`` into ``grad_h[rows]`` and ``g^T h`` into ``grad_w`` (added in place, in ``grad_w``'s
-    dtype), a block of vocabulary rows at a time; the bias gradient is ``g``'s column sum. Hidden-state
-    gradients are summed over blocks in the products' precision and stored once."""
-    acc = {j: h_mm[j].new_zeros(h_mm[j].shape) for j, gh, _, _ in outs if gh is not None}
-    for start, stop, w, _ in _blocks(weight, None, vocab, operand, dtype):
-        for j, _, gw, _ in outs:
-            g_block = g[j][:, start:stop]
+    def backward(self, g: dict[int, torch.Tensor], h_mm: list[torch.Tensor], grads: tuple[list, list, list], rows):
+        """For each member with a logit gradient in ``g``: the chunk's ``g @ W`` into its hidden states'
+        gradient at ``rows`` (summed over blocks in the products' precision, stored once) and ``g^T h``
+        into its weight's (added in place, in that gradient's dtype), a block at a time; the bias
+        gradient is ``g``'s column sum. ``grads``: the (hidden, weight, bias) gradient lists."""
+        grad_h, grad_w, grad_b = grads
+        graded = [j for j in self.members if j in g]
+        if not graded:  # a head whose rows get no gradient (the teacher's, without the switch): no second pass
+            return
+        acc = {j: h_mm[j].new_zeros(h_mm[j].shape) for j in graded if grad_h[j] is not None}
+        for start, stop, w, _ in self.blocks(bias=False):
+            for j in graded:
+                g_block, gw = g[j][:, start:stop], grad_w[j]
+                if j in acc:
+                    acc[j].addmm_(g_block, w)
+                if gw is not None and gw.dtype == self.dtype:
+                    gw[start:stop].addmm_(g_block.T, h_mm[j])
+                elif gw is not None:  # half-precision weights that train (no master copy): a block's temporary
+                    gw[start:stop] += (g_block.T @ h_mm[j]).to(gw.dtype)
+        for j in graded:
             if j in acc:
-                acc[j].addmm_(g_block, w)
-            if gw is not None and gw.dtype == dtype:
-                gw[start:stop].addmm_(g_block.T, h_mm[j])
-            elif gw is not None:  # half-precision weights that train (no master copy): a block's temporary
-                gw[start:stop] += (g_block.T @ h_mm[j]).to(gw.dtype)
-    for j, gh, _, gb in outs:
-        if gh is not None:
-            gh[rows] = acc[j]
-        if gb is not None:
-            gb[:vocab] += g[j].sum(0).to(gb.dtype)
+                grad_h[j][rows] = acc[j]
+            if grad_b[j] is not None:
+                grad_b[j][: self.vocab] += g[j].sum(0).to(grad_b[j].dtype)
 
 
 class _FusedHead(torch.autograd.Function):
@@ -275,8 +291,8 @@ class _FusedHead(torch.autograd.Function):
 
     Per chunk of rows: the logits of the pathways that share a head weight (the teacher's head serves
     the teacher and the switch) come from one product over their stacked rows; the products run a
-    block of vocabulary rows at a time (``_blocks``), in two passes over each weight's blocks, each block
-    rounded to the operands' precision once a pass for every product that reads it: first the logits,
+    block of vocabulary rows at a time (``_SharedHead``), in two passes over each weight's blocks, each
+    block rounded to the operands' precision once a pass for every product that reads it: first the logits,
     then (after the chunk's loss and its gradient ``g``) ``g @ W`` into the hidden states' gradients and
     ``g^T h`` into the weight's, added block by block."""
 
@@ -289,9 +305,13 @@ class _FusedHead(torch.autograd.Function):
         operand = _matmul_dtype(hidden[0])
         dtype = logits_dtype(operand)  # the logits', their gradients' and the products' precision
         device = hidden[0].device
-        groups: dict[tuple[int, int], list[int]] = {}  # pathways by head (weight and bias), in order
+        members: dict[tuple[int, int], list[int]] = {}  # pathways by head (weight and bias), in order
         for i, (w, b) in enumerate(zip(weight, bias)):
-            groups.setdefault((id(w), id(b)), []).append(i)
+            members.setdefault((id(w), id(b)), []).append(i)
+        precision = {"vocab": plan.vocab, "operand": operand, "dtype": dtype}
+        heads = [
+            _SharedHead(weight=weight[m[0]], bias=bias[m[0]], members=tuple(m), **precision) for m in members.values()
+        ]
         with torch.autocast(device.type, enabled=False), exact_products(operand, device):
             grad_h = [torch.zeros_like(h) if want else None for h, want in zip(hidden, want_h)]
             grad_w = [torch.zeros_like(w) if want else None for w, want in zip(weight, want_w)]
@@ -299,11 +319,7 @@ class _FusedHead(torch.autograd.Function):
             sums: dict[str, torch.Tensor] = {}
             for rows in plan.chunks:
                 h_mm = [_rounded(h[rows], operand, dtype) for h in hidden]
-                z = {}
-                for members in groups.values():
-                    i = members[0]
-                    parts = _logits(weight[i], bias[i], [h_mm[j] for j in members], plan.vocab, operand, dtype)
-                    z.update(zip(members, parts))
+                z = {j: part for head in heads for j, part in head.logits(h_mm).items()}
                 with torch.enable_grad():
                     logits = {}
                     for i, name in enumerate(plan.names):
@@ -318,11 +334,8 @@ class _FusedHead(torch.autograd.Function):
                 _add(sums, {key: value.detach() for key, value in chunk.items()})
                 g = {i: gi.to(dtype) for i, gi in zip(graded, grads) if gi is not None}  # (m, V) each
                 del logits, z, chunk, total, grads
-                for members in groups.values():
-                    i = members[0]
-                    outs = [(j, grad_h[j], grad_w[j], grad_b[j]) for j in members if j in g]
-                    if outs:
-                        _backward_products(weight[i], plan.vocab, operand, dtype, outs, g, h_mm, rows)
+                for head in heads:
+                    head.backward(g, h_mm, (grad_h, grad_w, grad_b), rows)
         keys = tuple((key, value.dtype) for key, value in sums.items())
         ctx.grads = [g for i in range(n) for g in (grad_h[i], grad_w[i], grad_b[i])]
         ctx.used = False

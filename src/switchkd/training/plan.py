@@ -202,7 +202,7 @@ def _head(cfg: Config, student: Shapes, teacher: Shapes | None, shape: StepShape
     if cfg.train.mixed_precision != "no":  # a block of vocabulary rows at a time, rounded: bf16, then float32
         heads = [(student.vocab_rows, student.hidden)] + ([(teacher.vocab_rows, teacher.hidden)] if distil else [])
         out["a block of each head weight, rounded"] = 6 * sum(
-            min(block_rows(width, shape.device), rows) * width for rows, width in heads
+            min(block_rows(width, shape.device), vocab_rows) * width for vocab_rows, width in heads
         )
     chunk = cfg.train.loss_chunk_rows or auto_chunk_rows(v, shape.device)
     chunk = min(chunk, rows)
